@@ -1,0 +1,35 @@
+# Cordon. Two commands for a newcomer: `make demo` and `make test`.
+# Every target installs what it needs (Debian packages, Go modules).
+
+SHELL := /bin/bash
+GO ?= go
+BIN := $(CURDIR)/bin
+export PATH := /usr/local/go/bin:$(PATH)
+
+BINARIES := cordon-egress
+
+.PHONY: all build test demo deps-test vet bench-egress clean
+
+all: build
+
+build:
+	@mkdir -p $(BIN)
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./egress-proxy/cmd/...
+
+# deps-test installs what the test suite needs on a fresh Debian machine.
+deps-test:
+	@./test/scripts/ensure-deps.sh test
+
+vet:
+	$(GO) vet ./...
+
+# test runs every test: unit, integration (real DNS, TLS, Postgres, eBPF),
+# fuzz seed corpora, and the end-to-end suite.
+test: deps-test vet
+	$(GO) test -count=1 -timeout 15m ./...
+
+demo: build
+	@./test/scripts/demo.sh
+
+clean:
+	rm -rf $(BIN)
