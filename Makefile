@@ -8,7 +8,7 @@ export PATH := /usr/local/go/bin:$(PATH)
 
 BINARIES := cordon-egress
 
-.PHONY: all build test demo deps-test vet bench-egress clean
+.PHONY: all build test demo deps-test vet generate bench-egress bench-xds bench-dispatcher clean
 
 all: build
 
@@ -33,3 +33,19 @@ demo: build
 
 clean:
 	rm -rf $(BIN)
+
+# generate rebuilds the committed bpf2go output (installs clang if missing).
+generate:
+	@./test/scripts/ensure-deps.sh generate
+	@./bpf/generate.sh
+
+# Benchmarks print tables; they are not part of make test.
+bench-egress: build
+	@./test/scripts/ensure-deps.sh bench
+	@./test/bench/egress/run.sh
+
+bench-xds:
+	@./test/bench/xds/run.sh
+
+bench-dispatcher:
+	@./test/bench/dispatcher/run.sh
