@@ -1,0 +1,133 @@
+package jobrun
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/cordon-dev/cordon/sidecar/secrets"
+)
+
+// DefaultAgentSocket is where the agent hands out the job's env, in the
+// volume it shares with the job container.
+const DefaultAgentSocket = "/cordon/run/agent.sock"
+
+// Options is `cordon-sidecar run` as its flags describe it.
+type Options struct {
+	// SecretsFile is a JSON file {"name": "value"} (local runs, no agent).
+	// Exclusive with AgentSocket.
+	SecretsFile string
+	// AgentSocket is the agent's unix socket. If both it and SecretsFile
+	// are empty, DefaultAgentSocket.
+	AgentSocket string
+	// UsageFile receives the usage summary as JSON (mode 0600). If empty,
+	// the summary is one JSON line on stderr.
+	UsageFile string
+	// Run is the run itself; its Secrets and Scrubber are filled in here.
+	Run Config
+	// NewScrubber builds the scrubber for the job's secrets. Required.
+	NewScrubber func(vars []secrets.Var) (Scrubber, error)
+	// FetchEnv fetches the secrets from the agent at socket. If nil, the
+	// agent is not supported and AgentSocket is an error.
+	FetchEnv func(ctx context.Context, socket string) (map[string]string, error)
+}
+
+// Validate rejects contradictory options. The scrubber is built from the
+// secrets later, so Run.Scrubber may be nil here.
+func (o *Options) Validate() error {
+	if o.SecretsFile != "" && o.AgentSocket != "" {
+		return errors.New("--secrets-file and --agent-socket are mutually exclusive: pass one")
+	}
+	if o.NewScrubber == nil {
+		return errors.New("no scrubber: a job's output is never passed on unscrubbed")
+	}
+	return o.Run.Validate()
+}
+
+// Main runs `cordon-sidecar run` and returns the process exit code: the
+// job's, or ExitShimFailed / ExitNotExecutable / ExitNotFound when the job
+// could not be set up or started. Failing to get any secret means the job
+// does not start (fail closed).
+func Main(ctx context.Context, o Options) int {
+	stderr := o.Run.Stderr
+	if stderr == nil {
+		stderr = os.Stderr
+	}
+	fail := func(err error) int {
+		fmt.Fprintf(stderr, "cordon-sidecar run: %v\n", err)
+		return ExitShimFailed
+	}
+	if err := o.Validate(); err != nil {
+		return fail(err)
+	}
+	var values map[string]string
+	var err error
+	switch {
+	case o.SecretsFile != "":
+		values, err = (&secrets.File{Path: o.SecretsFile}).Fetch(ctx, nil)
+	default:
+		socket := o.AgentSocket
+		if socket == "" {
+			socket = DefaultAgentSocket
+		}
+		if o.FetchEnv == nil {
+			return fail(errors.New("no secrets source: pass --secrets-file FILE (this build cannot ask an agent)"))
+		}
+		values, err = o.FetchEnv(ctx, socket)
+	}
+	if err != nil {
+		return fail(fmt.Errorf("job not started: %w", err))
+	}
+	vars, err := secrets.ToEnv(values)
+	if err != nil {
+		return fail(fmt.Errorf("job not started: %w", err))
+	}
+	scr, err := o.NewScrubber(vars)
+	if err != nil {
+		return fail(fmt.Errorf("job not started: build scrubber: %w", err))
+	}
+	cfg := o.Run
+	cfg.Secrets = vars
+	cfg.Scrubber = scr
+	res, err := Run(ctx, cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "cordon-sidecar run: %v\n", err)
+		var se *StartError
+		if errors.As(err, &se) {
+			return se.ExitCode
+		}
+		if res.ExitCode == 0 {
+			return ExitShimFailed
+		}
+	}
+	if err := writeUsage(o.UsageFile, stderr, res); err != nil {
+		fmt.Fprintf(stderr, "cordon-sidecar run: %v\n", err)
+	}
+	return res.ExitCode
+}
+
+// usageLine is the summary's shape: one JSON object, tagged so a log
+// pipeline can pick it out.
+type usageLine struct {
+	Msg string `json:"msg"`
+	Result
+}
+
+func writeUsage(path string, stderr io.Writer, res Result) error {
+	b, err := json.Marshal(usageLine{Msg: "cordon-sidecar run: usage", Result: res})
+	if err != nil {
+		return fmt.Errorf("encode usage: %w", err)
+	}
+	b = append(b, '\n')
+	if path == "" {
+		_, err = stderr.Write(b)
+		return err
+	}
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return fmt.Errorf("write usage file: %w", err)
+	}
+	return nil
+}
