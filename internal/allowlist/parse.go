@@ -1,0 +1,722 @@
+package allowlist
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"net/url"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"golang.org/x/net/publicsuffix"
+	"gopkg.in/yaml.v3"
+)
+
+// MaxFileSize is the largest allowlist file Parse reads, in bytes. Real
+// files are a few KiB; the cap bounds what a hostile file can cost.
+const MaxFileSize = 1 << 20
+
+// The fields each mapping accepts. The JSON Schema test checks that
+// deploy/allowlists/allowlist.schema.json names exactly these.
+var (
+	fileFields  = []string{"version", "org", "endpoint_sets", "webhooks", "jobs"}
+	setFields   = []string{"platform_only", "entries"}
+	entryFields = []string{"host", "cidr", "ports"}
+	jobFields   = []string{"class", "mode", "allow", "webhooks"}
+)
+
+// slugRE is an org, job or endpoint set name: lowercase, and a valid SPIFFE
+// ID path segment (org and job become spiffe://TD/org/ORG/job/JOB).
+var slugRE = regexp.MustCompile(`^[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?$`)
+
+const slugRule = "use 1 to 63 lowercase letters, digits, '-' or '_', starting and ending with a letter or digit"
+
+// parsed is Parse's result plus what LoadDir needs to check across files.
+type parsed struct {
+	file   *File
+	orgPos Pos
+}
+
+// Parse parses and validates one allowlist file's bytes. name is used in
+// positions. On failure the error is an ErrorList with every problem found.
+func Parse(name string, data []byte) (*File, error) {
+	p, errs := parse(name, data)
+	if err := errs.err(); err != nil {
+		return nil, err
+	}
+	return p.file, nil
+}
+
+// parser holds one file's state while it is checked.
+type parser struct {
+	name string
+	errs ErrorList
+}
+
+func (p *parser) pos(n *yaml.Node) Pos { return Pos{File: p.name, Line: n.Line, Col: n.Column} }
+
+func (p *parser) errorf(n *yaml.Node, format string, args ...any) {
+	p.errs = append(p.errs, &Error{Pos: p.pos(n), Msg: fmt.Sprintf(format, args...)})
+}
+
+func (p *parser) errorAt(line, col int, format string, args ...any) {
+	p.errs = append(p.errs, &Error{Pos: Pos{File: p.name, Line: line, Col: col}, Msg: fmt.Sprintf(format, args...)})
+}
+
+func parse(name string, data []byte) (parsed, ErrorList) {
+	p := &parser{name: name}
+	if len(data) > MaxFileSize {
+		p.errorAt(1, 1, "file is %d bytes, over the %d-byte limit: remove entries no job uses", len(data), MaxFileSize)
+		return parsed{}, p.errs
+	}
+	if !utf8.Valid(data) {
+		line, col := invalidUTF8At(data)
+		p.errorAt(line, col, "file is not valid UTF-8: save it as UTF-8")
+		return parsed{}, p.errs
+	}
+	if i := bytes.IndexByte(data, 0); i >= 0 {
+		line, col := lineCol(data, i)
+		p.errorAt(line, col, "file contains a NUL byte: save it as UTF-8 text")
+		return parsed{}, p.errs
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			p.errorAt(1, 1, "file is empty: write version: 1, org and jobs")
+		} else {
+			p.syntaxError(data, err)
+		}
+		return parsed{}, p.errs
+	}
+	var extra yaml.Node
+	switch err := dec.Decode(&extra); {
+	case err == nil:
+		n := &extra
+		if len(extra.Content) > 0 {
+			n = extra.Content[0]
+		}
+		p.errorf(n, "file holds a second YAML document: one file is one org's policy, remove the '---' and what follows or move it to its own file")
+		return parsed{}, p.errs
+	case !errors.Is(err, io.EOF):
+		p.syntaxError(data, err)
+		return parsed{}, p.errs
+	}
+	if doc.Kind != yaml.DocumentNode || len(doc.Content) != 1 {
+		p.errorAt(1, 1, "file is not a YAML document: write version: 1, org and jobs")
+		return parsed{}, p.errs
+	}
+	root := doc.Content[0]
+	if p.hostile(root); len(p.errs) > 0 {
+		return parsed{}, p.errs
+	}
+	f, orgPos := p.file(root)
+	if len(p.errs) > 0 {
+		return parsed{}, p.errs
+	}
+	return parsed{file: f, orgPos: orgPos}, nil
+}
+
+// yamlLineRE finds the line yaml.v3 puts in most syntax errors.
+var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+
+// syntaxError turns a yaml.v3 error into a positioned Error. yaml.v3 gives a
+// line for most errors and never a column.
+func (p *parser) syntaxError(data []byte, err error) {
+	msg := err.Error()
+	line := 1
+	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
+		line, _ = strconv.Atoi(m[1])
+		msg = m[2]
+	} else {
+		msg = strings.TrimPrefix(msg, "yaml: ")
+	}
+	// The common mistake: an unquoted "*.example.com", which YAML reads as
+	// an alias. Point at it and say how to write it.
+	if l, c, ok := unquotedStar(data); ok {
+		p.errorAt(l, c, "invalid YAML (%s): quote hosts that start with '*', as in host: \"*.example.com\"", msg)
+		return
+	}
+	p.errorAt(line, 1, "invalid YAML: %s", msg)
+}
+
+var unquotedStarRE = regexp.MustCompile(`(?m)^(\s*(?:-\s+)?(?:[A-Za-z_]+:\s+)?)\*[^\s]`)
+
+// unquotedStar finds the first value that starts with a bare '*'.
+func unquotedStar(data []byte) (line, col int, ok bool) {
+	loc := unquotedStarRE.FindSubmatchIndex(data)
+	if loc == nil {
+		return 0, 0, false
+	}
+	line, col = lineCol(data, loc[3])
+	return line, col, true
+}
+
+// lineCol is the 1-based line and column (in runes) of byte offset off.
+func lineCol(data []byte, off int) (line, col int) {
+	line = 1 + bytes.Count(data[:off], []byte("\n"))
+	start := bytes.LastIndexByte(data[:off], '\n') + 1
+	return line, 1 + utf8.RuneCount(data[start:off])
+}
+
+// invalidUTF8At finds the first invalid byte's line and column.
+func invalidUTF8At(data []byte) (line, col int) {
+	for off := 0; off < len(data); {
+		r, size := utf8.DecodeRune(data[off:])
+		if r == utf8.RuneError && size <= 1 {
+			return lineCol(data, off)
+		}
+		off += size
+	}
+	return 1, 1
+}
+
+// hostile refuses the YAML features that make a small file expensive or a
+// reviewed file mean something other than it reads: anchors and aliases
+// (the "billion laughs" expansion, and a value defined far from its use),
+// merge keys, and explicit tags.
+func (p *parser) hostile(root *yaml.Node) {
+	var walk func(n *yaml.Node, depth int)
+	walk = func(n *yaml.Node, depth int) {
+		if depth > 32 {
+			p.errorf(n, "nesting is deeper than any allowlist needs: the format has at most 6 levels")
+			return
+		}
+		switch {
+		case n.Kind == yaml.AliasNode:
+			p.errorf(n, "YAML alias *%s is not allowed: write the value out", n.Value)
+			return
+		case n.Anchor != "":
+			p.errorf(n, "YAML anchor &%s is not allowed: allowlists are reviewed line by line, write values out where they are used", n.Anchor)
+		case n.Tag == "!!merge":
+			p.errorf(n, "YAML merge key << is not allowed: write the fields out")
+		case n.Style&yaml.TaggedStyle != 0:
+			p.errorf(n, "explicit YAML tag %s is not allowed: remove it", n.Tag)
+		}
+		for _, c := range n.Content {
+			walk(c, depth+1)
+		}
+	}
+	walk(root, 0)
+}
+
+// field is one key/value pair of a mapping.
+type field struct{ key, val *yaml.Node }
+
+// mapping checks that n is a mapping of unique string keys and returns its
+// pairs in file order. allowed, when non-nil, is the closed set of keys.
+func (p *parser) mapping(n *yaml.Node, what string, allowed []string) ([]field, bool) {
+	if n.Kind != yaml.MappingNode {
+		p.errorf(n, "%s must be a mapping, got %s", what, describe(n))
+		return nil, false
+	}
+	var out []field
+	seen := make(map[string]*yaml.Node)
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if k.Kind != yaml.ScalarNode || k.Tag != "!!str" {
+			p.errorf(k, "key in %s must be a string, got %s", what, describe(k))
+			continue
+		}
+		if first, dup := seen[k.Value]; dup {
+			p.errorf(k, "duplicate key %q in %s (first at line %d): remove one", k.Value, what, first.Line)
+			continue
+		}
+		seen[k.Value] = k
+		if allowed != nil && !slices.Contains(allowed, k.Value) {
+			p.errorf(k, "unknown field %q in %s: allowed fields are %s", k.Value, what, strings.Join(allowed, ", "))
+			continue
+		}
+		out = append(out, field{k, v})
+	}
+	return out, true
+}
+
+// require reports each of names missing from fields, at the mapping n.
+func (p *parser) require(n *yaml.Node, what string, fields []field, names ...string) {
+	for _, name := range names {
+		if !slices.ContainsFunc(fields, func(f field) bool { return f.key.Value == name }) {
+			p.errorf(n, "%s is missing required field %q", what, name)
+		}
+	}
+}
+
+// describe names a node's type for "must be X, got Y" messages.
+func describe(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.AliasNode:
+		return "an alias"
+	case yaml.DocumentNode:
+		return "a document"
+	}
+	switch n.Tag {
+	case "!!null":
+		return "nothing (null)"
+	case "!!int":
+		return "the integer " + n.Value
+	case "!!float":
+		return "the number " + n.Value
+	case "!!bool":
+		return "the boolean " + n.Value
+	case "!!str":
+		return strconv.Quote(n.Value)
+	}
+	return fmt.Sprintf("%s %q", n.Tag, n.Value)
+}
+
+func (p *parser) str(n *yaml.Node, what string) (string, bool) {
+	if n.Kind != yaml.ScalarNode || n.Tag != "!!str" {
+		p.errorf(n, "%s must be a string, got %s", what, describe(n))
+		return "", false
+	}
+	return n.Value, true
+}
+
+func (p *parser) boolean(n *yaml.Node, what string) (bool, bool) {
+	if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" {
+		p.errorf(n, "%s must be true or false, got %s", what, describe(n))
+		return false, false
+	}
+	return strings.EqualFold(n.Value, "true"), true
+}
+
+// decimal reads a plain decimal integer; YAML's 0x, 0o and _ forms are
+// refused so a reviewer reads the number the proxy uses.
+func (p *parser) decimal(n *yaml.Node, what string) (int, bool) {
+	if n.Kind != yaml.ScalarNode || n.Tag != "!!int" {
+		p.errorf(n, "%s must be an integer, got %s", what, describe(n))
+		return 0, false
+	}
+	v, err := strconv.Atoi(n.Value)
+	if err != nil || (len(n.Value) > 1 && n.Value[0] == '0') || strings.HasPrefix(n.Value, "+") {
+		p.errorf(n, "%s %s must be written as a plain decimal number", what, n.Value)
+		return 0, false
+	}
+	return v, true
+}
+
+func (p *parser) slug(n *yaml.Node, what string) (string, bool) {
+	s, ok := p.str(n, what)
+	if !ok {
+		return "", false
+	}
+	if !slugRE.MatchString(s) {
+		p.errorf(n, "%s %q is not a valid name: %s", what, s, slugRule)
+		return "", false
+	}
+	return s, true
+}
+
+// file checks the top-level mapping.
+func (p *parser) file(root *yaml.Node) (*File, Pos) {
+	f := &File{
+		Path:         p.name,
+		EndpointSets: map[string]*EndpointSet{},
+		Jobs:         map[string]*Job{},
+	}
+	var orgPos Pos
+	fields, ok := p.mapping(root, "the file", fileFields)
+	if !ok {
+		return f, orgPos
+	}
+	p.require(root, "the file", fields, "version", "org")
+	var jobsNode, webhooksNode *yaml.Node
+	for _, fl := range fields {
+		switch fl.key.Value {
+		case "version":
+			if v, ok := p.decimal(fl.val, "version"); ok && v != 1 {
+				p.errorf(fl.val, "unsupported version %d: this parser reads version 1", v)
+			}
+			f.Version = 1
+		case "org":
+			orgPos = p.pos(fl.val)
+			f.Org, _ = p.slug(fl.val, "org")
+		case "endpoint_sets":
+			p.endpointSets(fl.val, f)
+		case "webhooks":
+			webhooksNode = fl.val
+			p.webhooks(fl.val, f)
+		case "jobs":
+			jobsNode = fl.val
+		}
+	}
+	if jobsNode != nil {
+		p.jobs(jobsNode, f, webhooksNode)
+	}
+	return f, orgPos
+}
+
+func (p *parser) endpointSets(n *yaml.Node, f *File) {
+	fields, ok := p.mapping(n, "endpoint_sets", nil)
+	if !ok {
+		return
+	}
+	for _, fl := range fields {
+		name, ok := p.slug(fl.key, "endpoint set name")
+		if !ok {
+			continue
+		}
+		what := "endpoint set " + name
+		set := &EndpointSet{Name: name, Pos: p.pos(fl.key)}
+		f.EndpointSets[name] = set
+		sf, ok := p.mapping(fl.val, what, setFields)
+		if !ok {
+			continue
+		}
+		p.require(fl.val, what, sf, "entries")
+		for _, s := range sf {
+			switch s.key.Value {
+			case "platform_only":
+				set.PlatformOnly, _ = p.boolean(s.val, "platform_only")
+			case "entries":
+				set.Entries = p.entries(s.val, what)
+			}
+		}
+	}
+}
+
+func (p *parser) entries(n *yaml.Node, what string) []Entry {
+	if n.Kind != yaml.SequenceNode {
+		p.errorf(n, "entries of %s must be a list, got %s", what, describe(n))
+		return nil
+	}
+	if len(n.Content) == 0 {
+		p.errorf(n, "%s has no entries: add one or delete the set", what)
+		return nil
+	}
+	var out []Entry
+	seen := map[string]Pos{}
+	for _, en := range n.Content {
+		e, ok := p.entry(en, what)
+		if !ok {
+			continue
+		}
+		key := e.Host
+		if key == "" {
+			key = e.CIDR.String()
+		}
+		if first, dup := seen[key]; dup {
+			p.errorf(en, "%s lists %s twice (first at line %d): merge the ports into one entry", what, key, first.Line)
+			continue
+		}
+		seen[key] = e.Pos
+		out = append(out, e)
+	}
+	return out
+}
+
+func (p *parser) entry(n *yaml.Node, set string) (Entry, bool) {
+	e := Entry{Pos: p.pos(n)}
+	what := "entry of " + set
+	fields, ok := p.mapping(n, what, entryFields)
+	if !ok {
+		return e, false
+	}
+	p.require(n, what, fields, "ports")
+	var hostNode, cidrNode *yaml.Node
+	good := len(p.errs)
+	for _, fl := range fields {
+		switch fl.key.Value {
+		case "host":
+			hostNode = fl.key
+			e.Host, _ = p.host(fl.val)
+		case "cidr":
+			cidrNode = fl.key
+			if s, ok := p.str(fl.val, "cidr"); ok {
+				pfx, msg := parseCIDR(s)
+				if msg != "" {
+					p.errorf(fl.val, "%s", msg)
+				}
+				e.CIDR = pfx
+			}
+		case "ports":
+			e.Ports = p.ports(fl.val)
+		}
+	}
+	switch {
+	case hostNode != nil && cidrNode != nil:
+		p.errorf(cidrNode, "%s has both host and cidr: split it into two entries", what)
+	case hostNode == nil && cidrNode == nil:
+		p.errorf(n, "%s needs a host or a cidr", what)
+	}
+	return e, len(p.errs) == good
+}
+
+// host checks an entry's host pattern and returns it.
+func (p *parser) host(n *yaml.Node) (string, bool) {
+	s, ok := p.str(n, "host")
+	if !ok {
+		return "", false
+	}
+	name, wild := strings.CutPrefix(s, "*.")
+	if strings.Contains(name, "*") {
+		p.errorf(n, "host %q: '*' is allowed only as the whole first label, as in \"*.example.com\"", s)
+		return "", false
+	}
+	canon, err := CanonicalHost(name)
+	switch {
+	case errors.Is(err, ErrIPLiteral):
+		if wild {
+			p.errorf(n, "host %q wildcards an IP address: use a cidr entry", s)
+			return "", false
+		}
+		p.errorf(n, "host %q is an IP address: use a cidr entry, as in cidr: %s", s, cidrHint(name))
+		return "", false
+	case err != nil:
+		p.errorf(n, "host %q is not a valid DNS name (%v): write the name in lowercase letters, digits, hyphens and dots", s, unwrapHostErr(err))
+		return "", false
+	case canon != name:
+		want := canon
+		if wild {
+			want = "*." + canon
+		}
+		p.errorf(n, "host %q is not canonical: write %q (hosts are lowercase punycode without a trailing dot)", s, want)
+		return "", false
+	}
+	if wild {
+		if ps, icann := publicsuffix.PublicSuffix(canon); ps == canon && (icann || !strings.Contains(canon, ".")) {
+			p.errorf(n, "`%s` covers the public suffix %s: list the hosts you need", s, canon)
+			return "", false
+		}
+	}
+	return s, true
+}
+
+// cidrHint is the one-address prefix for an IP literal, for fix-it messages.
+func cidrHint(s string) string {
+	t := strings.TrimSuffix(strings.TrimPrefix(s, "["), "]")
+	if a, err := netip.ParseAddr(t); err == nil {
+		a = a.Unmap().WithZone("")
+		return netip.PrefixFrom(a, a.BitLen()).String()
+	}
+	return "ADDRESS/32"
+}
+
+// unwrapHostErr drops the sentinel's text, which the message already says.
+func unwrapHostErr(err error) string {
+	msg := err.Error()
+	return strings.TrimPrefix(msg, ErrBadHost.Error()+": ")
+}
+
+func (p *parser) ports(n *yaml.Node) []uint16 {
+	if n.Kind != yaml.SequenceNode {
+		p.errorf(n, "ports must be a list of port numbers, as in [443], got %s", describe(n))
+		return nil
+	}
+	if len(n.Content) == 0 {
+		p.errorf(n, "ports is empty: list the ports the entry allows, as in [443]")
+		return nil
+	}
+	var out []uint16
+	for _, pn := range n.Content {
+		v, ok := p.decimal(pn, "port")
+		if !ok {
+			continue
+		}
+		if v < 1 || v > 65535 {
+			p.errorf(pn, "port %d is out of range: use 1 to 65535", v)
+			continue
+		}
+		if slices.Contains(out, uint16(v)) {
+			p.errorf(pn, "port %d is listed twice: remove one", v)
+			continue
+		}
+		out = append(out, uint16(v))
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (p *parser) webhooks(n *yaml.Node, f *File) {
+	if n.Kind != yaml.SequenceNode {
+		p.errorf(n, "webhooks must be a list of https URLs, got %s", describe(n))
+		return
+	}
+	seen := map[string]int{}
+	for _, wn := range n.Content {
+		s, ok := p.str(wn, "webhook")
+		if !ok {
+			continue
+		}
+		w, msg := parseWebhook(s)
+		if msg != "" {
+			p.errorf(wn, "%s", msg)
+			continue
+		}
+		if line, dup := seen[s]; dup {
+			p.errorf(wn, "webhook %s is listed twice (first at line %d): remove one", s, line)
+			continue
+		}
+		seen[s] = wn.Line
+		w.Pos = p.pos(wn)
+		f.Webhooks = append(f.Webhooks, w)
+	}
+}
+
+// parseWebhook checks one webhook URL. The message, when not empty, never
+// repeats userinfo, which may be a credential.
+func parseWebhook(s string) (Webhook, string) {
+	if !strings.HasPrefix(s, "https://") {
+		return Webhook{}, fmt.Sprintf("webhook %q must be an https:// URL (seeds/000: TLS required)", s)
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		if strings.Contains(s, "@") {
+			return Webhook{}, "webhook is not a valid URL: check it and remove any user:password@"
+		}
+		return Webhook{}, fmt.Sprintf("webhook %q is not a valid URL: %v", s, errors.Unwrap(err))
+	}
+	switch {
+	case u.User != nil || strings.Contains(u.Host, "@"):
+		return Webhook{}, "webhook URL carries user information: remove the user:password@ part; credentials do not belong in an allowlist"
+	case strings.Contains(s, "#"):
+		return Webhook{}, fmt.Sprintf("webhook %q has a fragment: remove the '#' and what follows", s)
+	case u.RawQuery != "" || u.ForceQuery:
+		return Webhook{}, fmt.Sprintf("webhook %q has a query: list the URL up to its path; the path is a prefix", s)
+	case strings.Contains(s, `\`):
+		return Webhook{}, fmt.Sprintf("webhook %q contains a backslash: write '/'", s)
+	}
+	host := u.Hostname()
+	canon, err := CanonicalHost(host)
+	switch {
+	case errors.Is(err, ErrIPLiteral):
+		return Webhook{}, fmt.Sprintf("webhook %q has an IP address as its host: use the DNS name the service publishes", s)
+	case err != nil:
+		return Webhook{}, fmt.Sprintf("webhook %q has an invalid host (%s)", s, unwrapHostErr(err))
+	case canon != host:
+		return Webhook{}, fmt.Sprintf("webhook %q host is not canonical: write %q", s, canon)
+	}
+	port := uint16(443)
+	if ps := u.Port(); ps != "" {
+		v, err := strconv.Atoi(ps)
+		if err != nil || v < 1 || v > 65535 || ps[0] == '0' {
+			return Webhook{}, fmt.Sprintf("webhook %q has port %q: use 1 to 65535 or leave it out for 443", s, ps)
+		}
+		port = uint16(v)
+	} else if strings.HasSuffix(u.Host, ":") {
+		return Webhook{}, fmt.Sprintf("webhook %q has an empty port: remove the ':'", s)
+	}
+	path := u.EscapedPath()
+	if path == "" {
+		path = "/"
+	}
+	for seg := range strings.SplitSeq(path, "/") {
+		if d, err := url.PathUnescape(seg); err != nil || d == "." || d == ".." || strings.ContainsAny(d, "/\\") {
+			return Webhook{}, fmt.Sprintf("webhook %q has a dot, encoded slash or invalid segment in its path: write the plain path", s)
+		}
+	}
+	return Webhook{URL: s, Host: canon, Port: port, Path: path}, ""
+}
+
+func (p *parser) jobs(n *yaml.Node, f *File, webhooksNode *yaml.Node) {
+	fields, ok := p.mapping(n, "jobs", nil)
+	if !ok {
+		return
+	}
+	for _, fl := range fields {
+		name, ok := p.slug(fl.key, "job name")
+		if !ok {
+			continue
+		}
+		what := "job " + name
+		job := &Job{Name: name, Mode: ModeEnforce, Pos: p.pos(fl.key)}
+		jf, ok := p.mapping(fl.val, what, jobFields)
+		if !ok {
+			continue
+		}
+		f.Jobs[name] = job
+		p.require(fl.val, what, jf, "class")
+		var allowNode *yaml.Node
+		for _, j := range jf {
+			switch j.key.Value {
+			case "class":
+				if s, ok := p.str(j.val, "class"); ok {
+					switch Class(s) {
+					case ClassPlatform, ClassUser:
+						job.Class = Class(s)
+					default:
+						p.errorf(j.val, "class %q is not a class: use platform or user", s)
+					}
+				}
+			case "mode":
+				if s, ok := p.str(j.val, "mode"); ok {
+					switch Mode(s) {
+					case ModeEnforce, ModeReport:
+						job.Mode = Mode(s)
+					default:
+						p.errorf(j.val, "mode %q is not a mode: use enforce (the default) or report", s)
+					}
+				}
+			case "allow":
+				allowNode = j.val
+			case "webhooks":
+				if b, ok := p.boolean(j.val, "webhooks"); ok {
+					job.Webhooks = b
+					if b && len(f.Webhooks) == 0 && webhooksNodeEmpty(webhooksNode) {
+						p.errorf(j.val, "%s sets webhooks: true but the file lists no webhooks: add the URLs under the top-level webhooks or remove this line", what)
+					}
+				}
+			}
+		}
+		if allowNode != nil {
+			job.Allow = p.allow(allowNode, f, job)
+		}
+	}
+}
+
+// webhooksNodeEmpty reports whether the file's webhooks list is absent or
+// empty (as opposed to present with errors, reported already).
+func webhooksNodeEmpty(n *yaml.Node) bool {
+	return n == nil || n.Kind != yaml.SequenceNode || len(n.Content) == 0
+}
+
+func (p *parser) allow(n *yaml.Node, f *File, job *Job) []string {
+	what := "job " + job.Name
+	if n.Kind != yaml.SequenceNode {
+		p.errorf(n, "allow of %s must be a list of endpoint set names, as in [platform_storage], got %s", what, describe(n))
+		return nil
+	}
+	var out []string
+	for _, an := range n.Content {
+		name, ok := p.str(an, "endpoint set name")
+		if !ok {
+			continue
+		}
+		set, defined := f.EndpointSets[name]
+		switch {
+		case !defined:
+			p.errorf(an, "%s allows undefined endpoint set %q: define it under endpoint_sets or remove it%s", what, name, known(f))
+			continue
+		case slices.Contains(out, name):
+			p.errorf(an, "%s allows endpoint set %q twice: remove one", what, name)
+			continue
+		case set.PlatformOnly && job.Class == ClassUser:
+			p.errorf(an, "user-class %s may not use platform_only endpoint set %q (seeds/000: user jobs get no raw RPC access): remove it, or make the job class platform after review", what, name)
+			continue
+		}
+		out = append(out, name)
+	}
+	return out
+}
+
+// known lists the defined endpoint sets for "undefined set" messages.
+func known(f *File) string {
+	if len(f.EndpointSets) == 0 {
+		return " (the file defines no endpoint sets)"
+	}
+	names := make([]string, 0, len(f.EndpointSets))
+	for n := range f.EndpointSets {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return " (defined: " + strings.Join(names, ", ") + ")"
+}
