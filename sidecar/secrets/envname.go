@@ -157,6 +157,9 @@ func ToEnv(values map[string]string) ([]Var, error) {
 		if other, dup := seen[env]; dup {
 			return nil, fmt.Errorf("secret names %q and %q both become %s; rename one", other, n, env)
 		}
+		if strings.IndexByte(values[n], 0) >= 0 {
+			return nil, fmt.Errorf("secret %q: value contains a NUL byte, which an environment variable cannot hold", n)
+		}
 		seen[env] = n
 		vars = append(vars, Var{Secret: n, Env: env, Value: values[n]})
 	}

@@ -73,3 +73,10 @@ func TestToEnvSorted(t *testing.T) {
 		t.Fatalf("got %+v, want A_KEY=1 then B_KEY=2", vars)
 	}
 }
+
+func TestToEnvRejectsNUL(t *testing.T) {
+	_, err := ToEnv(map[string]string{"k": "abc\x00def"})
+	if err == nil || !strings.Contains(err.Error(), "NUL") || strings.Contains(err.Error(), "abc") {
+		t.Fatalf("got %v, want a NUL error without the value", err)
+	}
+}
