@@ -3,6 +3,7 @@ package allowlist
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 )
 
 // metadataRange is a range a cidr entry may never cover, with why.
@@ -41,7 +42,11 @@ func parseCIDR(s string) (netip.Prefix, string) {
 		if a, aerr := netip.ParseAddr(s); aerr == nil {
 			return netip.Prefix{}, fmt.Sprintf("cidr %q has no prefix length: write %q for one address", s, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()).String())
 		}
-		return netip.Prefix{}, fmt.Sprintf("cidr %q is not an IP prefix (%v): write it as ADDRESS/BITS, like 10.20.0.0/16", s, err)
+		reason := err.Error()
+		if i := strings.LastIndex(reason, "): "); i >= 0 {
+			reason = reason[i+3:]
+		}
+		return netip.Prefix{}, fmt.Sprintf("cidr %q is not an IP prefix (%s): write it as ADDRESS/BITS, like 10.20.0.0/16", s, reason)
 	}
 	if m := p.Masked(); m != p {
 		return netip.Prefix{}, fmt.Sprintf("cidr %q has host bits set: write %q", s, m.String())

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"unicode/utf8"
 
 	"golang.org/x/net/idna"
 )
@@ -46,6 +47,19 @@ var lookupProfile = idna.New(
 // The proxy calls it on every request host before matching, so it must be
 // total: any input yields a name or an error, never a panic.
 func CanonicalHost(s string) (string, error) {
+	h, err := canonicalHost(s)
+	if err != nil {
+		if len(s) > 80 {
+			s = s[:80] + "..."
+		}
+		return "", fmt.Errorf("canonical host %q: %w", s, err)
+	}
+	return h, nil
+}
+
+// canonicalHost is CanonicalHost with errors that do not repeat the host,
+// for messages that already show it.
+func canonicalHost(s string) (string, error) {
 	if s == "" {
 		return "", fmt.Errorf("%w: empty host", ErrBadHost)
 	}
@@ -55,24 +69,30 @@ func CanonicalHost(s string) (string, error) {
 		return "", fmt.Errorf("%w: %d bytes is longer than any DNS name", ErrBadHost, len(s))
 	}
 	if isIPLiteral(s) {
-		return "", fmt.Errorf("%w: %q", ErrIPLiteral, s)
+		return "", ErrIPLiteral
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < utf8.RuneSelf && !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.') {
+			return "", fmt.Errorf("%w: character %q is not allowed: use letters, digits, hyphens and dots", ErrBadHost, c)
+		}
 	}
 	h := strings.TrimSuffix(s, ".")
 	// Fast path: already canonical ASCII needs no IDNA mapping, only checks.
 	if !isLowerLDH(h) || strings.Contains(h, "xn--") {
 		a, err := lookupProfile.ToASCII(h)
 		if err != nil {
-			return "", fmt.Errorf("%w: %q: %v", ErrBadHost, s, err)
+			return "", fmt.Errorf("%w: %v", ErrBadHost, err)
 		}
 		h = a
 	}
 	// Mapping can turn fullwidth digits and dots into an address
 	// ("１２７．０．０．１"), so classify again after it.
 	if isIPLiteral(h) {
-		return "", fmt.Errorf("%w: %q", ErrIPLiteral, s)
+		return "", ErrIPLiteral
 	}
 	if err := checkLDH(h); err != nil {
-		return "", fmt.Errorf("%w: %q: %v", ErrBadHost, s, err)
+		return "", fmt.Errorf("%w: %v", ErrBadHost, err)
 	}
 	return h, nil
 }

@@ -229,7 +229,7 @@ func (p *parser) mapping(n *yaml.Node, what string, allowed []string) ([]field, 
 		}
 		seen[k.Value] = k
 		if allowed != nil && !slices.Contains(allowed, k.Value) {
-			p.errorf(k, "unknown field %q in %s: allowed fields are %s", k.Value, what, strings.Join(allowed, ", "))
+			p.errorf(k, "unknown field %q in %s%s: allowed fields are %s", k.Value, what, didYouMean(k.Value, allowed), strings.Join(allowed, ", "))
 			continue
 		}
 		out = append(out, field{k, v})
@@ -361,9 +361,11 @@ func (p *parser) endpointSets(n *yaml.Node, f *File) {
 		return
 	}
 	for _, fl := range fields {
-		name, ok := p.slug(fl.key, "endpoint set name")
-		if !ok {
-			continue
+		// An invalid name is still registered (the file is refused anyway)
+		// so that jobs allowing it do not also report it undefined.
+		name, _ := p.slug(fl.key, "endpoint set name")
+		if name == "" {
+			name = fl.key.Value
 		}
 		what := "endpoint set " + name
 		set := &EndpointSet{Name: name, Pos: p.pos(fl.key)}
@@ -462,7 +464,7 @@ func (p *parser) host(n *yaml.Node) (string, bool) {
 		p.errorf(n, "host %q: '*' is allowed only as the whole first label, as in \"*.example.com\"", s)
 		return "", false
 	}
-	canon, err := CanonicalHost(name)
+	canon, err := canonicalHost(name)
 	switch {
 	case errors.Is(err, ErrIPLiteral):
 		if wild {
@@ -472,7 +474,7 @@ func (p *parser) host(n *yaml.Node) (string, bool) {
 		p.errorf(n, "host %q is an IP address: use a cidr entry, as in cidr: %s", s, cidrHint(name))
 		return "", false
 	case err != nil:
-		p.errorf(n, "host %q is not a valid DNS name (%v): write the name in lowercase letters, digits, hyphens and dots", s, unwrapHostErr(err))
+		p.errorf(n, "host %q is not a valid DNS name: %s", s, unwrapHostErr(err))
 		return "", false
 	case canon != name:
 		want := canon
@@ -586,12 +588,12 @@ func parseWebhook(s string) (Webhook, string) {
 		return Webhook{}, fmt.Sprintf("webhook %q contains a backslash: write '/'", s)
 	}
 	host := u.Hostname()
-	canon, err := CanonicalHost(host)
+	canon, err := canonicalHost(host)
 	switch {
 	case errors.Is(err, ErrIPLiteral):
 		return Webhook{}, fmt.Sprintf("webhook %q has an IP address as its host: use the DNS name the service publishes", s)
 	case err != nil:
-		return Webhook{}, fmt.Sprintf("webhook %q has an invalid host (%s)", s, unwrapHostErr(err))
+		return Webhook{}, fmt.Sprintf("webhook %q has an invalid host: %s", s, unwrapHostErr(err))
 	case canon != host:
 		return Webhook{}, fmt.Sprintf("webhook %q host is not canonical: write %q", s, canon)
 	}
@@ -719,4 +721,39 @@ func known(f *File) string {
 	}
 	slices.Sort(names)
 	return " (defined: " + strings.Join(names, ", ") + ")"
+}
+
+// didYouMean suggests the allowed field closest to a misspelt one.
+func didYouMean(got string, allowed []string) string {
+	best, bestD := "", 3 // suggest only within two edits
+	for _, a := range allowed {
+		if d := editDistance(got, a); d < bestD {
+			best, bestD = a, d
+		}
+	}
+	if best == "" {
+		return ""
+	}
+	return fmt.Sprintf(" (did you mean %q?)", best)
+}
+
+// editDistance is the Levenshtein distance of two short ASCII strings.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
