@@ -1,0 +1,357 @@
+// Package auditstore is the dispatcher's Postgres store: the schema
+// (embedded, versioned migrations), appending audit events to per-org hash
+// chains and storing usage reports exactly once, verifying the chains, and
+// dropping partitions past retention.
+//
+// It is not the HTTP API (dispatcher/ingest) and does not authorise
+// callers: Append trusts that every event and report it is given belongs to
+// the org it is told, and row-level security in Postgres holds it to that.
+//
+// Roles: Migrate runs as a superuser; Open connects and SET ROLEs to
+// cordon_service (production logs in as a role that is a member of it);
+// Verify uses cordon_auditor and Retention cordon_owner.
+package auditstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sort"
+	"time"
+
+	"github.com/cordon-dev/cordon/internal/audit"
+	"github.com/cordon-dev/cordon/internal/usage"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+var discardLogger = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// Options tune Open.
+type Options struct {
+	// MaxConns is the pool size. If zero, 8.
+	MaxConns int32
+	// Log receives the store's logs. If nil, discarded.
+	Log *slog.Logger
+}
+
+// Store appends to the audit store as the cordon_service role.
+type Store struct {
+	pool *pgxpool.Pool
+	log  *slog.Logger
+}
+
+// Open connects to databaseURL (it does not wait for the database to be
+// up: the pool connects on demand) as cordon_service.
+func Open(ctx context.Context, databaseURL string, opts Options) (*Store, error) {
+	cfg, err := pgxpool.ParseConfig(databaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("open audit store: parse database URL: %w", err)
+	}
+	cfg.MaxConns = opts.MaxConns
+	if cfg.MaxConns == 0 {
+		cfg.MaxConns = 8
+	}
+	cfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
+		// Staging tables: COPY is not allowed into tables with row-level
+		// security, so batches are copied here and inserted from here.
+		_, err := c.Exec(ctx, `SET ROLE cordon_service;
+			CREATE TEMP TABLE audit_stage (LIKE audit_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+			CREATE TEMP TABLE usage_stage (LIKE usage_reports INCLUDING DEFAULTS) ON COMMIT DELETE ROWS`)
+		return err
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open audit store: %w", err)
+	}
+	log := opts.Log
+	if log == nil {
+		log = discardLogger
+	}
+	return &Store{pool: pool, log: log}, nil
+}
+
+// Close closes the pool. It is idempotent.
+func (s *Store) Close() { s.pool.Close() }
+
+// Ping checks that the database answers.
+func (s *Store) Ping(ctx context.Context) error { return s.pool.Ping(ctx) }
+
+// EnsurePartitions creates the monthly partitions around now (3 months back,
+// 3 ahead). The dispatcher calls it at start and daily, so inserts never
+// have to fall back to the default partition.
+func (s *Store) EnsurePartitions(ctx context.Context, now time.Time) (int, error) {
+	var n int
+	err := s.pool.QueryRow(ctx, "SELECT cordon_ensure_audit_partitions($1, 3, 3)", now.UTC()).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("ensure audit partitions: %w", err)
+	}
+	return n, nil
+}
+
+// AppendResult says, item by item, what Append stored: true for a new row,
+// false for a duplicate of a row already stored (or earlier in the batch).
+type AppendResult struct {
+	EventStored []bool
+	UsageStored []bool
+}
+
+type chainKey struct {
+	class string
+	month time.Time
+}
+
+// ErrChainConflict means rows of a chain were found already stored after
+// the chain was locked; the transaction was rolled back. It indicates a
+// bug or tampering, not a transient fault.
+var ErrChainConflict = errors.New("audit chain conflict")
+
+// Append stores events and usage reports of one org in one transaction:
+// events are appended to their (org, class, month) hash chains, each chain
+// locked through its head row so replicas append one at a time; events and
+// reports already stored are skipped. When Append returns nil, everything
+// is durably committed. events and reports must be validated by the caller
+// and belong to org; timestamps are stored with microsecond precision.
+func (s *Store) Append(ctx context.Context, org string, events []audit.Event, reports []usage.Report) (AppendResult, error) {
+	res := AppendResult{EventStored: make([]bool, len(events)), UsageStored: make([]bool, len(reports))}
+	rows := make([]row, len(events))
+	chains := map[chainKey][]int{} // chain -> indexes into rows of first occurrences
+	seen := map[chainKey]map[string]bool{}
+	for i := range events {
+		r, err := newRow(org, &events[i])
+		if err != nil {
+			return res, err
+		}
+		rows[i] = r
+		k := chainKey{r.class, r.month}
+		if seen[k] == nil {
+			seen[k] = map[string]bool{}
+		}
+		if seen[k][r.eventID] {
+			continue // duplicate within the batch
+		}
+		seen[k][r.eventID] = true
+		chains[k] = append(chains[k], i)
+	}
+	keys := make([]chainKey, 0, len(chains))
+	for k := range chains {
+		keys = append(keys, k)
+	}
+	// Lock chains in one global order so two transactions never deadlock.
+	sort.Slice(keys, func(i, j int) bool {
+		if keys[i].class != keys[j].class {
+			return keys[i].class < keys[j].class
+		}
+		return keys[i].month.Before(keys[j].month)
+	})
+	reportIdx := dedupeReports(reports)
+
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		b := &pgx.Batch{}
+		b.Queue("SELECT set_config('cordon.org_id', $1, true)", org)
+		b.Queue("INSERT INTO orgs (org_id) VALUES ($1) ON CONFLICT DO NOTHING", org)
+		heads := make([]struct {
+			seq  int64
+			hash []byte
+		}, len(keys))
+		existing := make([]map[string]bool, len(keys))
+		for i, k := range keys {
+			i := i
+			b.Queue(`INSERT INTO audit_chain_heads AS h (org_id, retention_class, chain_month, last_seq, last_hash)
+				VALUES ($1, $2, $3, 0, $4)
+				ON CONFLICT (org_id, retention_class, chain_month) DO UPDATE SET last_seq = h.last_seq
+				RETURNING last_seq, last_hash`, org, k.class, k.month, genesis).QueryRow(func(r pgx.Row) error {
+				return r.Scan(&heads[i].seq, &heads[i].hash)
+			})
+			ids := make([]string, 0, len(chains[k]))
+			for _, ri := range chains[k] {
+				ids = append(ids, rows[ri].eventID)
+			}
+			existing[i] = map[string]bool{}
+			b.Queue(`SELECT event_id FROM audit_events
+				WHERE org_id = $1 AND retention_class = $2 AND chain_month = $3 AND event_id = ANY($4)`,
+				org, k.class, k.month, ids).Query(func(rs pgx.Rows) error {
+				var id string
+				_, err := pgx.ForEachRow(rs, []any{&id}, func() error { existing[i][id] = true; return nil })
+				return err
+			})
+		}
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return fmt.Errorf("lock audit chains of org %s: %w", org, err)
+		}
+
+		// Number and hash the new rows of each chain.
+		var stage [][]any
+		headOrgs, headClasses, headMonths := []string{}, []string{}, []time.Time{}
+		headSeqs, headHashes := []int64{}, [][]byte{}
+		for i, k := range keys {
+			seq, prev := heads[i].seq, heads[i].hash
+			for _, ri := range chains[k] {
+				r := &rows[ri]
+				if existing[i][r.eventID] {
+					continue
+				}
+				seq++
+				r.seq, r.prevHash = seq, prev
+				r.hash = r.computeHash()
+				prev = r.hash
+				res.EventStored[ri] = true
+				stage = append(stage, r.values())
+			}
+			if seq != heads[i].seq {
+				headOrgs = append(headOrgs, org)
+				headClasses = append(headClasses, k.class)
+				headMonths = append(headMonths, k.month)
+				headSeqs = append(headSeqs, seq)
+				headHashes = append(headHashes, prev)
+			}
+		}
+		if len(stage) > 0 {
+			if _, err := tx.CopyFrom(ctx, pgx.Identifier{"audit_stage"}, stageColumns, pgx.CopyFromRows(stage)); err != nil {
+				return fmt.Errorf("copy audit events of org %s: %w", org, err)
+			}
+		}
+		var usageRows [][]any
+		for _, i := range reportIdx {
+			v, err := usageValues(org, &reports[i])
+			if err != nil {
+				return err
+			}
+			usageRows = append(usageRows, v)
+		}
+		if len(usageRows) > 0 {
+			if _, err := tx.CopyFrom(ctx, pgx.Identifier{"usage_stage"}, usageColumns, pgx.CopyFromRows(usageRows)); err != nil {
+				return fmt.Errorf("copy usage reports of org %s: %w", org, err)
+			}
+		}
+
+		b = &pgx.Batch{}
+		if len(stage) > 0 {
+			b.Queue(insertAuditSQL).Exec(func(ct pgconn.CommandTag) error {
+				if ct.RowsAffected() != int64(len(stage)) {
+					return fmt.Errorf("%w: org %s: inserted %d of %d new rows", ErrChainConflict, org, ct.RowsAffected(), len(stage))
+				}
+				return nil
+			})
+			b.Queue(`UPDATE audit_chain_heads h SET last_seq = u.seq, last_hash = u.hash, updated_at = now()
+				FROM unnest($1::text[], $2::text[], $3::date[], $4::bigint[], $5::bytea[]) AS u(org_id, class, month, seq, hash)
+				WHERE h.org_id = u.org_id AND h.retention_class = u.class AND h.chain_month = u.month`,
+				headOrgs, headClasses, headMonths, headSeqs, headHashes)
+		}
+		stored := map[string]bool{}
+		if len(usageRows) > 0 {
+			b.Queue("INSERT INTO jobs (org_id, job_id) SELECT DISTINCT org_id, job_id FROM usage_stage ON CONFLICT DO NOTHING")
+			b.Queue(`INSERT INTO runs (org_id, job_id, run_id, started_at, last_report_at, final, exit_code)
+				SELECT DISTINCT ON (run_id) org_id, job_id, run_id, started_at, ended_at, final, exit_code
+				FROM usage_stage ORDER BY run_id, final DESC, ended_at DESC
+				ON CONFLICT (org_id, run_id) DO UPDATE SET
+					last_report_at = greatest(runs.last_report_at, EXCLUDED.last_report_at),
+					final = runs.final OR EXCLUDED.final,
+					exit_code = coalesce(EXCLUDED.exit_code, runs.exit_code)`)
+			b.Queue(`INSERT INTO usage_reports SELECT * FROM usage_stage
+				ON CONFLICT (org_id, report_id) DO NOTHING RETURNING report_id`).Query(func(rs pgx.Rows) error {
+				var id string
+				_, err := pgx.ForEachRow(rs, []any{&id}, func() error { stored[id] = true; return nil })
+				return err
+			})
+		}
+		if b.Len() > 0 {
+			if err := tx.SendBatch(ctx, b).Close(); err != nil {
+				return fmt.Errorf("insert batch of org %s: %w", org, err)
+			}
+		}
+		for _, i := range reportIdx {
+			res.UsageStored[i] = stored[reports[i].ReportID]
+		}
+		return nil
+	})
+	if err != nil {
+		return AppendResult{EventStored: make([]bool, len(events)), UsageStored: make([]bool, len(reports))}, err
+	}
+	return res, nil
+}
+
+func newRow(org string, ev *audit.Event) (row, error) {
+	var md []byte
+	if ev.Metadata != nil {
+		var err error
+		if md, err = json.Marshal(ev.Metadata); err != nil {
+			return row{}, fmt.Errorf("encode metadata of event %s: %w", ev.EventID, err)
+		}
+	}
+	ts := ev.Timestamp.UTC().Truncate(time.Microsecond)
+	return row{
+		org: org, class: RetentionClass(ev), month: chainMonth(ts), ts: ts,
+		eventType: ev.EventType, eventID: ev.EventID,
+		actorType: ev.Actor.Type, actorID: ev.Actor.ID, actorIP: ev.Actor.IPAddress, actorUA: ev.Actor.UserAgent,
+		resourceType: ev.Resource.Type, resourceID: ev.Resource.ID,
+		action: ev.Action, result: ev.Result, metadata: md, requestID: ev.RequestID,
+	}, nil
+}
+
+var stageColumns = []string{
+	"org_id", "retention_class", "chain_month", "seq", "ts", "event_type", "event_id",
+	"actor_type", "actor_id", "actor_ip", "actor_user_agent", "resource_type", "resource_id",
+	"action", "result", "metadata", "request_id", "prev_hash", "hash",
+}
+
+const insertAuditSQL = `INSERT INTO audit_events (org_id, retention_class, chain_month, seq, ts, event_type, event_id,
+	actor_type, actor_id, actor_ip, actor_user_agent, resource_type, resource_id,
+	action, result, metadata, request_id, prev_hash, hash)
+	SELECT org_id, retention_class, chain_month, seq, ts, event_type, event_id,
+	actor_type, actor_id, actor_ip, actor_user_agent, resource_type, resource_id,
+	action, result, metadata, request_id, prev_hash, hash
+	FROM audit_stage ORDER BY org_id, retention_class, chain_month, seq
+	ON CONFLICT DO NOTHING`
+
+func (r *row) values() []any {
+	var md any
+	if r.metadata != nil {
+		md = string(r.metadata)
+	}
+	return []any{r.org, r.class, r.month, r.seq, r.ts, r.eventType, r.eventID,
+		r.actorType, r.actorID, r.actorIP, r.actorUA, r.resourceType, r.resourceID,
+		r.action, r.result, md, r.requestID, r.prevHash, r.hash}
+}
+
+var usageColumns = []string{
+	"org_id", "report_id", "job_id", "run_id", "final", "started_at", "ended_at", "exit_code",
+	"cpu_user_seconds", "cpu_system_seconds", "max_rss_bytes", "wall_seconds", "egress",
+	"denials", "redactions", "stdout_bytes", "stderr_bytes", "enforcement", "received_at",
+}
+
+func usageValues(org string, r *usage.Report) ([]any, error) {
+	var egress any
+	if r.Egress != nil {
+		b, err := json.Marshal(r.Egress)
+		if err != nil {
+			return nil, fmt.Errorf("encode egress of usage report %s: %w", r.ReportID, err)
+		}
+		egress = string(b)
+	}
+	var exit any
+	if r.ExitCode != nil {
+		exit = int32(*r.ExitCode)
+	}
+	return []any{org, r.ReportID, r.Job, r.RunID, r.Final, r.StartedAt.UTC(), r.EndedAt.UTC(), exit,
+		r.CPUUserSeconds, r.CPUSystemSeconds, r.MaxRSSBytes, r.WallSeconds, egress,
+		r.Denials, r.Redactions, r.StdoutBytes, r.StderrBytes, r.Enforcement, time.Now().UTC()}, nil
+}
+
+// dedupeReports returns the indexes of the first occurrence of each report ID.
+func dedupeReports(reports []usage.Report) []int {
+	seen := make(map[string]bool, len(reports))
+	idx := make([]int, 0, len(reports))
+	for i := range reports {
+		if seen[reports[i].ReportID] {
+			continue
+		}
+		seen[reports[i].ReportID] = true
+		idx = append(idx, i)
+	}
+	return idx
+}

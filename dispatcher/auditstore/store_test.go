@@ -1,0 +1,497 @@
+package auditstore_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cordon-dev/cordon/dispatcher/auditstore"
+	"github.com/cordon-dev/cordon/internal/audit"
+	"github.com/cordon-dev/cordon/internal/usage"
+	"github.com/cordon-dev/cordon/test/pgtest"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(pgtest.WithShared(m)) }
+
+func ctxT(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// migratedDB returns the URL of a fresh, migrated database.
+func migratedDB(t *testing.T) string {
+	t.Helper()
+	url := pgtest.Shared(t).NewDatabase(t)
+	if _, err := auditstore.Migrate(ctxT(t), url, nil); err != nil {
+		t.Fatal(err)
+	}
+	return url
+}
+
+func openStore(t *testing.T, url string) *auditstore.Store {
+	t.Helper()
+	s, err := auditstore.Open(ctxT(t), url, auditstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+func connect(t *testing.T, url string) *pgx.Conn {
+	t.Helper()
+	c, err := pgx.Connect(ctxT(t), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(context.Background()) })
+	return c
+}
+
+func event(org, job string, ts time.Time) audit.Event {
+	return audit.Event{
+		Timestamp: ts,
+		EventType: "EGRESS_ALLOWED",
+		EventID:   audit.NewID(),
+		Actor:     audit.Actor{Type: audit.ActorJob, ID: "spiffe://cordon.test/org/" + org + "/job/" + job},
+		Resource:  audit.Resource{Type: "EGRESS", ID: "api.example.com:443", TenantID: org},
+		Action:    "CONNECT",
+		Result:    audit.ResultSuccess,
+		Metadata:  map[string]any{"bytes": 12.0, "host": "api.example.com"},
+		RequestID: "req_1",
+	}
+}
+
+func events(org, job string, n int) []audit.Event {
+	evs := make([]audit.Event, n)
+	now := time.Now()
+	for i := range evs {
+		evs[i] = event(org, job, now.Add(time.Duration(i)*time.Millisecond))
+	}
+	return evs
+}
+
+func report(org, job, run string) usage.Report {
+	exit := 0
+	return usage.Report{
+		ReportID: "usg_" + strings.TrimPrefix(audit.NewID(), "evt_"), Org: org, Job: job, RunID: run, Final: true,
+		StartedAt: time.Now().Add(-time.Minute), EndedAt: time.Now(), ExitCode: &exit,
+		CPUUserSeconds: 1.5, MaxRSSBytes: 1 << 20, WallSeconds: 60,
+		Egress:      map[string]usage.Egress{"api.example.com:443": {BytesOut: 10, BytesIn: 20, Requests: 1}},
+		Enforcement: "network-only",
+	}
+}
+
+func verifyOK(t *testing.T, url string) auditstore.VerifyReport {
+	t.Helper()
+	rep, err := auditstore.Verify(ctxT(t), url, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Problems) > 0 {
+		t.Fatalf("verify found %d problems, want 0: %v", len(rep.Problems), rep.Problems)
+	}
+	return rep
+}
+
+func count(t *testing.T, c *pgx.Conn, sql string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := c.QueryRow(ctxT(t), sql, args...).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return n
+}
+
+func TestMigrateIsIdempotentAndSafeConcurrently(t *testing.T) {
+	url := pgtest.Shared(t).NewDatabase(t)
+	var wg sync.WaitGroup
+	applied := make([][]string, 3)
+	errs := make([]error, 3)
+	for i := range 3 {
+		wg.Go(func() { applied[i], errs[i] = auditstore.Migrate(ctxT(t), url, nil) })
+	}
+	wg.Wait()
+	total := 0
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("migrate %d: %v", i, err)
+		}
+		total += len(applied[i])
+	}
+	if total != 2 {
+		t.Errorf("concurrent migrations applied %d migrations in total, want 2 (each exactly once)", total)
+	}
+	again, err := auditstore.Migrate(ctxT(t), url, nil)
+	if err != nil || len(again) != 0 {
+		t.Errorf("second migrate applied %v, %v; want nothing, nil", again, err)
+	}
+	c := connect(t, url)
+	for _, table := range []string{"orgs", "users", "jobs", "runs", "usage_reports", "audit_events", "audit_chain_heads"} {
+		var rls, force bool
+		if err := c.QueryRow(ctxT(t), "SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE relname = $1", table).Scan(&rls, &force); err != nil {
+			t.Fatalf("%s: %v", table, err)
+		}
+		if !rls || !force {
+			t.Errorf("%s: row security enabled %v forced %v, want both", table, rls, force)
+		}
+	}
+	parts, err := auditstore.ListPartitions(ctxT(t), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(parts) != 14 {
+		t.Errorf("got %d monthly partitions after migrate, want 14 (2 classes x 7 months)", len(parts))
+	}
+}
+
+func TestAppendStoresOnceAndChains(t *testing.T) {
+	url := migratedDB(t)
+	s := openStore(t, url)
+	ctx := ctxT(t)
+	evs := events("acme", "etl", 20)
+	evs[3].Result = audit.ResultDenied // a security-class event: its own chain
+	rep := report("acme", "etl", "run-1")
+
+	res, err := s.Append(ctx, "acme", evs[:10], []usage.Report{rep})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, ok := range res.EventStored {
+		if !ok {
+			t.Errorf("event %d: stored false on first delivery, want true", i)
+		}
+	}
+	if !res.UsageStored[0] {
+		t.Error("usage report: stored false on first delivery, want true")
+	}
+	// Redeliver out of order, with a duplicate inside the batch and new events.
+	batch := append([]audit.Event{evs[15], evs[2], evs[2]}, evs[5:20]...)
+	res, err = s.Append(ctx, "acme", batch, []usage.Report{rep, rep})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := 0
+	for _, ok := range res.EventStored {
+		if ok {
+			stored++
+		}
+	}
+	if stored != 10 {
+		t.Errorf("second batch stored %d events, want 10 (the new ones)", stored)
+	}
+	if res.UsageStored[0] || res.UsageStored[1] {
+		t.Errorf("redelivered usage report stored %v, want false", res.UsageStored)
+	}
+	c := connect(t, url)
+	if n := count(t, c, "SELECT count(*) FROM audit_events"); n != 20 {
+		t.Errorf("got %d audit rows, want 20", n)
+	}
+	if n := count(t, c, "SELECT count(*) FROM audit_events WHERE retention_class = 'security'"); n != 1 {
+		t.Errorf("got %d security rows, want 1", n)
+	}
+	if n := count(t, c, "SELECT count(*) FROM usage_reports"); n != 1 {
+		t.Errorf("got %d usage rows, want 1", n)
+	}
+	if n := count(t, c, "SELECT count(*) FROM runs WHERE final AND exit_code = 0"); n != 1 {
+		t.Errorf("got %d final runs, want 1", n)
+	}
+	var md string
+	if err := c.QueryRow(ctx, "SELECT metadata::text FROM audit_events WHERE event_id = $1", evs[0].EventID).Scan(&md); err != nil {
+		t.Fatal(err)
+	}
+	if md != `{"bytes":12,"host":"api.example.com"}` {
+		t.Errorf("got metadata %s, want the canonical JSON", md)
+	}
+	rep2 := verifyOK(t, url)
+	if rep2.Rows != 20 || rep2.Chains != 2 {
+		t.Errorf("verify checked %d rows in %d chains, want 20 in 2", rep2.Rows, rep2.Chains)
+	}
+}
+
+func TestConcurrentAppendersShareOneChain(t *testing.T) {
+	url := migratedDB(t)
+	a, b := openStore(t, url), openStore(t, url)
+	all := events("acme", "etl", 400)
+	var wg sync.WaitGroup
+	errs := make(chan error, 40)
+	for w := range 8 {
+		s := a
+		if w%2 == 1 {
+			s = b
+		}
+		wg.Go(func() {
+			// Every writer sends overlapping slices: each event arrives up to twice.
+			for i := w * 50; i < w*50+100 && i < len(all); i += 25 {
+				if _, err := s.Append(ctxT(t), "acme", all[i:min(i+25, len(all))], nil); err != nil {
+					errs <- err
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	c := connect(t, url)
+	if n := count(t, c, "SELECT count(*) FROM audit_events"); n != 400 {
+		t.Errorf("got %d rows, want 400", n)
+	}
+	if n := count(t, c, "SELECT count(DISTINCT event_id) FROM audit_events"); n != 400 {
+		t.Errorf("got %d distinct event ids, want 400", n)
+	}
+	verifyOK(t, url)
+}
+
+// asRole runs fn in a transaction on a superuser connection switched to role
+// with the org set.
+func asRole(t *testing.T, url, role, org string, fn func(tx pgx.Tx) error) error {
+	t.Helper()
+	c := connect(t, url)
+	return pgx.BeginFunc(ctxT(t), c, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctxT(t), "SET LOCAL ROLE "+role); err != nil {
+			return err
+		}
+		if org != "" {
+			if _, err := tx.Exec(ctxT(t), "SELECT set_config('cordon.org_id', $1, true)", org); err != nil {
+				return err
+			}
+		}
+		return fn(tx)
+	})
+}
+
+func TestRowLevelSecurityConfinesEveryRole(t *testing.T) {
+	url := migratedDB(t)
+	s := openStore(t, url)
+	for _, org := range []string{"acme", "globex"} {
+		if _, err := s.Append(ctxT(t), org, events(org, "etl", 5), []usage.Report{report(org, "etl", "r1")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tables := []string{"orgs", "jobs", "runs", "usage_reports", "audit_events", "audit_chain_heads"}
+	cases := []struct {
+		name, role, org string
+		wantOther       int // rows of another org visible
+	}{
+		{"service sees its org", "cordon_service", "acme", 0},
+		{"service with no org sees nothing", "cordon_service", "", 0},
+		{"owner is confined too", "cordon_owner", "globex", 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, table := range tables {
+				err := asRole(t, url, tc.role, tc.org, func(tx pgx.Tx) error {
+					var total, mine int
+					// No WHERE clause: row-level security alone decides.
+					if err := tx.QueryRow(ctxT(t), "SELECT count(*), count(*) FILTER (WHERE org_id = $1) FROM "+table, tc.org).Scan(&total, &mine); err != nil {
+						return err
+					}
+					if total != mine {
+						t.Errorf("%s as %s (org %q): %d rows visible, %d of them its own; want only its own", table, tc.role, tc.org, total, mine)
+					}
+					if tc.org != "" && mine == 0 {
+						t.Errorf("%s as %s (org %q): sees none of its own rows, want some", table, tc.role, tc.org)
+					}
+					return nil
+				})
+				if err != nil && tc.role != "cordon_owner" {
+					t.Fatalf("%s: %v", table, err)
+				}
+			}
+		})
+	}
+	t.Run("service cannot write another org", func(t *testing.T) {
+		err := asRole(t, url, "cordon_service", "acme", func(tx pgx.Tx) error {
+			_, err := tx.Exec(ctxT(t), "INSERT INTO jobs (org_id, job_id) VALUES ('globex', 'sneaky')")
+			return err
+		})
+		if err == nil || !strings.Contains(err.Error(), "row-level security") {
+			t.Errorf("insert into another org: got %v, want a row-level security violation", err)
+		}
+	})
+	t.Run("service cannot read a partition directly", func(t *testing.T) {
+		err := asRole(t, url, "cordon_service", "acme", func(tx pgx.Tx) error {
+			_, err := tx.Exec(ctxT(t), "SELECT count(*) FROM audit_events_standard_default")
+			return err
+		})
+		if !isCode(err, "42501") {
+			t.Errorf("direct partition read: got %v, want permission denied (42501)", err)
+		}
+	})
+}
+
+func isCode(err error, code string) bool {
+	var pg *pgconn.PgError
+	return errors.As(err, &pg) && pg.Code == code
+}
+
+func TestAuditRowsAreAppendOnly(t *testing.T) {
+	url := migratedDB(t)
+	s := openStore(t, url)
+	if _, err := s.Append(ctxT(t), "acme", events("acme", "etl", 3), nil); err != nil {
+		t.Fatal(err)
+	}
+	c := connect(t, url)
+	for _, priv := range []string{"UPDATE", "DELETE", "TRUNCATE"} {
+		var has bool
+		if err := c.QueryRow(ctxT(t), "SELECT has_table_privilege('cordon_service', 'audit_events', $1)", priv).Scan(&has); err != nil {
+			t.Fatal(err)
+		}
+		if has {
+			t.Errorf("cordon_service has %s on audit_events, want not", priv)
+		}
+	}
+	stmts := map[string]string{
+		"update":             "UPDATE audit_events SET result = 'FAILURE'",
+		"delete":             "DELETE FROM audit_events",
+		"truncate":           "TRUNCATE audit_events",
+		"truncate partition": "TRUNCATE audit_events_standard_" + time.Now().UTC().Format("2006_01"),
+	}
+	for _, role := range []string{"cordon_service", "cordon_owner", ""} {
+		for name, sql := range stmts {
+			t.Run(fmt.Sprintf("%s as %q", name, role), func(t *testing.T) {
+				var err error
+				if role == "" { // the superuser itself: only the trigger stands in the way
+					_, err = connect(t, url).Exec(ctxT(t), sql)
+				} else {
+					err = asRole(t, url, role, "acme", func(tx pgx.Tx) error { _, err := tx.Exec(ctxT(t), sql); return err })
+				}
+				if !isCode(err, "42501") {
+					t.Errorf("got %v, want refusal (42501)", err)
+				}
+			})
+		}
+	}
+	if n := count(t, c, "SELECT count(*) FROM audit_events"); n != 3 {
+		t.Errorf("got %d rows after the attempts, want 3", n)
+	}
+	verifyOK(t, url)
+}
+
+func TestVerifyFindsTampering(t *testing.T) {
+	cases := []struct {
+		name     string
+		tamper   string // {A} and {B} are the event ids of rows 3 and 5
+		wantKind string
+		wantSeq  int64
+		wantID   bool // the problem names the row's event_id
+	}{
+		{"changed field", "UPDATE audit_events SET result = 'FAILURE' WHERE event_id = '{A}'", auditstore.KindChanged, 3, true},
+		{"changed metadata", `UPDATE audit_events SET metadata = '{"bytes":13,"host":"api.example.com"}' WHERE event_id = '{A}'`, auditstore.KindChanged, 3, true},
+		{"deleted row", "DELETE FROM audit_events WHERE event_id = '{A}'", auditstore.KindMissing, 3, false},
+		{"deleted tail", "DELETE FROM audit_events WHERE seq >= 5", auditstore.KindMissing, 5, false},
+		{"renumbered", "UPDATE audit_events SET seq = seq + 100 WHERE event_id = '{A}'", auditstore.KindMissing, 3, false},
+		{"swapped rows", "UPDATE audit_events SET seq = 1000 WHERE event_id = '{A}'; UPDATE audit_events SET seq = 3 WHERE event_id = '{B}'; UPDATE audit_events SET seq = 5 WHERE event_id = '{A}'", auditstore.KindChanged, 3, true},
+		{"head deleted", "DELETE FROM audit_chain_heads", auditstore.KindNoHead, 0, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			url := migratedDB(t)
+			s := openStore(t, url)
+			evs := events("acme", "etl", 6)
+			if _, err := s.Append(ctxT(t), "acme", evs, nil); err != nil {
+				t.Fatal(err)
+			}
+			verifyOK(t, url)
+			c := connect(t, url)
+			sql := strings.NewReplacer("{A}", evs[2].EventID, "{B}", evs[4].EventID).Replace(tc.tamper)
+			if _, err := c.Exec(ctxT(t), "SET session_replication_role = replica; "+sql); err != nil {
+				t.Fatalf("tamper: %v", err)
+			}
+			rep, err := auditstore.Verify(ctxT(t), url, "acme")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(rep.Problems) != 1 {
+				t.Fatalf("got %d problems %v, want 1", len(rep.Problems), rep.Problems)
+			}
+			p := rep.Problems[0]
+			if p.Kind != tc.wantKind || p.Seq != tc.wantSeq {
+				t.Errorf("got %s at seq %d (%s), want %s at seq %d", p.Kind, p.Seq, p, tc.wantKind, tc.wantSeq)
+			}
+			if tc.wantID && p.EventID == "" {
+				t.Errorf("problem %s does not name the row's event_id", p)
+			}
+		})
+	}
+}
+
+func TestRetentionDropsOnlyExpiredPartitions(t *testing.T) {
+	url := migratedDB(t)
+	s := openStore(t, url)
+	now := time.Date(2026, 11, 15, 12, 0, 0, 0, time.UTC)
+	c := connect(t, url)
+	// Partitions for the last 30 months, as a long-running deployment has.
+	if _, err := c.Exec(ctxT(t), "SELECT cordon_ensure_audit_partitions($1, 24, 0), cordon_ensure_audit_partitions($2, 6, 0)", now, now.AddDate(-2, 0, 0)); err != nil {
+		t.Fatal(err)
+	}
+	at := func(months int, denied bool) audit.Event {
+		ev := event("acme", "etl", now.AddDate(0, -months, 0))
+		if denied {
+			ev.Result = audit.ResultDenied
+		}
+		return ev
+	}
+	evs := []audit.Event{
+		at(13, false), // standard, 13 months: expired
+		at(11, false), // standard, 11 months: kept
+		at(13, true),  // security, 13 months: kept
+		at(25, true),  // security, 25 months: expired
+		at(23, true),  // security, 23 months: kept
+		at(0, false),
+	}
+	if _, err := s.Append(ctxT(t), "acme", evs, nil); err != nil {
+		t.Fatal(err)
+	}
+	dry, err := auditstore.Retention(ctxT(t), url, auditstore.RetentionOptions{Now: now, DryRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, c, "SELECT count(*) FROM audit_events"); n != 6 || len(dry) == 0 {
+		t.Fatalf("dry run: %d rows left and %d partitions listed, want 6 and some", n, len(dry))
+	}
+	dropped, err := auditstore.Retention(ctxT(t), url, auditstore.RetentionOptions{Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range dropped {
+		if !p.Expired(now) {
+			t.Errorf("dropped %s, which is not expired", p.Name)
+		}
+	}
+	left, err := auditstore.ListPartitions(ctxT(t), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range left {
+		if p.Expired(now) {
+			t.Errorf("kept %s, which is expired", p.Name)
+		}
+	}
+	var got []string
+	rows, _ := c.Query(ctxT(t), "SELECT event_id FROM audit_events ORDER BY ts")
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = ids
+	want := []string{evs[4].EventID, evs[2].EventID, evs[1].EventID, evs[5].EventID}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("rows left %v, want %v", got, want)
+	}
+	rep := verifyOK(t, url)
+	if rep.Expired != 2 {
+		t.Errorf("verify counted %d expired chains, want 2", rep.Expired)
+	}
+}
