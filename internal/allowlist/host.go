@@ -24,13 +24,16 @@ var ErrBadHost = errors.New("invalid host name")
 const MaxHostLen = 253
 
 // lookupProfile is UTS #46 processing for lookup (RFC 5891 section 5): case
-// and width mapping, NFC, the Bidi and ContextJ rules, hyphen checks, STD3
-// (letters, digits, hyphen) and DNS length limits, non-transitional so
-// "ß" stays distinct from "ss" as browsers treat it today.
+// and width mapping, NFC, the Bidi and ContextJ rules, STD3 (letters,
+// digits, hyphen) and DNS length limits, non-transitional so "ß" stays
+// distinct from "ss" as browsers treat it today. CheckHyphens is off as in
+// the WHATWG URL standard: real names such as CDN hosts use "--" in the
+// third and fourth positions; checkLDH still refuses a leading or trailing
+// hyphen.
 var lookupProfile = idna.New(
 	idna.MapForLookup(),
 	idna.BidiRule(),
-	idna.CheckHyphens(true),
+	idna.CheckHyphens(false),
 	idna.CheckJoiners(true),
 	idna.VerifyDNSLength(true),
 	idna.Transitional(false),
@@ -68,6 +71,10 @@ func canonicalHost(s string) (string, error) {
 		// written in Unicode, is this long.
 		return "", fmt.Errorf("%w: %d bytes is longer than any DNS name", ErrBadHost, len(s))
 	}
+	if !utf8.ValidString(s) {
+		// IDNA would map the bad bytes to U+FFFD and encode that.
+		return "", fmt.Errorf("%w: not valid UTF-8", ErrBadHost)
+	}
 	if isIPLiteral(s) {
 		return "", ErrIPLiteral
 	}
@@ -78,7 +85,12 @@ func canonicalHost(s string) (string, error) {
 		}
 	}
 	h := strings.TrimSuffix(s, ".")
-	// Fast path: already canonical ASCII needs no IDNA mapping, only checks.
+	// Fast path: for ASCII letters, digits and hyphens UTS #46 mapping is
+	// lowercasing, so only names with other runes or A-labels ("xn--", whose
+	// punycode must be validated) need the IDNA profile.
+	if isASCII(h) {
+		h = strings.ToLower(h)
+	}
 	if !isLowerLDH(h) || strings.Contains(h, "xn--") {
 		a, err := lookupProfile.ToASCII(h)
 		if err != nil {
@@ -95,6 +107,16 @@ func canonicalHost(s string) (string, error) {
 		return "", fmt.Errorf("%w: %v", ErrBadHost, err)
 	}
 	return h, nil
+}
+
+// isASCII reports whether s holds only ASCII bytes.
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
 }
 
 // isLowerLDH reports whether s holds only lowercase letters, digits, hyphens
@@ -145,8 +167,11 @@ func isIPLiteral(s string) bool {
 	if len(t) > 2 && t[0] == '[' && t[len(t)-1] == ']' {
 		t = t[1 : len(t)-1]
 	}
-	if _, err := netip.ParseAddr(t); err == nil {
-		return true
+	if strings.IndexByte(t, ':') >= 0 {
+		// Only IPv6 literals carry a colon; parse only then, since a failed
+		// parse allocates its error. Dotted IPv4 ends in a number below.
+		_, err := netip.ParseAddr(t)
+		return err == nil
 	}
 	last := t
 	if i := strings.LastIndexByte(t, '.'); i >= 0 {

@@ -69,4 +69,3 @@ func privateSuffixWildcard(host string) (string, bool) {
 	ps, icann := publicsuffix.PublicSuffix(name)
 	return ps, ps == name && !icann && strings.Contains(name, ".")
 }
-
