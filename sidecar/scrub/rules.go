@@ -177,22 +177,22 @@ const (
 
 // validator is one running rule scanner.
 type validator struct {
-	kind      ruleKind
-	phase     uint8
-	committed bool  // owns a growing interval starting at ivStart
-	escaped   bool  // previous byte was a backslash inside a "-quoted value
-	quote     byte  // kindKey: the value's closing quote; '\\' for \"...\"
-	trig      int32 // trigger index
-	n         int32 // bytes consumed in the current phase
-	kept      int32 // kindKey: length of the value prefix kept in clear
-	dots      int32 // kindJWT: dots seen; kindEmail: dots in the domain
-	ok, okPrev bool // kindEmail: domain valid so far / before the last dot
-	alpha     bool  // kindEmail: current label is all letters
-	mask      uint64
-	start     int64 // start of the (possible) redaction
-	ivStart   int64 // committed: a position inside the owned interval
-	at        int64 // kindEmail: position of '@'
-	hold      int64 // bytes at or after hold may still be redacted
+	kind       ruleKind
+	phase      uint8
+	committed  bool  // owns a growing interval starting at ivStart
+	escaped    bool  // previous byte was a backslash inside a "-quoted value
+	quote      byte  // kindKey: the value's closing quote; '\\' for \"...\"
+	trig       int32 // trigger index
+	n          int32 // bytes consumed in the current phase
+	kept       int32 // kindKey: length of the value prefix kept in clear
+	dots       int32 // kindJWT: dots seen; kindEmail: dots in the domain
+	ok, okPrev bool  // kindEmail: domain valid so far / before the last dot
+	alpha      bool  // kindEmail: current label is all letters
+	mask       uint64
+	start      int64 // start of the (possible) redaction
+	ivStart    int64 // committed: a position inside the owned interval
+	at         int64 // kindEmail: position of '@'
+	hold       int64 // bytes at or after hold may still be redacted
 }
 
 // activate starts the scanner of trigger t, whose text ended at position end.

@@ -182,7 +182,7 @@ func TestHoldBack(t *testing.T) {
 		}
 	}
 	step("ordinary line\n", "ordinary line\n")
-	step("x zq9-SEC", "ordinary line\nx ")                       // live prefix held
+	step("x zq9-SEC", "ordinary line\nx ")                        // live prefix held
 	step("RET-zq9 y\n", "ordinary line\nx [REDACTED:K] y\n")      // completed
 	step("zq9-SECRET", "ordinary line\nx [REDACTED:K] y\n")       // held
 	step("!\n", "ordinary line\nx [REDACTED:K] y\nzq9-SECRET!\n") // released: not the secret
