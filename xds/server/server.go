@@ -89,7 +89,8 @@ type Server struct {
 
 type streamState struct {
 	ident      Identity
-	registered bool // counted in nodes
+	registered bool   // counted in nodes
+	lastSent   string // version of the last response sent
 }
 
 type nodeState struct {
@@ -335,6 +336,15 @@ func (s *Server) onStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) er
 
 	if req.GetResponseNonce() != "" {
 		if d := req.GetErrorDetail(); d != nil {
+			// A NACK carries the last version the proxy accepted; the cache
+			// would answer it with the rejected snapshot at once, forever.
+			// Treat the rejected version as known: the next push is the
+			// next snapshot.
+			s.mu.Lock()
+			if st.lastSent != "" {
+				req.VersionInfo = st.lastSent
+			}
+			s.mu.Unlock()
 			s.metrics.NACKs.Inc()
 			s.log.Warn("xds nack", "stream", id, "peer", key, "version", req.GetVersionInfo(),
 				"reason", truncate(d.GetMessage(), 1000))
@@ -345,8 +355,13 @@ func (s *Server) onStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) er
 	return nil
 }
 
-func (s *Server) onStreamResponse(context.Context, int64, *discoveryv3.DiscoveryRequest, *discoveryv3.DiscoveryResponse) {
+func (s *Server) onStreamResponse(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
 	s.metrics.Pushes.Inc()
+	s.mu.Lock()
+	if st, ok := s.streams[id]; ok {
+		st.lastSent = resp.GetVersionInfo()
+	}
+	s.mu.Unlock()
 }
 
 func truncate(s string, n int) string {

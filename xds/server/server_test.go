@@ -289,6 +289,17 @@ func TestPublishPushesAndCountsACKs(t *testing.T) {
 	}
 	waitFor(t, func() bool { return counter(e.srv.metrics.ACKs) == 2 && counter(e.srv.metrics.NACKs) == 1 },
 		"2 ACKs and 1 NACK")
+	// The NACKed version is not resent in a loop: the next push is the next
+	// snapshot.
+	if r := recv(t, s, 300*time.Millisecond); r != nil {
+		t.Fatalf("got %+v after a NACK, want nothing until the next Publish", r.resp.GetVersionInfo())
+	}
+	if err := e.srv.Publish(context.Background(), 4, routesFor(t, policy("acme", "a", "a4.example.com"))); err != nil {
+		t.Fatal(err)
+	}
+	if r := recv(t, s, 2*time.Second); r == nil || r.resp.GetVersionInfo() != "v4" {
+		t.Fatalf("got %+v, want v4 after the NACK", r)
+	}
 }
 
 func TestDeltaRefused(t *testing.T) {

@@ -1,0 +1,325 @@
+// Package xdsclient is the egress proxy's side of xDS: it subscribes to
+// cordon-xds over ADS (gRPC, mTLS with the proxy's SVID), turns the Envoy
+// RouteConfigurations it receives back into allowlist policies
+// (xds/translate), hands them to an Applier (the proxy's policy store), and
+// ACKs what it applied or NACKs, with the reason, what it could not use.
+//
+// Failure behaviour is the point of this package (DESIGN.md, "xDS"):
+//   - it starts deny-all: it never calls Apply until a good policy arrives;
+//   - a response it cannot fully decode or apply changes nothing (NACK);
+//   - when the control plane is gone it keeps the last applied policy and
+//     reconnects with exponential backoff;
+//   - it never applies an empty set or anything that allows more than the
+//     control plane sent. A sidecar whose job has no policy (the control
+//     plane sends no resource for it) applies an explicit deny-all policy.
+//
+// It does not enforce anything (egress-proxy/policy) or decide who gets
+// which policy (xds/server).
+package xdsclient
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/cenkalti/backoff/v5"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/cordon-dev/cordon/internal/allowlist"
+	"github.com/cordon-dev/cordon/xds/translate"
+)
+
+// Applier swaps in a complete set of job policies atomically; on error
+// nothing changed. *policy.Store (egress-proxy/policy) is one.
+type Applier interface {
+	Apply([]*allowlist.JobPolicy) error
+}
+
+// DefaultServerPath is the SPIFFE ID path cordon-xds is expected to present.
+const DefaultServerPath = "/cordon/xds"
+
+// Config configures a Client.
+type Config struct {
+	// Addr is the control plane's host:port. Required.
+	Addr string
+	// SVID is the proxy's own identity; its SPIFFE ID is the node ID, and
+	// for a sidecar it names the job (spiffe://TD/org/ORG/job/JOB).
+	// Required.
+	SVID x509svid.Source
+	// Bundles verifies the control plane. Required.
+	Bundles x509bundle.Source
+	// ServerID is the SPIFFE ID the control plane must present. If zero,
+	// spiffe://<our trust domain>/cordon/xds.
+	ServerID spiffeid.ID
+	// Gateway subscribes to every job's policy (wildcard) instead of the
+	// one job named by SVID.
+	Gateway bool
+	// Logger, if nil, discards.
+	Logger *slog.Logger
+	// MinBackoff and MaxBackoff bound the reconnect delay. If zero, 200ms
+	// and 15s.
+	MinBackoff, MaxBackoff time.Duration
+}
+
+// Client is an ADS subscription. Create it with New and run it with Run.
+type Client struct {
+	cfg    Config
+	log    *slog.Logger
+	apply  Applier
+	nodeID string
+	// names is what the client subscribes to: its job's resource, or nil
+	// (wildcard) for a gateway.
+	names []string
+	// org and job are the sidecar's job.
+	org, job string
+
+	mu sync.Mutex // guards the following
+	// version is the last version applied ("" before the first).
+	version string
+	// lastNACK is the reason of the latest NACK, "" when the latest
+	// response was applied.
+	lastNACK string
+	applied  chan struct{} // closed and replaced on every apply
+}
+
+var jobPathRE = regexp.MustCompile(`^/org/([^/]+)/job/([^/]+)$`)
+
+// New checks cfg and returns a Client. It reads the SVID once to learn the
+// node ID (and the job, for a sidecar).
+func New(cfg Config, a Applier) (*Client, error) {
+	if cfg.Addr == "" || cfg.SVID == nil || cfg.Bundles == nil || a == nil {
+		return nil, errors.New("xds client: address, SVID source, bundle source and applier are required")
+	}
+	if cfg.MinBackoff == 0 {
+		cfg.MinBackoff = 200 * time.Millisecond
+	}
+	if cfg.MaxBackoff == 0 {
+		cfg.MaxBackoff = 15 * time.Second
+	}
+	svid, err := cfg.SVID.GetX509SVID()
+	if err != nil {
+		return nil, fmt.Errorf("xds client: read own SVID: %w", err)
+	}
+	if cfg.ServerID.IsZero() {
+		cfg.ServerID, err = spiffeid.FromPath(svid.ID.TrustDomain(), DefaultServerPath)
+		if err != nil {
+			return nil, fmt.Errorf("xds client: %w", err)
+		}
+	}
+	c := &Client{cfg: cfg, log: cfg.Logger, apply: a, nodeID: svid.ID.String(), applied: make(chan struct{})}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	if !cfg.Gateway {
+		m := jobPathRE.FindStringSubmatch(svid.ID.Path())
+		if m == nil {
+			return nil, fmt.Errorf("xds client: SVID %s is not a job identity (spiffe://TD/org/ORG/job/JOB); set Gateway for a gateway", svid.ID)
+		}
+		c.org, c.job = m[1], m[2]
+		c.names = []string{translate.ResourceName(c.org, c.job)}
+	}
+	return c, nil
+}
+
+// Version is the version of the last applied policy, "" before the first.
+func (c *Client) Version() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.version
+}
+
+// Applied returns a channel closed at the next successful Apply.
+func (c *Client) Applied() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.applied
+}
+
+// LastNACK is the reason of the latest rejected response, or "" when the
+// latest response was applied.
+func (c *Client) LastNACK() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lastNACK
+}
+
+// tlsConfig is mTLS with our SVID, TLS 1.3 only, the server authorized by
+// its exact SPIFFE ID.
+func (c *Client) tlsConfig() *tls.Config {
+	tc := tlsconfig.MTLSClientConfig(c.cfg.SVID, c.cfg.Bundles, tlsconfig.AuthorizeID(c.cfg.ServerID))
+	tc.MinVersion = tls.VersionTLS13
+	return tc
+}
+
+// Run subscribes until ctx is done, reconnecting with backoff whenever the
+// stream fails. The last applied policy stays in force throughout. It
+// returns nil when ctx is done.
+func (c *Client) Run(ctx context.Context) error {
+	conn, err := grpc.NewClient(c.cfg.Addr,
+		grpc.WithTransportCredentials(credentials.NewTLS(c.tlsConfig())),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)),
+	)
+	if err != nil {
+		return fmt.Errorf("xds client: dial %s: %w", c.cfg.Addr, err)
+	}
+	defer conn.Close()
+	ads := discoveryv3.NewAggregatedDiscoveryServiceClient(conn)
+
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval, b.MaxInterval = c.cfg.MinBackoff, c.cfg.MaxBackoff
+	for {
+		got, err := c.stream(ctx, ads)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if got {
+			b.Reset()
+		}
+		wait := b.NextBackOff()
+		c.log.Warn("xds stream ended, keeping the last applied policy", "addr", c.cfg.Addr,
+			"version", c.Version(), "retry_in", wait, "error", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// stream runs one ADS stream until it fails. got reports whether any
+// response arrived (the connection worked, so the backoff resets).
+func (c *Client) stream(ctx context.Context, ads discoveryv3.AggregatedDiscoveryServiceClient) (got bool, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s, err := ads.StreamAggregatedResources(ctx, grpc.WaitForReady(false))
+	if err != nil {
+		return false, fmt.Errorf("open stream: %w", err)
+	}
+	req := &discoveryv3.DiscoveryRequest{
+		Node:          &corev3.Node{Id: c.nodeID},
+		TypeUrl:       resource.RouteType,
+		ResourceNames: c.names,
+		// Resuming at our version: an unchanged control plane sends
+		// nothing new, a changed one sends its current snapshot.
+		VersionInfo: c.Version(),
+	}
+	if err := s.Send(req); err != nil {
+		return false, fmt.Errorf("send subscription: %w", err)
+	}
+	for {
+		resp, err := s.Recv()
+		if err != nil {
+			return got, fmt.Errorf("receive: %w", err)
+		}
+		got = true
+		next := &discoveryv3.DiscoveryRequest{
+			TypeUrl:       resource.RouteType,
+			ResourceNames: c.names,
+			ResponseNonce: resp.GetNonce(),
+		}
+		if err := c.handle(resp); err != nil {
+			c.log.Error("xds response rejected, keeping the last applied policy",
+				"version", resp.GetVersionInfo(), "serving_version", c.Version(), "error", err)
+			next.VersionInfo = c.Version()
+			next.ErrorDetail = &status.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
+		} else {
+			next.VersionInfo = resp.GetVersionInfo()
+		}
+		if err := s.Send(next); err != nil {
+			return got, fmt.Errorf("send ack: %w", err)
+		}
+	}
+}
+
+// handle decodes and applies one response; any error means nothing was
+// applied.
+func (c *Client) handle(resp *discoveryv3.DiscoveryResponse) error {
+	policies, err := c.decode(resp)
+	if err == nil {
+		err = c.apply.Apply(policies)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		c.lastNACK = err.Error()
+		return err
+	}
+	c.version, c.lastNACK = resp.GetVersionInfo(), ""
+	close(c.applied)
+	c.applied = make(chan struct{})
+	c.log.Info("xds policy applied", "version", resp.GetVersionInfo(), "jobs", len(policies))
+	return nil
+}
+
+func (c *Client) decode(resp *discoveryv3.DiscoveryResponse) ([]*allowlist.JobPolicy, error) {
+	if resp.GetTypeUrl() != resource.RouteType {
+		return nil, fmt.Errorf("response type %q: want %s", resp.GetTypeUrl(), resource.RouteType)
+	}
+	seen := map[string]bool{}
+	var out []*allowlist.JobPolicy
+	for i, a := range resp.GetResources() {
+		if a.GetTypeUrl() != resource.RouteType {
+			return nil, fmt.Errorf("resource %d: type %q: want %s", i, a.GetTypeUrl(), resource.RouteType)
+		}
+		var rc routev3.RouteConfiguration
+		if err := a.UnmarshalTo(&rc); err != nil {
+			return nil, fmt.Errorf("resource %d: %w", i, err)
+		}
+		if seen[rc.GetName()] {
+			return nil, fmt.Errorf("resource %q sent twice", rc.GetName())
+		}
+		seen[rc.GetName()] = true
+		if !c.cfg.Gateway && rc.GetName() != c.names[0] {
+			return nil, fmt.Errorf("resource %q: this proxy serves only %s", rc.GetName(), c.names[0])
+		}
+		p, err := translate.FromRouteConfiguration(&rc)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	if len(out) == 0 {
+		if c.cfg.Gateway {
+			return nil, errors.New("empty policy set: a gateway keeps its last policy rather than drop every job")
+		}
+		// The control plane has no policy for our job: it was removed from
+		// the allowlists. Deny everything rather than keep what it had.
+		out = []*allowlist.JobPolicy{{Org: c.org, Job: c.job, Class: allowlist.ClassUser, Mode: allowlist.ModeEnforce}}
+	}
+	return out, nil
+}
+
+// ResourceNames is what the client subscribes to (nil: wildcard).
+func (c *Client) ResourceNames() []string { return append([]string(nil), c.names...) }
+
+// NodeID is the node ID the client presents: its SPIFFE ID.
+func (c *Client) NodeID() string { return c.nodeID }
+
+// String describes the subscription for logs.
+func (c *Client) String() string {
+	if c.cfg.Gateway {
+		return "gateway " + c.nodeID + " (all jobs)"
+	}
+	return c.nodeID + " (" + strings.Join(c.names, ",") + ")"
+}
