@@ -265,9 +265,9 @@ func TestUpdateTakesEffectForNextConnect(t *testing.T) {
 		return h.errOf(helperOp{Op: "connect", Proto: "tcp", Addr: target.addrPort().String()})
 	}
 	steps := []struct {
-		name   string
-		cidrs  []string
-		want   string
+		name  string
+		cidrs []string
+		want  string
 	}{
 		{"initial policy without the CIDR", nil, "EPERM"},
 		{"CIDR added", []string{"127.0.0.2/32"}, ""},
