@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // FuzzParse checks that Parse never panics, that every failure is a
@@ -33,6 +35,12 @@ func FuzzParse(f *testing.F) {
 		}
 		if file.Version != 1 || !slugRE.MatchString(file.Org) {
 			t.Fatalf("accepted version %d org %q", file.Version, file.Org)
+		}
+		td := spiffeid.RequireTrustDomainFromString("example.org")
+		for name := range file.Jobs {
+			if _, err := spiffeid.FromSegments(td, "org", file.Org, "job", name); err != nil {
+				t.Fatalf("accepted org %q job %q that make no SPIFFE ID: %v", file.Org, name, err)
+			}
 		}
 		for _, set := range file.EndpointSets {
 			if len(set.Entries) == 0 {

@@ -97,11 +97,19 @@ func parse(name string, data []byte) (parsed, ErrorList) {
 	var extra yaml.Node
 	switch err := dec.Decode(&extra); {
 	case err == nil:
-		n := &extra
+		line := extra.Line
 		if len(extra.Content) > 0 {
-			n = extra.Content[0]
+			line = extra.Content[0].Line
 		}
-		p.errorf(n, "file holds a second YAML document: one file is one org's policy, remove the '---' and what follows or move it to its own file")
+		// Blame the "---" that starts it, the line to delete.
+		blame := line
+		for _, loc := range docStartRE.FindAllIndex(data, -1) {
+			if l, _ := lineCol(data, loc[0]); l <= line {
+				blame = l
+			}
+		}
+		line = blame
+		p.errorAt(line, 1, "file holds a second YAML document: one file is one org's policy, remove the '---' and what follows or move it to its own file")
 		return parsed{}, p.errs
 	case !errors.Is(err, io.EOF):
 		p.syntaxError(data, err)
@@ -122,38 +130,165 @@ func parse(name string, data []byte) (parsed, ErrorList) {
 	return parsed{file: f, orgPos: orgPos}, nil
 }
 
+// docStartRE finds YAML document start markers.
+var docStartRE = regexp.MustCompile(`(?m)^---(?:[ \t]|$)`)
+
 // yamlLineRE finds the line yaml.v3 puts in most syntax errors.
 var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 
-// syntaxError turns a yaml.v3 error into a positioned Error. yaml.v3 gives a
-// line for most errors and never a column.
+// zeroBasedLine are the yaml.v3 errors whose "line N" is the 0-based line
+// of the construct's start (its parser reports the context mark without
+// adding one, and omits "line 0"), so N+1 is the line a human counts.
+// Pinned by the syntax_* fixtures; yaml.v3 is frozen at v3.0.1.
+var zeroBasedLine = []string{
+	"did not find expected ',' or",
+	"did not find expected key",
+	"did not find expected node content",
+	"did not find expected '-' indicator",
+	"did not find expected <document start>",
+	"found a tab character that violates indentation",
+}
+
+// unknownAnchorRE is yaml.v3's error for an alias to no anchor.
+var unknownAnchorRE = regexp.MustCompile(`^yaml: unknown anchor '(.*)' referenced$`)
+
+// syntaxError turns a yaml.v3 error into a positioned Error. yaml.v3 gives
+// a line for most errors (see zeroBasedLine) and never a column.
 func (p *parser) syntaxError(data []byte, err error) {
-	msg := err.Error()
-	line := 1
-	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	line := 0
+	if m := yamlLineRE.FindStringSubmatch(err.Error()); m != nil {
 		line, _ = strconv.Atoi(m[1])
 		msg = m[2]
-	} else {
-		msg = strings.TrimPrefix(msg, "yaml: ")
+	}
+	zeroBased := slices.ContainsFunc(zeroBasedLine, func(prefix string) bool { return strings.HasPrefix(msg, prefix) })
+	if zeroBased {
+		line++
 	}
 	// The common mistake: an unquoted "*.example.com", which YAML reads as
 	// an alias. Point at it and say how to write it.
-	if l, c, ok := unquotedStar(data); ok {
-		p.errorAt(l, c, "invalid YAML (%s): quote hosts that start with '*', as in host: \"*.example.com\"", msg)
-		return
+	if strings.HasPrefix(msg, "did not find expected alphabetic or numeric character") {
+		if l, c, ok := find(data, unquotedStarRE, max(line, 1)); ok {
+			p.errorAt(l, c, "invalid YAML (%s): quote hosts that start with '*', as in host: \"*.example.com\"", msg)
+			return
+		}
 	}
-	p.errorAt(line, 1, "invalid YAML: %s", msg)
+	if m := unknownAnchorRE.FindStringSubmatch(err.Error()); m != nil {
+		re := regexp.MustCompile(`\*` + regexp.QuoteMeta(m[1]))
+		if l, c, ok := find(data, re, 1); ok {
+			p.errorAt(l, c, "YAML alias *%s is not allowed (and refers to no anchor): write the value out, and quote hosts that start with '*'", m[1])
+			return
+		}
+	}
+	line = refineSyntaxLine(data, max(line-1, 1))
+	col := indentCol(data, line)
+	if lineStartsWithTab(data, line) {
+		msg += ": indent with spaces, YAML does not allow tabs"
+	}
+	p.errorAt(line, col, "invalid YAML: %s", msg)
 }
 
-var unquotedStarRE = regexp.MustCompile(`(?m)^(\s*(?:-\s+)?(?:[A-Za-z_]+:\s+)?)\*[^\s]`)
+// Bounds of refineSyntaxLine's search: it reparses a growing prefix once
+// per line, so it only runs on files of allowlist size.
+const (
+	refineMaxBytes = 64 << 10
+	refineMaxLines = 200
+)
 
-// unquotedStar finds the first value that starts with a bare '*'.
-func unquotedStar(data []byte) (line, col int, ok bool) {
-	loc := unquotedStarRE.FindSubmatchIndex(data)
+// refineSyntaxLine finds the first line at or after from where the file
+// stops parsing: yaml.v3 reports the line where the enclosing construct
+// starts, while a reviewer needs the line to fix. The first prefix of
+// lines that fails to parse ends at that line (or at an unclosed bracket or
+// quote, which is the line to fix too). Beyond the bounds it returns from.
+func refineSyntaxLine(data []byte, from int) int {
+	if len(data) > refineMaxBytes {
+		return from
+	}
+	off, line := 0, 1
+	for ; line < from; line++ {
+		j := bytes.IndexByte(data[off:], '\n')
+		if j < 0 {
+			return from
+		}
+		off += j + 1
+	}
+	for n := 0; n < refineMaxLines && off < len(data); n, line = n+1, line+1 {
+		end := len(data)
+		if j := bytes.IndexByte(data[off:], '\n'); j >= 0 {
+			end = off + j + 1
+		}
+		if !parsesAll(data[:end]) {
+			return line
+		}
+		off = end
+	}
+	return from
+}
+
+// parsesAll reports whether every YAML document in data parses.
+func parsesAll(data []byte) bool {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	for {
+		var n yaml.Node
+		if err := dec.Decode(&n); err != nil {
+			return errors.Is(err, io.EOF)
+		}
+	}
+}
+
+// lineStartsWithTab reports whether line's indentation holds a tab.
+func lineStartsWithTab(data []byte, line int) bool {
+	lines := bytes.SplitN(data, []byte("\n"), line+1)
+	if line > len(lines) {
+		return false
+	}
+	rest := bytes.TrimLeft(lines[line-1], " ")
+	return len(rest) > 0 && rest[0] == '\t'
+}
+
+// indentCol is the column of the first character of line that is not a
+// space, or 1.
+func indentCol(data []byte, line int) int {
+	for l := 1; l < line; l++ {
+		j := bytes.IndexByte(data, '\n')
+		if j < 0 {
+			return 1
+		}
+		data = data[j+1:]
+	}
+	col := 1
+	for _, c := range data {
+		if c != ' ' {
+			break
+		}
+		col++
+	}
+	return col
+}
+
+// unquotedStarRE finds a plain (unquoted) value that starts with '*'.
+var unquotedStarRE = regexp.MustCompile(`(?m)^[ \t]*(?:-[ \t]+)?(?:[A-Za-z_]+:[ \t]+)?(\*)\S`)
+
+// find returns the position of re's first match (its first group if it has
+// one) on or after line from.
+func find(data []byte, re *regexp.Regexp, from int) (line, col int, ok bool) {
+	off := 0
+	for i := 1; i < from && off < len(data); i++ {
+		j := bytes.IndexByte(data[off:], '\n')
+		if j < 0 {
+			break
+		}
+		off += j + 1
+	}
+	loc := re.FindSubmatchIndex(data[off:])
 	if loc == nil {
 		return 0, 0, false
 	}
-	line, col = lineCol(data, loc[3])
+	at := loc[0]
+	if len(loc) >= 4 && loc[2] >= 0 {
+		at = loc[2]
+	}
+	line, col = lineCol(data, off+at)
 	return line, col, true
 }
 

@@ -16,6 +16,9 @@ var invalidFixtures = []struct {
 	name string
 	want []string
 }{
+	{"alias_undefined", []string{
+		"7:16: YAML alias *ports is not allowed (and refers to no anchor): write the value out, and quote hosts that start with '*'",
+	}},
 	{"allow_duplicate", []string{
 		"11:18: job block_follower allows endpoint set \"rpc\" twice: remove one",
 	}},
@@ -150,7 +153,7 @@ var invalidFixtures = []struct {
 		"11:11: mode \"audit\" is not a mode: use enforce (the default) or report",
 	}},
 	{"multi_document", []string{
-		"13:1: file holds a second YAML document: one file is one org's policy, remove the '---' and what follows or move it to its own file",
+		"12:1: file holds a second YAML document: one file is one org's policy, remove the '---' and what follows or move it to its own file",
 	}},
 	{"neither_host_nor_cidr", []string{
 		"6:9: entry of endpoint set rpc needs a host or a cidr",
@@ -188,8 +191,14 @@ var invalidFixtures = []struct {
 	{"set_name_bad", []string{
 		"4:3: endpoint set name \"RPC\" is not a valid name: use 1 to 63 lowercase letters, digits, '-' or '_', starting and ending with a letter or digit",
 	}},
+	{"syntax_bad_indent", []string{
+		"6:4: invalid YAML: did not find expected key",
+	}},
 	{"syntax_error", []string{
-		"6:1: invalid YAML: did not find expected ',' or ']'",
+		"7:9: invalid YAML: did not find expected ',' or ']'",
+	}},
+	{"syntax_tab", []string{
+		"5:1: invalid YAML: found character that cannot start any token: indent with spaces, YAML does not allow tabs",
 	}},
 	{"top_level_list", []string{
 		"1:1: the file must be a mapping, got a list",
@@ -212,6 +221,9 @@ var invalidFixtures = []struct {
 	}},
 	{"unquoted_star", []string{
 		"6:15: invalid YAML (did not find expected alphabetic or numeric character): quote hosts that start with '*', as in host: \"*.example.com\"",
+	}},
+	{"unquoted_star_first_line", []string{
+		"1:7: invalid YAML (did not find expected alphabetic or numeric character): quote hosts that start with '*', as in host: \"*.example.com\"",
 	}},
 	{"user_platform_only", []string{
 		"12:13: user-class job block_follower may not use platform_only endpoint set \"rpc\" (seeds/000: user jobs get no raw RPC access): remove it, or make the job class platform after review",
