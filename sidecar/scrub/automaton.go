@@ -95,20 +95,86 @@ func (a *automaton) step(ref uint32, b byte) uint32 {
 
 // scanPlain advances through p from state ref while the automaton stays in
 // dense states without outputs. It returns the number of bytes consumed and
-// the state reached; if n < len(p), the byte p[n-1] led to a special state
-// (or n == 0 and ref itself is special).
+// the state reached; if that state is special (>= plainLimit), the last
+// byte consumed led to it.
 func (a *automaton) scanPlain(ref uint32, p []byte) (int, uint32) {
 	if ref >= a.plainLimit {
 		return 0, ref
 	}
+	i := 0
+	if len(p) >= laneMin {
+		i, ref = a.scanLanes(ref, p)
+	}
 	trans, classes, plain := a.trans, &a.classes, a.plainLimit
-	for i := 0; i < len(p); i++ {
+	for ; i < len(p); i++ {
 		ref = trans[ref+uint32(classes[p[i]])]
 		if ref >= plain {
 			return i + 1, ref
 		}
 	}
 	return len(p), ref
+}
+
+// Lanes: a single walk through the automaton is a chain of dependent loads,
+// so it runs at the speed of one load per byte whatever the CPU could do in
+// parallel. scanLanes splits the input in four and walks the parts at the
+// same time. A part other than the first starts laneWarmup bytes early from
+// the root; the state it reaches at its start is the true one whenever the
+// true state is at most laneWarmup deep, and this is checked afterwards
+// against the state the previous part ended in (equal states at the same
+// position mean equal futures), falling back to a single walk where they
+// differ.
+const (
+	laneWarmup = 32
+	laneMin    = 4 * 256
+)
+
+// scanLanes consumes a prefix of p (from plain state ref) in which every
+// state is plain. It returns how much it consumed and the (plain) state
+// there; the caller continues with a single walk.
+func (a *automaton) scanLanes(ref uint32, p []byte) (int, uint32) {
+	q := len(p) / 4
+	if q < 4*laneWarmup {
+		return 0, ref
+	}
+	var init [4]uint32
+	init[0] = ref
+	for k := 1; k < 4; k++ {
+		s := uint32(root)
+		for _, b := range p[k*q-laneWarmup : k*q] {
+			s = a.step(s, b)
+		}
+		if s >= a.plainLimit {
+			return 0, ref
+		}
+		init[k] = s
+	}
+	trans, classes, plain := a.trans, &a.classes, a.plainLimit
+	s0, s1, s2, s3 := init[0], init[1], init[2], init[3]
+	p0, p1, p2, p3 := p[:q], p[q:2*q], p[2*q:3*q], p[3*q:4*q]
+	j := 0
+	for ; j < q; j++ {
+		n0 := trans[s0+uint32(classes[p0[j]])]
+		n1 := trans[s1+uint32(classes[p1[j]])]
+		n2 := trans[s2+uint32(classes[p2[j]])]
+		n3 := trans[s3+uint32(classes[p3[j]])]
+		if n0 >= plain || n1 >= plain || n2 >= plain || n3 >= plain {
+			break
+		}
+		s0, s1, s2, s3 = n0, n1, n2, n3
+	}
+	if j < q {
+		// Some part reached a special state: the first part is plain up
+		// to j; the single walk takes over there.
+		return j, s0
+	}
+	ends := [4]uint32{s0, s1, s2, s3}
+	for k := 1; k < 4; k++ {
+		if init[k] != ends[k-1] {
+			return k * q, ends[k-1]
+		}
+	}
+	return 4 * q, s3
 }
 
 // trieNode is a node of the build-time trie.
