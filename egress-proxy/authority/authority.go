@@ -348,7 +348,7 @@ func CanonicalName(s string) (string, error) {
 		return "", err
 	}
 	s = strings.TrimSuffix(s, ".")
-	if s == "" || strings.HasPrefix(s, ".") || strings.Contains(s, "..") {
+	if s == "" || strings.HasPrefix(s, ".") || strings.HasSuffix(s, ".") || strings.Contains(s, "..") {
 		return "", invalid(s, "empty label")
 	}
 	ascii, err := profile.ToASCII(s)

@@ -64,6 +64,7 @@ func TestParseHostPort(t *testing.T) {
 		{"port hex", "example.com:0x1bb", 0, "", false},
 		{"double colon", "example.com:443:80", 0, "", false},
 		{"empty label", "a..b:443", 0, "", false},
+		{"two trailing dots", "example.com..:443", 0, "", false},
 		{"leading dot", ".example.com:443", 0, "", false},
 		{"underscore", "a_b.example.com:443", 0, "", false},
 		{"empty", "", 0, "", false},

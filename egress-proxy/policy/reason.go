@@ -60,6 +60,9 @@ const (
 	// ReasonClientHelloTimeout: the ClientHello did not arrive in time on
 	// a tunnel that needs one.
 	ReasonClientHelloTimeout Reason = "client_hello_timeout"
+	// ReasonBadIdentity: a gateway peer's SVID is not
+	// spiffe://TD/org/ORG/job/JOB of the configured trust domain.
+	ReasonBadIdentity Reason = "bad_identity"
 	// ReasonBadClientHello: the first bytes claim TLS but do not parse as
 	// a ClientHello.
 	ReasonBadClientHello Reason = "bad_client_hello"
@@ -105,7 +108,7 @@ var Reasons = []Reason{
 	ReasonNoPolicy, ReasonNotAllowed, ReasonIPLiteral, ReasonNonPublicAddress,
 	ReasonMetadata, ReasonSNIMismatch, ReasonSNIMissing, ReasonECH, ReasonNotTLS,
 	ReasonBadRequest, ReasonHostMismatch, ReasonOriginForm, ReasonBadScheme,
-	ReasonProxyLoop, ReasonClientHelloTimeout, ReasonBadClientHello,
+	ReasonProxyLoop, ReasonClientHelloTimeout, ReasonBadIdentity, ReasonBadClientHello,
 	ReasonRateLimited, ReasonTooManyConnections, ReasonHeaderTooLarge,
 	ReasonDNSFailure, ReasonDialTimeout, ReasonDialFailed, ReasonUpstreamError,
 }

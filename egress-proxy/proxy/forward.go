@@ -1,0 +1,172 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/cordon-dev/cordon/egress-proxy/policy"
+)
+
+type checkedKey struct{}
+
+// checkedDial is what a request carries to the transport's dialer.
+type checkedDial struct {
+	addrs  []netip.AddrPort
+	dialed netip.AddrPort
+	err    error
+}
+
+// newTransport returns a keep-alive pool whose dialer only ever connects
+// to the addresses the request's policy check produced.
+func (s *Server) newTransport() *http.Transport {
+	return &http.Transport{
+		Proxy: nil,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			cd, ok := ctx.Value(checkedKey{}).(*checkedDial)
+			if !ok || len(cd.addrs) == 0 {
+				return nil, errors.New("egress proxy: refusing to dial an unchecked address")
+			}
+			c, ap, err := s.dialChecked(ctx, cd.addrs)
+			cd.dialed, cd.err = ap, err
+			return c, err
+		},
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   64,
+		IdleConnTimeout:       90 * time.Second,
+		ResponseHeaderTimeout: 0, // TotalTimeout bounds the request
+		DisableCompression:    true,
+		ForceAttemptHTTP2:     false,
+		MaxResponseHeaderBytes: 64 << 10,
+	}
+}
+
+// hopByHop are the headers that describe one connection, not the message
+// (RFC 9110 section 7.6.1), plus the proxy's own.
+var hopByHop = []string{
+	"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+func stripHopByHop(h http.Header) {
+	for _, f := range h.Values("Connection") {
+		for _, name := range strings.Split(f, ",") {
+			if name = strings.TrimSpace(name); name != "" {
+				h.Del(name)
+			}
+		}
+	}
+	for _, name := range hopByHop {
+		h.Del(name)
+	}
+	for name := range h {
+		if strings.HasPrefix(name, "Proxy-") {
+			delete(h, name)
+		}
+	}
+}
+
+// forward sends an allowed plain HTTP request upstream and the response
+// back. Redirects are returned to the client, never followed.
+func (s *Server) forward(ctx context.Context, cc *clientConn, js *jobState, req *http.Request, chk checked, o *outcome) bool {
+	cd := &checkedDial{addrs: chk.addrs}
+	rctx, cancel := context.WithTimeout(context.WithValue(ctx, checkedKey{}, cd), s.lim.TotalTimeout)
+	defer cancel()
+	out := req.WithContext(rctx)
+	out.RequestURI = ""
+	authorityStr := chk.target.String()
+	if chk.target.Port == 80 {
+		authorityStr = chk.target.Host.String()
+		if chk.target.Addr.Is6() {
+			authorityStr = "[" + authorityStr + "]"
+		}
+	}
+	u := *req.URL
+	u.Host = authorityStr
+	out.URL = &u
+	out.Host = authorityStr
+	out.Header = req.Header.Clone()
+	expect := strings.EqualFold(out.Header.Get("Expect"), "100-continue")
+	stripHopByHop(out.Header)
+	out.Header.Del("Expect")
+	out.Close = false
+	if expect {
+		cc.conn.Write([]byte("HTTP/1.1 100 Continue\r\n\r\n"))
+	}
+	var sent atomic.Int64
+	if req.Body != nil && req.Body != http.NoBody {
+		out.Body = &countingReader{r: req.Body, n: &sent}
+	}
+
+	resp, err := js.transport.RoundTrip(out)
+	o.addr = cd.dialed
+	if err != nil {
+		var de *dialError
+		switch {
+		case errors.As(err, &de):
+			o.decision, o.reason = decisionError, de.reason
+		case errors.Is(err, context.DeadlineExceeded):
+			o.decision, o.reason = decisionError, policy.ReasonDialTimeout
+		default:
+			o.decision, o.reason = decisionError, policy.ReasonUpstreamError
+		}
+		s.deny(ctx, cc, o)
+		return false
+	}
+	defer resp.Body.Close()
+	stripHopByHop(resp.Header)
+	var recv atomic.Int64
+	resp.Body = &countingReader{r: resp.Body, n: &recv}
+	keep := !req.Close && req.ProtoAtLeast(1, 1)
+	resp.Close = !keep
+	resp.Proto, resp.ProtoMajor, resp.ProtoMinor = "HTTP/1.1", 1, 1
+	if !req.ProtoAtLeast(1, 1) && resp.ContentLength < 0 {
+		resp.TransferEncoding = nil // HTTP/1.0 client: body until close
+	}
+	bw := s.writers.Get().(*bufio.Writer)
+	bw.Reset(cc.conn)
+	werr := resp.Write(bw)
+	if werr == nil {
+		werr = bw.Flush()
+	}
+	bw.Reset(nil)
+	s.writers.Put(bw)
+	o.status = resp.StatusCode
+	o.bytes = sent.Load() + recv.Load()
+	s.m.bytes.WithLabelValues("upstream").Add(float64(sent.Load()))
+	s.m.bytes.WithLabelValues("downstream").Add(float64(recv.Load()))
+	s.record(ctx, o)
+	if werr != nil {
+		return false
+	}
+	// The next request starts after this one's body: finish reading it,
+	// or close when it is too long to be worth it.
+	if req.Body != nil {
+		n, _ := io.CopyN(io.Discard, req.Body, 256<<10)
+		if n == 256<<10 {
+			return false
+		}
+	}
+	return keep
+}
+
+// countingReader counts bytes per Read call (no per-byte work).
+type countingReader struct {
+	r io.ReadCloser
+	n *atomic.Int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+func (c *countingReader) Close() error { return c.r.Close() }

@@ -1,0 +1,160 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"time"
+
+	"github.com/cordon-dev/cordon/egress-proxy/policy"
+	"github.com/cordon-dev/cordon/internal/audit"
+)
+
+// Decisions, the "decision" log key and metrics label.
+const (
+	decisionAllow     = "allow"
+	decisionDeny      = "deny"
+	decisionWouldDeny = "would_deny" // report mode: allowed, policy would deny
+	decisionError     = "error"      // allowed, but DNS or the upstream failed
+)
+
+// DenyReasonHeader carries the reason code of every response the proxy
+// itself generates.
+const DenyReasonHeader = "X-Cordon-Deny-Reason"
+
+// outcome is everything recorded about one request or tunnel.
+type outcome struct {
+	job      JobRef
+	actor    string
+	remote   string
+	method   string
+	host     string
+	port     uint16
+	addr     netip.AddrPort
+	decision string
+	reason   policy.Reason
+	rule     string
+	status   int
+	bytes    int64
+	start    time.Time
+}
+
+func decisionFor(r policy.Reason) string {
+	switch r {
+	case policy.ReasonDNSFailure, policy.ReasonDialFailed, policy.ReasonDialTimeout, policy.ReasonUpstreamError:
+		return decisionError
+	}
+	return decisionDeny
+}
+
+// statusFor is the HTTP status of a response the proxy generates.
+func statusFor(r policy.Reason) int {
+	switch r {
+	case policy.ReasonRateLimited, policy.ReasonTooManyConnections, policy.ReasonHeaderTooLarge:
+		return http.StatusTooManyRequests
+	case policy.ReasonDNSFailure, policy.ReasonDialFailed, policy.ReasonUpstreamError:
+		return http.StatusBadGateway
+	case policy.ReasonDialTimeout:
+		return http.StatusGatewayTimeout
+	}
+	return http.StatusForbidden
+}
+
+// deny answers the client with the outcome's status and reason header,
+// records the outcome, and leaves the connection to be closed.
+func (s *Server) deny(ctx context.Context, cc *clientConn, o *outcome) {
+	o.status = statusFor(o.reason)
+	body := "cordon egress: " + string(o.reason) + "\n"
+	resp := &http.Response{
+		StatusCode:    o.status,
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        http.Header{DenyReasonHeader: {string(o.reason)}, "Content-Type": {"text/plain; charset=utf-8"}},
+		ContentLength: int64(len(body)),
+		Close:         true,
+		Body:          http.NoBody,
+	}
+	cc.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	bw := bufio.NewWriterSize(cc.conn, 512)
+	resp.Body = nopCloser{stringsReader(body)}
+	resp.Write(bw)
+	bw.Flush()
+	s.record(ctx, o)
+}
+
+// record writes the one log line, audit event, metric and observation of
+// a decision. Request headers, paths and bodies are never recorded: they
+// carry secrets.
+func (s *Server) record(ctx context.Context, o *outcome) {
+	dur := time.Since(o.start)
+	addr := ""
+	if o.addr.IsValid() {
+		addr = o.addr.String()
+	}
+	level := slog.LevelInfo
+	if o.decision == decisionDeny {
+		level = slog.LevelWarn
+	}
+	s.log.LogAttrs(ctx, level, "egress decision",
+		slog.String("job", o.job.String()),
+		slog.String("decision", o.decision),
+		slog.String("reason", string(o.reason)),
+		slog.String("host", o.host),
+		slog.Int("port", int(o.port)),
+		slog.String("addr", addr),
+		slog.String("method", o.method),
+		slog.Int64("bytes", o.bytes),
+		slog.Duration("duration", dur),
+	)
+	s.m.requests.WithLabelValues(o.decision, string(o.reason)).Inc()
+
+	ev := audit.Event{
+		Timestamp: o.start.UTC(),
+		EventType: "EGRESS_ALLOWED",
+		EventID:   audit.NewID(),
+		Actor:     audit.Actor{Type: audit.ActorJob, ID: o.actor, IPAddress: hostOf(o.remote)},
+		Resource:  audit.Resource{Type: "EGRESS", ID: o.host + ":" + strconv.Itoa(int(o.port)), TenantID: o.job.Org},
+		Action:    o.method,
+		Result:    audit.ResultSuccess,
+		Metadata: map[string]any{
+			"job":         o.job.Job,
+			"decision":    o.decision,
+			"reason":      string(o.reason),
+			"addr":        addr,
+			"rule":        o.rule,
+			"status":      o.status,
+			"bytes":       o.bytes,
+			"duration_ms": dur.Milliseconds(),
+		},
+	}
+	switch o.decision {
+	case decisionDeny:
+		ev.EventType, ev.Result = "EGRESS_DENIED", audit.ResultDenied
+	case decisionWouldDeny:
+		ev.Result = audit.ResultWouldDeny
+	case decisionError:
+		ev.Result = audit.ResultFailure
+	}
+	s.audit.Emit(ev)
+
+	if s.cfg.Observer != nil {
+		key := o.rule
+		switch {
+		case o.decision == decisionDeny:
+			key = "denied"
+		case key == "":
+			key = "unmatched"
+		}
+		s.cfg.Observer.Observe(Observation{Job: o.job, Key: key, Bytes: o.bytes})
+	}
+}
+
+func hostOf(remote string) string {
+	if ap, err := netip.ParseAddrPort(remote); err == nil {
+		return ap.Addr().String()
+	}
+	return remote
+}
