@@ -86,6 +86,9 @@ struct lpm_val {
 };
 
 // counters is the per-CPU traffic record user space sums for usage reports.
+// Per-CPU, yet updated with atomic adds: on one CPU the egress program can
+// run in process context and be interrupted by itself in softirq context
+// (a TCP ACK or retransmit), and a plain ++ would then lose a count.
 struct counters {
 	__u64 tx_packets;       // IP packets the cgroup sent and the policy allowed
 	__u64 tx_bytes;         // their L3 length (IP header included)
@@ -200,7 +203,7 @@ static __always_inline int verdict_connect(struct bpf_sock_addr *ctx, struct lpm
 		return 1;
 	struct counters *c = my_counters();
 	if (c)
-		c->denied_connects++;
+		__sync_fetch_and_add(&c->denied_connects, 1);
 	return 0;
 }
 
@@ -211,7 +214,7 @@ static __always_inline int verdict_sendmsg(struct bpf_sock_addr *ctx, struct lpm
 		return 1;
 	struct counters *c = my_counters();
 	if (c)
-		c->denied_sendmsgs++;
+		__sync_fetch_and_add(&c->denied_sendmsgs, 1);
 	return 0;
 }
 
@@ -348,12 +351,12 @@ int egress(struct __sk_buff *skb)
 	}
 
 	if (!ok) {
-		c->drop_packets++;
-		c->drop_bytes += len;
+		__sync_fetch_and_add(&c->drop_packets, 1);
+		__sync_fetch_and_add(&c->drop_bytes, len);
 		return 0;
 	}
-	c->tx_packets++;
-	c->tx_bytes += len;
-	c->tx_payload_bytes += payload;
+	__sync_fetch_and_add(&c->tx_packets, 1);
+	__sync_fetch_and_add(&c->tx_bytes, len);
+	__sync_fetch_and_add(&c->tx_payload_bytes, payload);
 	return 1;
 }

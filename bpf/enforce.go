@@ -3,6 +3,7 @@ package bpf
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sync"
 
@@ -54,6 +55,8 @@ func Probe() error {
 	}
 	return nil
 }
+
+var _ io.Closer = (*Enforcement)(nil)
 
 // Enforcement is the set of programs attached to one job cgroup. Close it
 // when the job is done; while it is open the programs stay attached.
