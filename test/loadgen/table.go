@@ -123,7 +123,8 @@ func WriteTable(w io.Writer, results []Result) error {
 	var notes []string
 	for _, r := range results {
 		if r.Skipped != "" {
-			fmt.Fprintf(tw, "%s\t%s\t\t\t\t\t\t\t\n", r.Name, r.Skipped)
+			fmt.Fprintf(tw, "%s\tnot measured (see notes)\t\t\t\t\t\t\t\n", r.Name)
+			notes = append(notes, fmt.Sprintf("%s not measured: %s", r.Name, r.Skipped))
 			continue
 		}
 		added := "-"

@@ -60,7 +60,7 @@ trap 'exit 130' INT TERM
 
 if [ "$(ulimit -Hn)" != unlimited ] && [ "$(ulimit -Hn)" -lt "$nofile" ]; then
   ulimit -Hn "$nofile" 2>/dev/null ||
-    say "cannot raise the hard open-file limit to $nofile (not root?): proxies will not reach $idle idle tunnels"
+    say "cannot raise the hard open-file limit to $nofile (needs root with CAP_SYS_RESOURCE)"
 fi
 ulimit -Sn "$(ulimit -Hn)"
 limit=$(ulimit -Hn)
