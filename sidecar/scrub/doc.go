@@ -39,25 +39,27 @@
 // not injected by Cordon, keeping a recognisable prefix and replacing the
 // rest with "***REDACTED***", as seeds/002 shows:
 //
-//		{"api_key": "sk_live_abc123xyz"}  ->  {"api_key": "sk_live_***REDACTED***"}
+//	{"api_key": "sk_live_abc123xyz"}  ->  {"api_key": "sk_live_***REDACTED***"}
 //
-//	  - AWS access key IDs (AKIA, ASIA, AGPA, AIDA, AROA, AIPA, ANPA, ANVA,
-//	    ABIA, ACCA followed by 16 of [A-Z0-9]);
-//	  - GitHub tokens (ghp_, gho_, ghu_, ghs_, ghr_, github_pat_), Stripe keys
-//	    (sk_live_, sk_test_, rk_live_, rk_test_, whsec_), Slack tokens (xoxb-,
-//	    xoxp-, xoxa-, xoxr-, xoxs-, xoxe-, xapp-) and webhook URLs
-//	    (hooks.slack.com/...), and "Bearer <token>";
-//	  - JWTs (eyJ<header>.eyJ<payload>.<signature>, header at most 4 KiB);
-//	  - PEM private key blocks: everything between the "-----BEGIN ...PRIVATE
-//	    KEY-----" line and "-----END" (at most 1 MiB);
-//	  - key-context values: a key ending in password, passwd, secret, token,
-//	    api_key, private_key, secret_key, access_key, secret_access_key,
-//	    client_secret or authorization (any case, _ - or camelCase), then
-//	    optional quotes and spaces, ':' or '=', then the value — quoted (up to
-//	    the closing quote, honouring \" escapes) or bare (up to whitespace or
-//	    one of ,;&"'`})] ). This covers password=..., "token": "...",
-//	    DB_PASSWORD='...', AWS secret keys (aws_secret_access_key = ...) and
-//	    Authorization: Bearer/Basic/Token ... (the scheme stays in clear).
+// The rules:
+//
+//   - AWS access key IDs (AKIA, ASIA, AGPA, AIDA, AROA, AIPA, ANPA, ANVA,
+//     ABIA, ACCA followed by 16 of [A-Z0-9]);
+//   - GitHub tokens (ghp_, gho_, ghu_, ghs_, ghr_, github_pat_), Stripe keys
+//     (sk_live_, sk_test_, rk_live_, rk_test_, whsec_), Slack tokens (xoxb-,
+//     xoxp-, xoxa-, xoxr-, xoxs-, xoxe-, xapp-) and webhook URLs
+//     (hooks.slack.com/...), and "Bearer <token>";
+//   - JWTs (eyJ<header>.eyJ<payload>.<signature>, header at most 4 KiB);
+//   - PEM private key blocks: everything between the "-----BEGIN ...PRIVATE
+//     KEY-----" line and "-----END" (at most 1 MiB);
+//   - key-context values: a key ending in password, passwd, secret, token,
+//     api_key, private_key, secret_key, access_key, secret_access_key,
+//     client_secret or authorization (any case, _ - or camelCase), then
+//     optional quotes and spaces, ':' or '=', then the value — quoted (up to
+//     the closing quote, honouring \" escapes) or bare (up to whitespace or
+//     one of ,;&"'`})] ). This covers password=..., "token": "...",
+//     DB_PASSWORD='...', AWS secret keys (aws_secret_access_key = ...) and
+//     Authorization: Bearer/Basic/Token ... (the scheme stays in clear).
 //
 // Emails (unless Config.DisableEmailMask) are masked as seeds/002 asks for
 // SENSITIVE data ("Masked (user***@example.com)"): the first 4 bytes of the
