@@ -180,7 +180,7 @@ func (p *parser) syntaxError(data []byte, err error) {
 			return
 		}
 	}
-	line = refineSyntaxLine(data, max(line-1, 1))
+	line = refineSyntaxLine(data, err, max(line-1, 1))
 	col := indentCol(data, line)
 	if lineStartsWithTab(data, line) {
 		msg += ": indent with spaces, YAML does not allow tabs"
@@ -188,50 +188,59 @@ func (p *parser) syntaxError(data []byte, err error) {
 	p.errorAt(line, col, "invalid YAML: %s", msg)
 }
 
-// Bounds of refineSyntaxLine's search: it reparses a growing prefix once
-// per line, so it only runs on files of allowlist size.
-const (
-	refineMaxBytes = 64 << 10
-	refineMaxLines = 200
-)
+// refineMaxBytes bounds refineSyntaxLine to files of allowlist size.
+const refineMaxBytes = 128 << 10
 
-// refineSyntaxLine finds the first line at or after from where the file
-// stops parsing: yaml.v3 reports the line where the enclosing construct
-// starts, while a reviewer needs the line to fix. The first prefix of
-// lines that fails to parse ends at that line (or at an unclosed bracket or
-// quote, which is the line to fix too). Beyond the bounds it returns from.
-func refineSyntaxLine(data []byte, from int) int {
+// refineSyntaxLine finds the line to fix for the syntax error err, at or
+// after from: yaml.v3 reports the line where the enclosing construct
+// starts, while a reviewer needs the line that broke it. That is the first
+// line L such that the file's lines 1..L fail to parse with the same error
+// as the whole file (shorter prefixes parse, or fail differently because
+// they cut a valid multi-line construct short). The predicate is monotone
+// in L, since yaml.v3 stops at the first error, so a binary search finds L
+// in a logarithmic number of parses. If the file is over refineMaxBytes it
+// returns from.
+func refineSyntaxLine(data []byte, err error, from int) int {
 	if len(data) > refineMaxBytes {
 		return from
 	}
-	off, line := 0, 1
-	for ; line < from; line++ {
+	want := err.Error()
+	// ends[i] is the offset just past line i+1.
+	var ends []int
+	for off := 0; off < len(data); {
 		j := bytes.IndexByte(data[off:], '\n')
 		if j < 0 {
-			return from
+			ends = append(ends, len(data))
+			break
 		}
 		off += j + 1
+		ends = append(ends, off)
 	}
-	for n := 0; n < refineMaxLines && off < len(data); n, line = n+1, line+1 {
-		end := len(data)
-		if j := bytes.IndexByte(data[off:], '\n'); j >= 0 {
-			end = off + j + 1
-		}
-		if !parsesAll(data[:end]) {
-			return line
-		}
-		off = end
+	if from > len(ends) {
+		return from
 	}
-	return from
+	lo, hi := from-1, len(ends)-1 // 0-based line indexes
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		if perr := parseAll(data[:ends[mid]]); perr != nil && perr.Error() == want {
+			hi = mid
+		} else {
+			lo = mid + 1
+		}
+	}
+	return lo + 1
 }
 
-// parsesAll reports whether every YAML document in data parses.
-func parsesAll(data []byte) bool {
+// parseAll parses every YAML document in data and returns the first error.
+func parseAll(data []byte) error {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	for {
 		var n yaml.Node
 		if err := dec.Decode(&n); err != nil {
-			return errors.Is(err, io.EOF)
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
 		}
 	}
 }

@@ -191,6 +191,9 @@ var invalidFixtures = []struct {
 	{"set_name_bad", []string{
 		"4:3: endpoint set name \"RPC\" is not a valid name: use 1 to 63 lowercase letters, digits, '-' or '_', starting and ending with a letter or digit",
 	}},
+	{"syntax_after_multiline_flow", []string{
+		"14:4: invalid YAML: did not find expected key",
+	}},
 	{"syntax_bad_indent", []string{
 		"6:4: invalid YAML: did not find expected key",
 	}},
