@@ -1,0 +1,340 @@
+package ingest
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net/netip"
+	"regexp"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/cordon-dev/cordon/internal/audit"
+	"github.com/cordon-dev/cordon/internal/usage"
+)
+
+// Limits bound what one request may carry.
+type Limits struct {
+	// MaxBodyBytes is the largest request body. If zero, 4 MiB.
+	MaxBodyBytes int64
+	// MaxItems is the most events or reports in one request. If zero, 10,000.
+	MaxItems int
+	// MaxEventAge is how old an event or report may be. If zero, 30 days.
+	// Older events would land in months whose partitions may be gone.
+	MaxEventAge time.Duration
+	// MaxClockSkew is how far in the future a timestamp may be. If zero,
+	// 5 minutes.
+	MaxClockSkew time.Duration
+	// MaxMetadataBytes is the largest encoded metadata of one event. If
+	// zero, 16 KiB.
+	MaxMetadataBytes int
+}
+
+func (l Limits) withDefaults() Limits {
+	if l.MaxBodyBytes == 0 {
+		l.MaxBodyBytes = 4 << 20
+	}
+	if l.MaxItems == 0 {
+		l.MaxItems = 10_000
+	}
+	if l.MaxEventAge == 0 {
+		l.MaxEventAge = 30 * 24 * time.Hour
+	}
+	if l.MaxClockSkew == 0 {
+		l.MaxClockSkew = 5 * time.Minute
+	}
+	if l.MaxMetadataBytes == 0 {
+		l.MaxMetadataBytes = 16 << 10
+	}
+	return l
+}
+
+// InvalidError is a request the dispatcher will never accept: the client
+// must not retry it. Index is the offending item, or -1.
+type InvalidError struct {
+	Index  int
+	Field  string
+	Reason string
+}
+
+func (e *InvalidError) Error() string {
+	if e.Index < 0 {
+		return e.Reason
+	}
+	return fmt.Sprintf("item %d: %s: %s", e.Index, e.Field, e.Reason)
+}
+
+type eventsBody struct {
+	Events []audit.Event `json:"events"`
+}
+
+type usageBody struct {
+	Reports []usage.Report `json:"reports"`
+}
+
+// TooLargeError is a body over Limits.MaxBodyBytes.
+type TooLargeError struct{ Limit int64 }
+
+func (e *TooLargeError) Error() string {
+	return fmt.Sprintf("request body larger than %d bytes: split the batch", e.Limit)
+}
+
+// decodeStrict reads at most limit bytes and decodes exactly one JSON value
+// into v, refusing unknown fields and trailing data.
+func decodeStrict(r io.Reader, limit int64, v any) error {
+	b, err := io.ReadAll(io.LimitReader(r, limit+1))
+	if err != nil {
+		return fmt.Errorf("read request body: %w", err)
+	}
+	if int64(len(b)) > limit {
+		return &TooLargeError{Limit: limit}
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	dec.UseNumber() // metadata numbers keep their exact text
+	if err := dec.Decode(v); err != nil {
+		return &InvalidError{Index: -1, Reason: "malformed JSON body: " + err.Error()}
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return &InvalidError{Index: -1, Reason: "malformed JSON body: data after the top-level object"}
+	}
+	return nil
+}
+
+// DecodeEvents reads an events request body, validates every event and
+// redacts secret-looking metadata. It returns the number of redactions.
+func DecodeEvents(r io.Reader, lim Limits, now time.Time) ([]audit.Event, int, error) {
+	lim = lim.withDefaults()
+	var body eventsBody
+	if err := decodeStrict(r, lim.MaxBodyBytes, &body); err != nil {
+		return nil, 0, err
+	}
+	if len(body.Events) == 0 {
+		return nil, 0, &InvalidError{Index: -1, Reason: `"events" is missing or empty`}
+	}
+	if len(body.Events) > lim.MaxItems {
+		return nil, 0, &InvalidError{Index: -1, Reason: fmt.Sprintf("%d events in one request, the limit is %d: split the batch", len(body.Events), lim.MaxItems)}
+	}
+	redactions := 0
+	for i := range body.Events {
+		ev := &body.Events[i]
+		if err := validateEvent(ev, lim, now); err != nil {
+			err.Index = i
+			return nil, 0, err
+		}
+		var n int
+		ev.Metadata, n = RedactMetadata(ev.Metadata)
+		redactions += n
+		ev.Actor.UserAgent, n = RedactString(ev.Actor.UserAgent)
+		redactions += n
+		if ev.Metadata != nil {
+			b, err := json.Marshal(ev.Metadata)
+			if err != nil {
+				return nil, 0, &InvalidError{Index: i, Field: "metadata", Reason: "cannot be encoded: " + err.Error()}
+			}
+			if len(b) > lim.MaxMetadataBytes {
+				return nil, 0, &InvalidError{Index: i, Field: "metadata", Reason: fmt.Sprintf("%d bytes encoded, the limit is %d", len(b), lim.MaxMetadataBytes)}
+			}
+		}
+	}
+	return body.Events, redactions, nil
+}
+
+// DecodeUsage reads a usage request body and validates every report.
+func DecodeUsage(r io.Reader, lim Limits, now time.Time) ([]usage.Report, error) {
+	lim = lim.withDefaults()
+	var body usageBody
+	if err := decodeStrict(r, lim.MaxBodyBytes, &body); err != nil {
+		return nil, err
+	}
+	if len(body.Reports) == 0 {
+		return nil, &InvalidError{Index: -1, Reason: `"reports" is missing or empty`}
+	}
+	if len(body.Reports) > lim.MaxItems {
+		return nil, &InvalidError{Index: -1, Reason: fmt.Sprintf("%d reports in one request, the limit is %d: split the batch", len(body.Reports), lim.MaxItems)}
+	}
+	for i := range body.Reports {
+		if err := validateReport(&body.Reports[i], lim, now); err != nil {
+			err.Index = i
+			return nil, err
+		}
+	}
+	return body.Reports, nil
+}
+
+var (
+	eventIDRE  = regexp.MustCompile(`^evt_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+	reportIDRE = regexp.MustCompile(`^usg_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+	upperRE    = regexp.MustCompile(`^[A-Z][A-Z0-9_]{0,63}$`)
+	slugRE     = regexp.MustCompile(`^[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?$`)
+	runIDRE    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$`)
+)
+
+func invalid(field, format string, args ...any) *InvalidError {
+	return &InvalidError{Field: field, Reason: fmt.Sprintf(format, args...)}
+}
+
+// text checks a free-text field: bounded, and no control characters (which
+// Postgres text refuses (NUL) or which forge log lines).
+func text(field, s string, max int, required bool) *InvalidError {
+	if s == "" {
+		if required {
+			return invalid(field, "is required")
+		}
+		return nil
+	}
+	if len(s) > max {
+		return invalid(field, "%d bytes, the limit is %d", len(s), max)
+	}
+	if strings.IndexFunc(s, unicode.IsControl) >= 0 {
+		return invalid(field, "contains control characters")
+	}
+	return nil
+}
+
+func timestamp(field string, t time.Time, lim Limits, now time.Time) *InvalidError {
+	switch {
+	case t.IsZero():
+		return invalid(field, "is required")
+	case t.Before(now.Add(-lim.MaxEventAge)):
+		return invalid(field, "%s is more than %s in the past", t.UTC().Format(time.RFC3339), lim.MaxEventAge)
+	case t.After(now.Add(lim.MaxClockSkew)):
+		return invalid(field, "%s is more than %s in the future: check the sender's clock", t.UTC().Format(time.RFC3339), lim.MaxClockSkew)
+	}
+	return nil
+}
+
+func validateEvent(ev *audit.Event, lim Limits, now time.Time) *InvalidError {
+	if !eventIDRE.MatchString(ev.EventID) {
+		return invalid("event_id", `must be "evt_" and a lowercase UUID`)
+	}
+	if err := timestamp("timestamp", ev.Timestamp, lim, now); err != nil {
+		return err
+	}
+	if !upperRE.MatchString(ev.EventType) {
+		return invalid("event_type", "must be UPPER_SNAKE_CASE, at most 64 characters")
+	}
+	switch ev.Actor.Type {
+	case audit.ActorUser, audit.ActorJob, audit.ActorService:
+	default:
+		return invalid("actor.type", "must be USER, JOB or SERVICE")
+	}
+	if err := text("actor.id", ev.Actor.ID, 256, true); err != nil {
+		return err
+	}
+	if ev.Actor.IPAddress != "" {
+		if _, err := netip.ParseAddr(ev.Actor.IPAddress); err != nil {
+			return invalid("actor.ip_address", "is not an IP address")
+		}
+	}
+	if err := text("actor.user_agent", ev.Actor.UserAgent, 512, false); err != nil {
+		return err
+	}
+	if !upperRE.MatchString(ev.Resource.Type) {
+		return invalid("resource.type", "must be UPPER_SNAKE_CASE, at most 64 characters")
+	}
+	if err := text("resource.id", ev.Resource.ID, 512, true); err != nil {
+		return err
+	}
+	if !slugRE.MatchString(ev.Resource.TenantID) {
+		return invalid("resource.tenant_id", "must be an org slug")
+	}
+	if !upperRE.MatchString(ev.Action) {
+		return invalid("action", "must be UPPER_SNAKE_CASE, at most 64 characters")
+	}
+	switch ev.Result {
+	case audit.ResultSuccess, audit.ResultFailure, audit.ResultDenied, audit.ResultWouldDeny:
+	default:
+		return invalid("result", "must be SUCCESS, FAILURE, DENIED or WOULD_DENY")
+	}
+	if err := text("request_id", ev.RequestID, 128, false); err != nil {
+		return err
+	}
+	if d := depth(ev.Metadata, 0); d > 8 {
+		return invalid("metadata", "nested deeper than 8 levels")
+	}
+	return nil
+}
+
+func depth(v any, d int) int {
+	if d > 8 {
+		return d
+	}
+	max := d
+	switch x := v.(type) {
+	case map[string]any:
+		for _, val := range x {
+			if n := depth(val, d+1); n > max {
+				max = n
+			}
+		}
+	case []any:
+		for _, val := range x {
+			if n := depth(val, d+1); n > max {
+				max = n
+			}
+		}
+	}
+	return max
+}
+
+func validateReport(r *usage.Report, lim Limits, now time.Time) *InvalidError {
+	if !reportIDRE.MatchString(r.ReportID) {
+		return invalid("report_id", `must be "usg_" and a lowercase UUID`)
+	}
+	if !slugRE.MatchString(r.Org) {
+		return invalid("org", "must be an org slug")
+	}
+	if !slugRE.MatchString(r.Job) {
+		return invalid("job", "must be a job slug")
+	}
+	if !runIDRE.MatchString(r.RunID) {
+		return invalid("run_id", "must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+	}
+	longRun := lim
+	longRun.MaxEventAge = 366 * 24 * time.Hour
+	if err := timestamp("started_at", r.StartedAt, longRun, now); err != nil {
+		return err
+	}
+	if err := timestamp("ended_at", r.EndedAt, lim, now); err != nil {
+		return err
+	}
+	if r.EndedAt.Before(r.StartedAt) {
+		return invalid("ended_at", "is before started_at")
+	}
+	for name, f := range map[string]float64{"cpu_user_seconds": r.CPUUserSeconds, "cpu_system_seconds": r.CPUSystemSeconds, "wall_seconds": r.WallSeconds} {
+		if math.IsNaN(f) || math.IsInf(f, 0) || f < 0 {
+			return invalid(name, "must be a finite number >= 0")
+		}
+	}
+	for name, n := range map[string]int64{"max_rss_bytes": r.MaxRSSBytes, "denials": r.Denials, "redactions": r.Redactions, "stdout_bytes": r.StdoutBytes, "stderr_bytes": r.StderrBytes} {
+		if n < 0 {
+			return invalid(name, "must be >= 0")
+		}
+	}
+	if r.ExitCode != nil && (*r.ExitCode < math.MinInt32 || *r.ExitCode > math.MaxInt32) {
+		return invalid("exit_code", "out of range")
+	}
+	if len(r.Egress) > 1024 {
+		return invalid("egress", "%d destinations, the limit is 1024", len(r.Egress))
+	}
+	for k, e := range r.Egress {
+		if err := text("egress key", k, 300, true); err != nil {
+			return err
+		}
+		if e.BytesIn < 0 || e.BytesOut < 0 || e.Requests < 0 || e.Denials < 0 {
+			return invalid("egress", "%q has a negative counter", k)
+		}
+	}
+	switch r.Enforcement {
+	case "", "cgroup-ebpf", "network-only":
+	default:
+		return invalid("enforcement", `must be "cgroup-ebpf" or "network-only"`)
+	}
+	return nil
+}
+

@@ -1,0 +1,221 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cordon-dev/cordon/dispatcher/auditstore"
+	"github.com/cordon-dev/cordon/internal/audit"
+	"github.com/cordon-dev/cordon/internal/usage"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Appender is the store the writers commit to (*auditstore.Store).
+type Appender interface {
+	Append(ctx context.Context, org string, events []audit.Event, reports []usage.Report) (auditstore.AppendResult, error)
+}
+
+var _ Appender = (*auditstore.Store)(nil)
+
+// work is one accepted request waiting for its commit.
+type work struct {
+	org     string
+	events  []audit.Event
+	reports []usage.Report
+	done    chan outcome // buffered, receives exactly once
+}
+
+type outcome struct {
+	stored, duplicates int
+	err                error
+}
+
+func (w *work) size() int { return len(w.events) + len(w.reports) }
+
+// writers is the group of goroutines that coalesce queued requests into
+// transactions: each takes whatever is queued (up to maxBatch items), groups
+// it by org and commits one transaction per org. Requests are answered only
+// after their transaction commits.
+type writers struct {
+	store    Appender
+	queue    chan *work
+	queued   atomic.Int64 // items in queue
+	maxQueue int64
+	maxBatch int
+	timeout  time.Duration
+	m        *metrics
+
+	mu          sync.Mutex // guards the following
+	unavailable time.Time  // until when new requests are refused after a failure
+
+	wg sync.WaitGroup
+}
+
+// errQueueFull and errUnavailable are answered 429 and 503.
+var (
+	errQueueFull   = errors.New("ingest queue full")
+	errUnavailable = errors.New("audit store unavailable")
+)
+
+// retryAfter is how long clients are told to wait after a store failure.
+const retryAfter = time.Second
+
+func (w *writers) start(ctx context.Context, n int) {
+	for range n {
+		w.wg.Go(func() { w.loop(ctx) })
+	}
+}
+
+// enqueue queues wk or refuses it at once when the queue is full or the
+// store failed within the last second.
+func (w *writers) enqueue(wk *work) error {
+	w.mu.Lock()
+	down := time.Now().Before(w.unavailable)
+	w.mu.Unlock()
+	if down {
+		return errUnavailable
+	}
+	n := int64(wk.size())
+	if w.queued.Add(n) > w.maxQueue {
+		w.queued.Add(-n)
+		return errQueueFull
+	}
+	select {
+	case w.queue <- wk:
+		w.m.queueItems.Set(float64(w.queued.Load()))
+		return nil
+	default:
+		w.queued.Add(-n)
+		return errQueueFull
+	}
+}
+
+func (w *writers) loop(ctx context.Context) {
+	for {
+		var first *work
+		select {
+		case first = <-w.queue:
+		case <-ctx.Done():
+			return
+		}
+		batch := []*work{first}
+		items := first.size()
+	drain:
+		for items < w.maxBatch {
+			select {
+			case wk := <-w.queue:
+				batch = append(batch, wk)
+				items += wk.size()
+			default:
+				break drain
+			}
+		}
+		w.queued.Add(-int64(items))
+		w.m.queueItems.Set(float64(w.queued.Load()))
+		w.commit(ctx, batch)
+	}
+}
+
+// commit writes batch, one transaction per org.
+func (w *writers) commit(ctx context.Context, batch []*work) {
+	byOrg := map[string][]*work{}
+	var orgs []string
+	for _, wk := range batch {
+		if byOrg[wk.org] == nil {
+			orgs = append(orgs, wk.org)
+		}
+		byOrg[wk.org] = append(byOrg[wk.org], wk)
+	}
+	for _, org := range orgs {
+		ws := byOrg[org]
+		err := w.commitOrg(ctx, org, ws)
+		if err != nil && len(ws) > 1 && isDataError(err) {
+			// One request the database refuses must not sink the others.
+			for _, wk := range ws {
+				w.commitOrg(ctx, org, []*work{wk})
+			}
+		}
+	}
+}
+
+func (w *writers) commitOrg(ctx context.Context, org string, ws []*work) error {
+	var events []audit.Event
+	var reports []usage.Report
+	for _, wk := range ws {
+		events = append(events, wk.events...)
+		reports = append(reports, wk.reports...)
+	}
+	tctx, cancel := context.WithTimeout(ctx, w.timeout)
+	start := time.Now()
+	res, err := w.store.Append(tctx, org, events, reports)
+	cancel()
+	w.m.batchSeconds.Observe(time.Since(start).Seconds())
+	w.m.batchItems.Observe(float64(len(events) + len(reports)))
+	if err != nil {
+		if isDataError(err) && len(ws) > 1 {
+			return err // commit retries them one by one
+		}
+		if !isDataError(err) {
+			w.mu.Lock()
+			w.unavailable = time.Now().Add(retryAfter)
+			w.mu.Unlock()
+			err = errors.Join(errUnavailable, err)
+		}
+		for _, wk := range ws {
+			wk.done <- outcome{err: err}
+		}
+		return err
+	}
+	ei, ui := 0, 0
+	for _, wk := range ws {
+		var o outcome
+		for range wk.events {
+			if res.EventStored[ei] {
+				o.stored++
+			} else {
+				o.duplicates++
+			}
+			ei++
+		}
+		for range wk.reports {
+			if res.UsageStored[ui] {
+				o.stored++
+			} else {
+				o.duplicates++
+			}
+			ui++
+		}
+		wk.done <- o
+	}
+	return nil
+}
+
+// isDataError reports whether err is Postgres refusing the data itself
+// (SQLSTATE class 22 data exception or 23 integrity violation), which a
+// retry cannot fix.
+func isDataError(err error) bool {
+	var pg *pgconn.PgError
+	if errors.As(err, &pg) {
+		return len(pg.Code) == 5 && (pg.Code[:2] == "22" || pg.Code[:2] == "23")
+	}
+	return false
+}
+
+// wait waits for the writers to exit (after their context is cancelled).
+func (w *writers) wait() { w.wg.Wait() }
+
+// drainQueue fails whatever is still queued (used on a hard stop).
+func (w *writers) drainQueue() {
+	for {
+		select {
+		case wk := <-w.queue:
+			w.queued.Add(-int64(wk.size()))
+			wk.done <- outcome{err: errUnavailable}
+		default:
+			return
+		}
+	}
+}
