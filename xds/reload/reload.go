@@ -59,7 +59,7 @@ type Config struct {
 	// goes up across restarts as long as the clock does.
 	StateDir string
 	// Debounce is how long the watch waits for a burst of file events to
-	// settle before reloading. If zero, 100ms.
+	// settle before reloading. If zero, 50ms.
 	Debounce time.Duration
 	// Logger, if nil, discards.
 	Logger *slog.Logger
@@ -95,7 +95,7 @@ func New(cfg Config, pub Publisher) (*Reloader, error) {
 		return nil, errors.New("reload: allowlist directory is required")
 	}
 	if cfg.Debounce == 0 {
-		cfg.Debounce = 100 * time.Millisecond
+		cfg.Debounce = 50 * time.Millisecond
 	}
 	if cfg.Audit == nil {
 		cfg.Audit = audit.Discard
