@@ -203,8 +203,8 @@ const removeTimeout = 5 * time.Second
 
 // Remove kills every process left in the cgroup and below it (cgroup.kill,
 // Linux 5.14+; SIGKILL to each listed process before that), waits for them to
-// exit and removes the directory. The caller must still reap its own
-// children. It is idempotent.
+// exit and removes the directory with any cgroups the job made below it. The
+// caller must still reap its own children. It is idempotent.
 func (c *JobCgroup) Remove() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -214,19 +214,39 @@ func (c *JobCgroup) Remove() error {
 	if err := c.killLocked(); err != nil {
 		return err
 	}
-	deadline := time.Now().Add(removeTimeout)
-	for {
-		err := unix.Rmdir(c.path)
-		if err == nil || errors.Is(err, unix.ENOENT) {
-			break
-		}
-		if !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
-			return fmt.Errorf("remove cgroup %s: %w (processes or child cgroups still in it?)", c.path, err)
-		}
-		time.Sleep(10 * time.Millisecond)
+	if err := rmdirTree(c.path, time.Now().Add(removeTimeout)); err != nil {
+		return err
 	}
 	c.removed = true
 	return c.dir.Close()
+}
+
+// rmdirTree removes the cgroup dir after the cgroups below it, deepest
+// first. A cgroup's interface files go with its directory; rmdir fails with
+// EBUSY while killed processes are still exiting, so it retries until
+// deadline.
+func rmdirTree(dir string, deadline time.Time) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove cgroup %s: %w", dir, err)
+	}
+	for _, ent := range ents {
+		if ent.IsDir() {
+			if err := rmdirTree(filepath.Join(dir, ent.Name()), deadline); err != nil {
+				return err
+			}
+		}
+	}
+	for {
+		err := unix.Rmdir(dir)
+		if err == nil || errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		if !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
+			return fmt.Errorf("remove cgroup %s: %w (processes still in it?)", dir, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 func (c *JobCgroup) killLocked() error {

@@ -256,7 +256,11 @@ int sendmsg6(struct bpf_sock_addr *ctx)
 #define ETH_P_IPV6 0x86DD
 #define IPV4_HDR_MIN 20
 #define IPV6_HDR_LEN 40
+#define NEXTHDR_HOP 0
+#define NEXTHDR_ROUTING 43
 #define NEXTHDR_FRAGMENT 44
+#define NEXTHDR_DEST 60
+#define MAX_V6_EXT 4
 #define IPV4_FRAG_OFFSET_MASK 0x1fff
 #define UDP_HDR_LEN 8
 
@@ -288,10 +292,14 @@ static __always_inline int parse_v4(struct __sk_buff *skb, struct packet *p)
 	return 1;
 }
 
-// parse_v6 reads an IPv6 header. Extension headers are not walked: a packet
-// whose next header is not TCP or UDP is judged as "other protocol" (only an
-// allowed CIDR lets it through), except a fragment header, which is judged
-// by destination address alone (see egress).
+// parse_v6 reads an IPv6 header and walks up to MAX_V6_EXT Hop-by-Hop and
+// Destination Options headers, which do not change where the packet goes
+// (the kernel adds a Hop-by-Hop jumbo header to BIG TCP packets over 64KiB).
+// A Routing header does change it: an unprivileged socket may set a segment
+// routing header (IPV6_RTHDR), sending the packet via addresses its connect()
+// never named, so such packets are always dropped. A fragment header makes
+// the packet judged by destination address alone (see egress). Any other
+// next header is "other protocol": only an allowed CIDR lets it through.
 static __always_inline int parse_v6(struct __sk_buff *skb, struct packet *p)
 {
 	__u32 h[IPV6_HDR_LEN / 4];
@@ -300,13 +308,27 @@ static __always_inline int parse_v6(struct __sk_buff *skb, struct packet *p)
 	__u8 *b = (__u8 *)h;
 	if ((b[0] >> 4) != 6)
 		return 0;
-	p->l3_hdr_len = IPV6_HDR_LEN;
-	p->proto = b[6];
-	if (p->proto == NEXTHDR_FRAGMENT) {
+	key_v6(&p->key, h[6], h[7], h[8], h[9]);
+	__u32 off = IPV6_HDR_LEN;
+	__u8 next = b[6];
+#pragma unroll
+	for (int i = 0; i < MAX_V6_EXT; i++) {
+		if (next != NEXTHDR_HOP && next != NEXTHDR_DEST)
+			break;
+		__u8 ext[2];
+		if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)) < 0)
+			return 0;
+		next = ext[0];
+		off += ((__u32)ext[1] + 1) * 8;
+	}
+	if (next == NEXTHDR_HOP || next == NEXTHDR_DEST || next == NEXTHDR_ROUTING)
+		return 0; // too many options, or source routing: drop
+	p->l3_hdr_len = off;
+	p->proto = next;
+	if (next == NEXTHDR_FRAGMENT) {
 		p->proto = 0;
 		p->later_frag = 1;
 	}
-	key_v6(&p->key, h[6], h[7], h[8], h[9]);
 	return 1;
 }
 

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -216,6 +217,26 @@ func TestAddProcAndRemoveKills(t *testing.T) {
 	if err != nil || len(pids) != 1 || pids[0] != cmd.Process.Pid {
 		t.Errorf("Procs after AddProc: got %v, %v, want [%d]", pids, err, cmd.Process.Pid)
 	}
+	// A cgroup the job made below its own, with a process of its own, does
+	// not keep Remove from finishing.
+	nested := filepath.Join(cg.Path(), "made-by-job", "deeper")
+	if err := os.MkdirAll(nested, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sleeper := exec.Command("sleep", "60")
+	sleeper.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true}
+	dirFD, err := os.Open(nested)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sleeper.SysProcAttr.CgroupFD = int(dirFD.Fd())
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	dirFD.Close()
+	sleeperDone := make(chan error, 1)
+	go func() { sleeperDone <- sleeper.Wait() }()
+	defer func() { sleeper.Process.Kill(); <-sleeperDone }()
 	if err := cg.Remove(); err != nil {
 		t.Fatal(err)
 	}

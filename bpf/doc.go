@@ -26,8 +26,10 @@
 // Behind the socket hooks a cgroup_skb/egress program sees every IP packet
 // the cgroup's sockets send. It counts them (Counters, for usage reports) and
 // drops any packet the current policy would not allow: traffic from raw
-// sockets, and traffic on connections that a later Update no longer allows
-// (an Update revokes established connections, not just new ones).
+// sockets, traffic on connections that a later Update no longer allows (an
+// Update revokes established connections, not just new ones), and every
+// IPv6 packet with a routing header (an unprivileged socket may set one with
+// IPV6_RTHDR and so send through addresses its connect() never named).
 //
 // # Policy updates
 //

@@ -177,58 +177,105 @@ func TestMetadataNeverReachable(t *testing.T) {
 }
 
 func TestCounters(t *testing.T) {
+	for _, fam := range []struct {
+		name     string
+		loopback string
+		ipHdr    uint64 // IP header of a UDP datagram
+		tcpHdrs  [2]uint64
+		resolver func(t *testing.T) netip.AddrPort
+	}{
+		{
+			name: "ipv4", loopback: "127.0.0.1", ipHdr: 20,
+			// 20 IPv4 + 20 TCP at least, 60 + 60 at most.
+			tcpHdrs:  [2]uint64{40, 120},
+			resolver: func(t *testing.T) netip.AddrPort { return newResolver(t).addrPort() },
+		},
+		{
+			name: "ipv6", loopback: "::1", ipHdr: 40,
+			// 40 IPv6 + 20 TCP at least, 40 + 60 at most (no extension headers).
+			tcpHdrs: [2]uint64{60, 100},
+			// Port 53 on ::1 may be taken by a real resolver; the policy
+			// accepts any resolver port.
+			resolver: func(t *testing.T) netip.AddrPort { return newUDPSink(t, "[::1]:0").addrPort() },
+		},
+	} {
+		t.Run(fam.name, func(t *testing.T) {
+			cg := newCgroup(t)
+			proxy := newTCPSink(t, netip.AddrPortFrom(netip.MustParseAddr(fam.loopback), 0).String())
+			res := fam.resolver(t)
+			e := enforce(t, cg, Policy{Proxy: proxy.addrPort(), DNS: res})
+			h := startHelper(t, cg)
+
+			// UDP first: every datagram is one packet of exactly the IP
+			// header + 8 (UDP) + payload bytes, so the counters are exact.
+			const datagrams, size = 7, 100
+			for range datagrams {
+				if got := h.errOf(helperOp{Op: "sendto", Addr: res.String(), N: size}); got != "" {
+					t.Fatalf("sendto resolver %s: %s", res, got)
+				}
+			}
+			got, err := e.Counters()
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := Counters{Packets: datagrams, Bytes: datagrams * (fam.ipHdr + 8 + size), PayloadBytes: datagrams * size}
+			if got != want {
+				t.Fatalf("after %d UDP datagrams of %d bytes: got %+v, want %+v", datagrams, size, got, want)
+			}
+
+			// TCP: the payload is exact (loopback does not retransmit);
+			// headers vary with options, so Bytes is bounded by the
+			// per-packet minimum and maximum header sizes.
+			const written = 300_000
+			if got := h.errOf(helperOp{Op: "connect", ID: "c", Proto: "tcp", Addr: proxy.addrPort().String()}); got != "" {
+				t.Fatalf("connect proxy %s: %s", proxy.addrPort(), got)
+			}
+			if r := h.do(helperOp{Op: "write", ID: "c", N: written}); r.Err != "" || r.N != written {
+				t.Fatalf("write to proxy: got %d bytes, %q; want %d bytes", r.N, r.Err, written)
+			}
+			h.do(helperOp{Op: "close", ID: "c"})
+			waitFor(t, "proxy to receive the stream", func() bool { return proxy.received.Load() == written })
+			waitFor(t, "SYN, data and FIN to be counted", func() bool {
+				c, _ := e.Counters()
+				return c.Packets >= want.Packets+3 && c.PayloadBytes >= want.PayloadBytes+written
+			})
+			got, err = e.Counters()
+			if err != nil {
+				t.Fatal(err)
+			}
+			tcpPackets := got.Packets - want.Packets
+			tcpBytes := got.Bytes - want.Bytes
+			if gotPayload := got.PayloadBytes - want.PayloadBytes; gotPayload != written {
+				t.Errorf("TCP payload bytes: got %d, want %d", gotPayload, written)
+			}
+			if lo, hi := written+fam.tcpHdrs[0]*tcpPackets, written+fam.tcpHdrs[1]*tcpPackets; tcpBytes < lo || tcpBytes > hi {
+				t.Errorf("TCP L3 bytes over %d packets: got %d, want %d..%d", tcpPackets, tcpBytes, lo, hi)
+			}
+			if got.DroppedPackets != 0 || got.DeniedConnects != 0 || got.DeniedSendmsgs != 0 {
+				t.Errorf("denials with only allowed traffic: got %+v, want none", got)
+			}
+		})
+	}
+}
+
+// TestNestedCgroupConfined: the programs also hold in a cgroup the job
+// makes below its own, so nesting is no way out.
+func TestNestedCgroupConfined(t *testing.T) {
 	cg := newCgroup(t)
 	proxy := newTCPSink(t, "127.0.0.1:0")
-	res := newResolver(t)
-	e := enforce(t, cg, Policy{Proxy: proxy.addrPort(), DNS: res.addrPort()})
-	h := startHelper(t, cg)
-
-	// UDP first: every datagram is one packet of exactly 20 (IPv4) + 8
-	// (UDP) + payload bytes, so the counters are exact.
-	const datagrams, size = 7, 100
-	for range datagrams {
-		if got := h.errOf(helperOp{Op: "sendto", Addr: res.addrPort().String(), N: size}); got != "" {
-			t.Fatalf("sendto resolver: %s", got)
-		}
-	}
-	waitFor(t, "resolver to receive the datagrams", func() bool { return res.udp.datagrams.Load() == datagrams })
-	got, err := e.Counters()
+	other := newTCPSink(t, "127.0.0.1:0")
+	enforce(t, cg, Policy{Proxy: proxy.addrPort()})
+	child, err := NewJobCgroup(cg.Path(), "nested")
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Counters{Packets: datagrams, Bytes: datagrams * (20 + 8 + size), PayloadBytes: datagrams * size}
-	if got != want {
-		t.Fatalf("after %d UDP datagrams of %d bytes: got %+v, want %+v", datagrams, size, got, want)
+	t.Cleanup(func() { child.Remove() })
+	h := startHelper(t, child)
+	if got := h.errOf(helperOp{Op: "connect", Proto: "tcp", Addr: other.addrPort().String()}); got != "EPERM" {
+		t.Errorf("connect to a denied port from a nested cgroup: got %q, want EPERM", got)
 	}
-
-	// TCP: the payload is exact (loopback does not retransmit); headers
-	// vary with options, so Bytes is bounded by the per-packet minimum
-	// (20 IPv4 + 20 TCP) and maximum (60 + 60) header sizes.
-	const written = 300_000
-	h.do(helperOp{Op: "connect", ID: "c", Proto: "tcp", Addr: proxy.addrPort().String()})
-	if r := h.do(helperOp{Op: "write", ID: "c", N: written}); r.Err != "" || r.N != written {
-		t.Fatalf("write to proxy: got %d bytes, %q; want %d bytes", r.N, r.Err, written)
-	}
-	h.do(helperOp{Op: "close", ID: "c"})
-	waitFor(t, "proxy to receive the stream", func() bool { return proxy.received.Load() == written })
-	waitFor(t, "FIN to be counted", func() bool {
-		c, _ := e.Counters()
-		return c.Packets >= want.Packets+3
-	})
-	got, err = e.Counters()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tcpPackets := got.Packets - want.Packets
-	tcpBytes := got.Bytes - want.Bytes
-	if gotPayload := got.PayloadBytes - want.PayloadBytes; gotPayload != written {
-		t.Errorf("TCP payload bytes: got %d, want %d", gotPayload, written)
-	}
-	if lo, hi := written+40*tcpPackets, written+120*tcpPackets; tcpBytes < lo || tcpBytes > hi {
-		t.Errorf("TCP L3 bytes over %d packets: got %d, want %d..%d", tcpPackets, tcpBytes, lo, hi)
-	}
-	if got.DroppedPackets != 0 || got.DeniedConnects != 0 || got.DeniedSendmsgs != 0 {
-		t.Errorf("denials with only allowed traffic: got %+v, want none", got)
+	if got := h.errOf(helperOp{Op: "connect", Proto: "tcp", Addr: proxy.addrPort().String()}); got != "" {
+		t.Errorf("connect to the proxy from a nested cgroup: got %q, want success", got)
 	}
 }
 
@@ -251,6 +298,30 @@ func TestRawSocketDropped(t *testing.T) {
 	}
 	if want := (Counters{DroppedPackets: 1, DroppedBytes: 20 + 8 + 32}); c.DroppedPackets != want.DroppedPackets || c.DroppedBytes != want.DroppedBytes {
 		t.Errorf("drops: got %d packets, %d bytes, want %d, %d", c.DroppedPackets, c.DroppedBytes, want.DroppedPackets, want.DroppedBytes)
+	}
+}
+
+// TestRoutingHeaderDropped: an IPv6 routing header sends a packet through
+// addresses the socket hooks never saw, so the egress program drops every
+// packet carrying one, even to the resolver inside an allowed CIDR.
+func TestRoutingHeaderDropped(t *testing.T) {
+	cg := newCgroup(t)
+	proxy := newTCPSink(t, "127.0.0.1:0")
+	res := newUDPSink(t, "[::1]:0")
+	e := enforce(t, cg, Policy{Proxy: proxy.addrPort(), DNS: res.addrPort(), AllowCIDRs: []netip.Prefix{netip.MustParsePrefix("::1/128")}})
+	h := startHelper(t, cg)
+	if got := h.errOf(helperOp{Op: "sendto", Addr: res.addrPort().String(), N: 10}); got != "" {
+		t.Fatalf("plain sendto resolver: got %q, want success", got)
+	}
+	if got := h.do(helperOp{Op: "srh", Addr: res.addrPort().String(), N: 10}).Err; got != "EPERM" {
+		t.Errorf("sendto resolver with a segment routing header: got %q, want EPERM", got)
+	}
+	c, err := e.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DroppedPackets != 1 {
+		t.Errorf("dropped packets: got %d, want 1", c.DroppedPackets)
 	}
 }
 

@@ -90,6 +90,8 @@ func (op helperOp) run(socks map[string]int) helperResult {
 		return helperResult{Err: errName(sendTo(op.Addr, make([]byte, op.N), unix.MSG_FASTOPEN, unix.SOCK_STREAM))}
 	case "raw":
 		return helperResult{Err: errName(sendICMPEcho(op.Addr, op.N))}
+	case "srh":
+		return helperResult{Err: errName(sendWithSegmentRouting(op.Addr, op.N))}
 	case "loop":
 		counts := map[string]int{}
 		for range op.N {
@@ -235,6 +237,30 @@ func sendICMPEcho(addr string, n int) error {
 	}
 	binary.BigEndian.PutUint16(msg[2:], ^uint16(sum))
 	return unix.Sendto(fd, msg, 0, &unix.SockaddrInet4{Addr: ap.Addr().As4()})
+}
+
+// sendWithSegmentRouting sends a UDP datagram over IPv6 with a segment
+// routing header (type 4) listing addr's address as its one segment. Linux
+// lets an unprivileged socket set this (IPV6_RTHDR needs no CAP_NET_RAW).
+func sendWithSegmentRouting(addr string, n int) error {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return err
+	}
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	srh := make([]byte, 8+16)
+	srh[1] = 2 // header length in 8-octet units after the first 8
+	srh[2] = 4 // routing type 4: segment routing
+	seg := ap.Addr().As16()
+	copy(srh[8:], seg[:])
+	if err := unix.SetsockoptString(fd, unix.IPPROTO_IPV6, unix.IPV6_RTHDR, string(srh)); err != nil {
+		return fmt.Errorf("set routing header: %w", err)
+	}
+	return unix.Sendto(fd, make([]byte, n), 0, &unix.SockaddrInet6{Port: int(ap.Port()), Addr: seg})
 }
 
 // helper is the parent's handle on a helper process.
