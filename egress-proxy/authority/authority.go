@@ -23,7 +23,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	"golang.org/x/net/idna"
+	"github.com/cordon-dev/cordon/internal/allowlist"
 )
 
 // ErrInvalid is wrapped by every parse error of this package.
@@ -328,47 +328,19 @@ func parseIPv4Part(p string) (uint64, bool) {
 	return v, true
 }
 
-var profile = idna.New(
-	idna.MapForLookup(),
-	idna.BidiRule(),
-	idna.ValidateLabels(true),
-	idna.StrictDomainName(true),
-	idna.VerifyDNSLength(true),
-	idna.Transitional(false),
-)
-
-// CanonicalName returns a DNS name in the form allowlists use: IDNA (UTS
-// 46, non-transitional) to punycode, lowercase, one trailing dot removed,
-// letters, digits, hyphens and dots only. Unicode look-alikes become their
-// own xn-- names, so a homograph never equals the name it imitates.
-//
-// It mirrors allowlist.CanonicalHost; when that lands this delegates to it.
+// CanonicalName returns a DNS name in the one form allowlists use, by
+// allowlist.CanonicalHost (so the proxy and the allowlist parser can never
+// disagree on a spelling): IDNA lookup profile to punycode, lowercase, one
+// trailing dot removed, letters, digits, hyphens and dots only. Unicode
+// look-alikes become their own xn-- names, so a homograph never equals the
+// name it imitates.
 func CanonicalName(s string) (string, error) {
 	if err := checkBytes(s); err != nil {
 		return "", err
 	}
-	s = strings.TrimSuffix(s, ".")
-	if s == "" || strings.HasPrefix(s, ".") || strings.HasSuffix(s, ".") || strings.Contains(s, "..") {
-		return "", invalid(s, "empty label")
-	}
-	ascii, err := profile.ToASCII(s)
+	name, err := allowlist.CanonicalHost(s)
 	if err != nil {
-		return "", fmt.Errorf("%w %q: idna: %v", ErrInvalid, s, err)
+		return "", fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
-	ascii = strings.ToLower(strings.TrimSuffix(ascii, "."))
-	// A punycode label must decode to a valid label: "xn--" junk that
-	// ToASCII passes through would otherwise be a second spelling.
-	if _, err := profile.ToUnicode(ascii); err != nil {
-		return "", fmt.Errorf("%w %q: idna: %v", ErrInvalid, s, err)
-	}
-	if ascii == "" || len(ascii) > 253 {
-		return "", invalid(s, "name length must be 1-253")
-	}
-	for i := 0; i < len(ascii); i++ {
-		c := ascii[i]
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '.') {
-			return "", invalid(s, "name may only hold letters, digits, hyphens and dots")
-		}
-	}
-	return ascii, nil
+	return name, nil
 }

@@ -33,7 +33,7 @@ func TestParseHostPort(t *testing.T) {
 		{"metadata decimal", "2852039166:80", 0, "169.254.169.254:80", true},
 		{"metadata hex dotted", "0xa9.0xfe.0xa9.0xfe:80", 0, "169.254.169.254:80", true},
 		{"metadata octal", "0251.0376.0251.0376:80", 0, "169.254.169.254:80", true},
-		{"fullwidth digits", "１２７．０．０．１:80", 0, "127.0.0.1:80", true},
+		{"fullwidth digits refused", "１２７．０．０．１:80", 0, "", false},
 		{"bracketed v6", "[::1]:443", 0, "[::1]:443", true},
 		{"bracketed mapped", "[::ffff:127.0.0.1]:443", 0, "127.0.0.1:443", true},
 		{"bracketed mapped hex", "[::ffff:7f00:1]:443", 0, "127.0.0.1:443", true},

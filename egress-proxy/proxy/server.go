@@ -147,7 +147,7 @@ func (s *Server) ServeTLS(ctx context.Context, ln net.Listener, conf *tls.Config
 		ln.Close()
 		return fmt.Errorf("serve tls %s: Config.TrustDomain is required", ln.Addr())
 	}
-	if conf == nil || conf.ClientAuth != tls.RequireAndVerifyClientCert || conf.MinVersion < tls.VersionTLS13 {
+	if conf == nil || !verifiesClients(conf) || conf.MinVersion < tls.VersionTLS13 {
 		ln.Close()
 		return fmt.Errorf("serve tls %s: tls config must require verified client certificates and TLS 1.3", ln.Addr())
 	}
@@ -167,6 +167,19 @@ func (s *Server) ServeTLS(ctx context.Context, ln net.Listener, conf *tls.Config
 		}
 		return tc, job, id, true
 	})
+}
+
+// verifiesClients reports whether conf refuses clients without a verified
+// certificate: go-spiffe's tlsconfig requires any certificate and verifies
+// it against the SPIFFE bundle in VerifyPeerCertificate.
+func verifiesClients(conf *tls.Config) bool {
+	switch conf.ClientAuth {
+	case tls.RequireAndVerifyClientCert:
+		return true
+	case tls.RequireAnyClientCert:
+		return conf.VerifyPeerCertificate != nil
+	}
+	return false
 }
 
 // JobFromPeer maps a verified peer's SPIFFE ID spiffe://TD/org/ORG/job/JOB
