@@ -189,12 +189,18 @@ type trieNode struct {
 
 // buildAutomaton compiles patterns (parallel slices of bytes and ids).
 func buildAutomaton(pats [][]byte, ids []int32) *automaton {
-	nodes := []trieNode{{child: -1, sibling: -1, fail: 0, dict: -1}}
+	total := 1
+	for _, p := range pats {
+		total += len(p)
+	}
+	nodes := make([]trieNode, 1, total)
+	nodes[0] = trieNode{child: -1, sibling: -1, fail: 0, dict: -1}
+	// kids indexes every trie edge (parent<<8 | byte) for build-time
+	// lookups; the sibling lists keep them in order for iteration.
+	kids := make(map[uint64]int32, total)
 	childOf := func(n int32, b byte) int32 {
-		for c := nodes[n].child; c >= 0; c = nodes[c].sibling {
-			if nodes[c].b == b {
-				return c
-			}
+		if c, ok := kids[uint64(n)<<8|uint64(b)]; ok {
+			return c
 		}
 		return -1
 	}
@@ -208,6 +214,7 @@ func buildAutomaton(pats [][]byte, ids []int32) *automaton {
 				c = int32(len(nodes))
 				nodes = append(nodes, trieNode{child: -1, sibling: nodes[n].child, b: b, depth: nodes[n].depth + 1, dict: -1})
 				nodes[n].child = c
+				kids[uint64(n)<<8|uint64(b)] = c
 			}
 			n = c
 		}
@@ -336,28 +343,20 @@ func buildAutomaton(pats [][]byte, ids []int32) *automaton {
 	a.outStart[len(ordered)] = uint32(len(a.outs))
 
 	// Dense rows, in BFS order so a failure state's row is ready first.
-	var rep [256]byte // a byte of each class
-	for b := 255; b >= 0; b-- {
-		rep[a.classes[b]] = byte(b)
-	}
 	a.trans = make([]uint32, a.denseLimit)
 	for _, n := range order {
 		if nodes[n].depth > denseDepth {
 			continue
 		}
 		row := ref(n)
-		for c := uint32(0); c < a.stride; c++ {
-			var next uint32
-			if c == 0 && a.stride < 256 {
-				next = root
-			} else if ch := childOf(n, rep[c]); ch >= 0 {
-				next = ref(ch)
-			} else if n == 0 {
-				next = root
-			} else {
-				next = a.trans[ref(nodes[n].fail)+c]
-			}
-			a.trans[row+c] = next
+		// Start from the failure state's row (the root's is all root),
+		// then point this node's own children.
+		if n != 0 {
+			fr := ref(nodes[n].fail)
+			copy(a.trans[row:row+a.stride], a.trans[fr:fr+a.stride])
+		}
+		for c := nodes[n].child; c >= 0; c = nodes[c].sibling {
+			a.trans[row+uint32(a.classes[nodes[c].b])] = ref(c)
 		}
 	}
 

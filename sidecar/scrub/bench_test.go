@@ -138,3 +138,13 @@ func BenchmarkNew1000(b *testing.B) {
 		}
 	}
 }
+
+func BenchmarkNew10(b *testing.B) {
+	secrets := benchSecrets(10)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := New(Config{Secrets: secrets}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
