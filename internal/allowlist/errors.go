@@ -10,7 +10,12 @@ import (
 
 // Error is one problem in an allowlist file, at the node that caused it.
 type Error struct {
+	// Pos is the offending node's position; a problem with the whole file
+	// (too big, not UTF-8, empty) is at line 1, column 1 or at the first
+	// bad byte.
 	Pos Pos
+	// Msg says what is wrong and what to write instead. Warnings (see
+	// File.Warnings) start with "warning: ".
 	Msg string
 }
 
