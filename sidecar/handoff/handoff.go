@@ -1,0 +1,273 @@
+// Package handoff passes the job's secrets from the agent to the job
+// wrapper (`cordon-sidecar run`) over a unix socket in the volume the two
+// containers share (DESIGN.md step 4).
+//
+// The socket is mode 0600 and owned by the job's uid; every connection's
+// peer uid is checked with SO_PEERCRED against that uid; the secrets are
+// handed out once, then every further request is refused (and reported),
+// and the server drops its reference to them. The protocol is one JSON
+// object per connection, server to client, then close.
+//
+// It is not a general secrets API: there is no request, no selection and no
+// second chance.
+package handoff
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// message is the wire format: exactly one of Secrets or Error.
+type message struct {
+	Version  int               `json:"version"`
+	Secrets  map[string]string `json:"secrets,omitempty"`
+	ProxyURL string            `json:"proxy_url,omitempty"`
+	Error    string            `json:"error,omitempty"`
+}
+
+const protocolVersion = 1
+
+// maxMessage bounds what the client reads.
+const maxMessage = 8 << 20
+
+// Env is what the job gets.
+type Env struct {
+	Secrets  map[string]string
+	ProxyURL string // if empty, the wrapper's default
+}
+
+// ServerConfig configures a Server.
+type ServerConfig struct {
+	// Socket is the path to listen on. Required.
+	Socket string
+	// UID is the only peer uid served; the socket file is chowned to it.
+	// Required (use os.Getuid() when the job runs as the agent's uid).
+	UID int
+	// Env is handed out once. Required.
+	Env Env
+	// OnHandoff, if set, is called after the env was handed out (peer uid
+	// and pid), and OnRefused after a refused request (with the reason), for
+	// audit. They must not block.
+	OnHandoff func(uid, pid int)
+	OnRefused func(uid, pid int, reason string)
+	// Logger. If nil, discarded.
+	Logger *slog.Logger
+}
+
+// Server serves the env once.
+type Server struct {
+	cfg ServerConfig
+	log *slog.Logger
+	ln  *net.UnixListener
+
+	mu     sync.Mutex // guards env and served
+	env    *Env
+	served bool
+
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+// Listen creates the socket (removing a stale one), sets its mode to 0600
+// and its owner to cfg.UID.
+func Listen(cfg ServerConfig) (*Server, error) {
+	if cfg.Socket == "" {
+		return nil, errors.New("handoff: no socket path")
+	}
+	if cfg.UID < 0 {
+		return nil, errors.New("handoff: no job uid")
+	}
+	if err := os.MkdirAll(filepath.Dir(cfg.Socket), 0o755); err != nil {
+		return nil, fmt.Errorf("handoff: create socket directory: %w", err)
+	}
+	if err := os.Remove(cfg.Socket); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("handoff: remove stale socket %s: %w", cfg.Socket, err)
+	}
+	// Bind in a private (0700) directory beside the final path, set mode and
+	// owner, then rename into place: there is no moment when another uid
+	// could connect, and no process-wide umask change.
+	tmpDir, err := os.MkdirTemp(filepath.Dir(cfg.Socket), ".handoff-")
+	if err != nil {
+		return nil, fmt.Errorf("handoff: create private directory: %w", err)
+	}
+	defer os.RemoveAll(tmpDir)
+	tmp := filepath.Join(tmpDir, "s")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("handoff: listen on %s: %w", cfg.Socket, err)
+	}
+	ln.SetUnlinkOnClose(false) // the path changes below; Close removes it
+	fail := func(err error) (*Server, error) {
+		ln.Close()
+		return nil, err
+	}
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		return fail(fmt.Errorf("handoff: chmod socket: %w", err))
+	}
+	if cfg.UID != os.Getuid() {
+		if err := os.Lchown(tmp, cfg.UID, -1); err != nil {
+			return fail(fmt.Errorf("handoff: give socket %s to uid %d: %w", cfg.Socket, cfg.UID, err))
+		}
+	}
+	if err := os.Rename(tmp, cfg.Socket); err != nil {
+		return fail(fmt.Errorf("handoff: move socket to %s: %w", cfg.Socket, err))
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	env := cfg.Env
+	cfg.Env = Env{}
+	return &Server{cfg: cfg, log: log, ln: ln, env: &env}, nil
+}
+
+// Served reports whether the env was handed out.
+func (s *Server) Served() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.served
+}
+
+// Serve answers connections until ctx is done or Close is called. It
+// returns nil then.
+func (s *Server) Serve(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() { s.Close() })
+	defer stop()
+	for {
+		conn, err := s.ln.AcceptUnix()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				s.wg.Wait()
+				return nil
+			}
+			s.log.Warn("handoff accept", "err", err)
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.handle(conn)
+		}()
+	}
+}
+
+// Close stops listening and removes the socket. It is idempotent.
+func (s *Server) Close() error {
+	var err error
+	s.closeOnce.Do(func() {
+		err = s.ln.Close()
+		if rerr := os.Remove(s.cfg.Socket); rerr != nil && !errors.Is(rerr, os.ErrNotExist) && err == nil {
+			err = rerr
+		}
+	})
+	return err
+}
+
+func (s *Server) handle(conn *net.UnixConn) {
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	uid, pid, err := peerCred(conn)
+	if err != nil {
+		s.refuse(conn, -1, -1, "peer credentials unavailable")
+		return
+	}
+	if uid != s.cfg.UID {
+		s.refuse(conn, uid, pid, fmt.Sprintf("peer uid %d is not the job's uid %d", uid, s.cfg.UID))
+		return
+	}
+	s.mu.Lock()
+	env := s.env
+	if s.served {
+		s.mu.Unlock()
+		s.refuse(conn, uid, pid, "the env was already handed out")
+		return
+	}
+	s.served = true
+	s.env = nil // drop the server's reference: the secrets live on only in the job
+	s.mu.Unlock()
+
+	err = json.NewEncoder(conn).Encode(message{Version: protocolVersion, Secrets: env.Secrets, ProxyURL: env.ProxyURL})
+	if err != nil {
+		// Handed out or not, it is not handed out again: a peer that
+		// hangs up mid-way does not get a second try.
+		s.log.Error("handoff write failed", "peer_uid", uid, "peer_pid", pid, "err", err)
+		return
+	}
+	s.log.Info("env handed out", "peer_uid", uid, "peer_pid", pid, "secrets", len(env.Secrets))
+	if s.cfg.OnHandoff != nil {
+		s.cfg.OnHandoff(uid, pid)
+	}
+}
+
+func (s *Server) refuse(conn *net.UnixConn, uid, pid int, reason string) {
+	s.log.Warn("handoff refused", "peer_uid", uid, "peer_pid", pid, "reason", reason)
+	_ = json.NewEncoder(conn).Encode(message{Version: protocolVersion, Error: reason})
+	if s.cfg.OnRefused != nil {
+		s.cfg.OnRefused(uid, pid, reason)
+	}
+}
+
+func peerCred(conn *net.UnixConn) (uid, pid int, err error) {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return 0, 0, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return 0, 0, err
+	}
+	if cerr != nil {
+		return 0, 0, cerr
+	}
+	return int(cred.Uid), int(cred.Pid), nil
+}
+
+// ErrRefused is wrapped by Fetch's error when the agent refused.
+var ErrRefused = errors.New("agent refused the handoff")
+
+// Fetch asks the agent at socket for the env. It fails when the agent is
+// not there, refuses, or answers with anything but one valid message.
+func Fetch(ctx context.Context, socket string) (Env, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", socket)
+	if err != nil {
+		return Env{}, fmt.Errorf("ask the agent for the job's env: %w (is cordon-sidecar agent running and healthy?)", err)
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	} else {
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	}
+	var m message
+	dec := json.NewDecoder(io.LimitReader(conn, maxMessage))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&m); err != nil {
+		return Env{}, fmt.Errorf("ask the agent at %s for the job's env: bad answer: %w", socket, err)
+	}
+	if m.Version != protocolVersion {
+		return Env{}, fmt.Errorf("ask the agent at %s for the job's env: protocol version %d, want %d", socket, m.Version, protocolVersion)
+	}
+	if m.Error != "" {
+		return Env{}, fmt.Errorf("ask the agent at %s for the job's env: %w: %s", socket, ErrRefused, m.Error)
+	}
+	if m.Secrets == nil {
+		m.Secrets = map[string]string{}
+	}
+	return Env{Secrets: m.Secrets, ProxyURL: m.ProxyURL}, nil
+}
