@@ -16,11 +16,14 @@ package server
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -41,6 +44,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/cordon-dev/cordon/xds/translate"
 )
@@ -81,6 +85,10 @@ type Server struct {
 	version   string
 	published bool
 	routes    map[string]*routev3.RouteConfiguration
+	// digests are the routes' content digests by "org/job"; allDigest
+	// covers every route (a gateway's snapshot).
+	digests   map[string][sha256.Size]byte
+	allDigest [sha256.Size]byte
 	// streams are the open, authorized streams by stream ID.
 	streams map[int64]*streamState
 	// nodes counts the registered streams per cache key (peer SPIFFE ID).
@@ -96,6 +104,11 @@ type streamState struct {
 type nodeState struct {
 	ident   Identity
 	streams int
+	// digest identifies the resources of the node's snapshot; a Publish
+	// that leaves them unchanged leaves the snapshot (and its version)
+	// alone, so an edit pushes only to the proxies it concerns.
+	digest [sha256.Size]byte
+	set    bool // a snapshot was set
 }
 
 // New returns a Server serving nothing until the first Publish: a proxy
@@ -134,24 +147,42 @@ func New(cfg Config) (*Server, error) {
 
 // Publish makes routes (every job's translated RouteConfiguration) the
 // served snapshot at version, for every connected proxy at once. Each proxy
-// sees either the previous snapshot or this one, never a mix.
+// sees either its previous snapshot or this one, never a mix. A proxy whose
+// resources did not change keeps its snapshot and version: it gets no push.
 func (s *Server) Publish(ctx context.Context, version uint64, routes []*routev3.RouteConfiguration) error {
 	byJob := make(map[string]*routev3.RouteConfiguration, len(routes))
+	digests := make(map[string][sha256.Size]byte, len(routes))
+	all := sha256.New()
+	opts := proto.MarshalOptions{Deterministic: true}
 	for _, rc := range routes {
 		org, job, err := translate.ParseResourceName(rc.GetName())
 		if err != nil {
 			return fmt.Errorf("publish version %d: %w", version, err)
 		}
-		byJob[org+"/"+job] = rc
+		id := org + "/" + job
+		if _, dup := byJob[id]; dup {
+			return fmt.Errorf("publish version %d: route %s appears twice", version, rc.GetName())
+		}
+		b, err := opts.Marshal(rc)
+		if err != nil {
+			return fmt.Errorf("publish version %d: %w", version, err)
+		}
+		byJob[id], digests[id] = rc, sha256.Sum256(b)
+	}
+	for _, id := range slices.Sorted(maps.Keys(digests)) {
+		d := digests[id]
+		all.Write([]byte(id))
+		all.Write(d[:])
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.version = "v" + strconv.FormatUint(version, 10)
-	s.routes = byJob
+	s.routes, s.digests = byJob, digests
+	copy(s.allDigest[:], all.Sum(nil))
 	s.published = true
 	var errs []error
 	for key, n := range s.nodes {
-		if err := s.setSnapshotLocked(ctx, key, n.ident); err != nil {
+		if err := s.setSnapshotLocked(ctx, key, n); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -167,21 +198,29 @@ func (s *Server) Version() string {
 	return s.version
 }
 
-// setSnapshotLocked gives node key the resources ident may see.
-func (s *Server) setSnapshotLocked(ctx context.Context, key string, ident Identity) error {
+// setSnapshotLocked gives node key the resources its identity may see, at
+// the current version, unless they are what it already has.
+func (s *Server) setSnapshotLocked(ctx context.Context, key string, n *nodeState) error {
 	if !s.published {
 		return nil
 	}
 	var res []types.Resource
-	switch ident.Kind {
+	var digest [sha256.Size]byte // zero: no resource
+	switch n.ident.Kind {
 	case KindJob:
-		if rc, ok := s.routes[ident.Org+"/"+ident.Job]; ok {
+		id := n.ident.Org + "/" + n.ident.Job
+		if rc, ok := s.routes[id]; ok {
 			res = append(res, rc)
+			digest = s.digests[id]
 		}
 	case KindGateway:
 		for _, rc := range s.routes {
 			res = append(res, rc)
 		}
+		digest = s.allDigest
+	}
+	if n.set && n.digest == digest {
+		return nil
 	}
 	snap, err := cachev3.NewSnapshot(s.version, map[resource.Type][]types.Resource{resource.RouteType: res})
 	if err != nil {
@@ -190,6 +229,7 @@ func (s *Server) setSnapshotLocked(ctx context.Context, key string, ident Identi
 	if err := s.cache.SetSnapshot(ctx, key, snap); err != nil {
 		return fmt.Errorf("snapshot for %s: %w", key, err)
 	}
+	n.digest, n.set = digest, true
 	return nil
 }
 
@@ -325,7 +365,7 @@ func (s *Server) onStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) er
 		if n == nil {
 			n = &nodeState{ident: st.ident}
 			s.nodes[key] = n
-			err = s.setSnapshotLocked(context.Background(), key, st.ident)
+			err = s.setSnapshotLocked(context.Background(), key, n)
 		}
 		n.streams++
 	}

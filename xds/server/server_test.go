@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"crypto/tls"
 	"net"
 	"slices"
@@ -268,7 +269,8 @@ func TestPublishPushesAndCountsACKs(t *testing.T) {
 		t.Fatalf("got %+v before any Publish, want nothing", r)
 	}
 	for v := uint64(1); v <= 3; v++ {
-		if err := e.srv.Publish(context.Background(), v, routesFor(t, policy("acme", "a", "a.example.com"))); err != nil {
+		host := fmt.Sprintf("a%d.example.com", v)
+		if err := e.srv.Publish(context.Background(), v, routesFor(t, policy("acme", "a", host))); err != nil {
 			t.Fatal(err)
 		}
 		r := recv(t, s, 2*time.Second)
@@ -350,5 +352,55 @@ func TestClassify(t *testing.T) {
 func TestNewRequiresSources(t *testing.T) {
 	if _, err := New(Config{}); err == nil {
 		t.Error("New(Config{}): got nil error")
+	}
+}
+
+// TestUnchangedJobsGetNoPush: an edit pushes only to the proxies whose
+// resources it changes; the others keep their snapshot and version.
+func TestUnchangedJobsGetNoPush(t *testing.T) {
+	e := startServer(t)
+	const jobB = "spiffe://cordon.test/org/acme/job/b"
+	pub := func(v uint64, bHost string) {
+		t.Helper()
+		if err := e.srv.Publish(context.Background(), v, routesFor(t,
+			policy("acme", "a", "a.example.com"), policy("acme", "b", bHost))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pub(1, "b.example.com")
+	streams := map[string]*adsStream{}
+	for _, id := range []string{jobA, jobB, gateway} {
+		s := e.dial(e.ca, id)
+		if err := s.Send(request(id)); err != nil {
+			t.Fatal(err)
+		}
+		r := recv(t, s, 2*time.Second)
+		if r == nil || r.err != nil || r.resp.GetVersionInfo() != "v1" {
+			t.Fatalf("%s: got %+v, want v1", id, r)
+		}
+		ack := request(id)
+		ack.VersionInfo, ack.ResponseNonce = "v1", r.resp.GetNonce()
+		if err := s.Send(ack); err != nil {
+			t.Fatal(err)
+		}
+		streams[id] = s
+	}
+	pub(2, "b2.example.com")
+	tests := []struct {
+		id   string
+		want string // "" for no push
+	}{
+		{jobA, ""},
+		{jobB, "v2"},
+		{gateway, "v2"},
+	}
+	for _, tt := range tests {
+		r := recv(t, streams[tt.id], 500*time.Millisecond)
+		switch {
+		case tt.want == "" && r != nil:
+			t.Errorf("%s: got a push of %s, want none (its policy did not change)", tt.id, r.resp.GetVersionInfo())
+		case tt.want != "" && (r == nil || r.resp.GetVersionInfo() != tt.want):
+			t.Errorf("%s: got %+v, want a push of %s", tt.id, r, tt.want)
+		}
 	}
 }
