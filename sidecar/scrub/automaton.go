@@ -75,6 +75,12 @@ func (a *automaton) id(ref uint32) uint32 {
 	return a.nDense + ref - a.denseLimit
 }
 
+// hasOut reports whether some pattern ends at state ref.
+func (a *automaton) hasOut(ref uint32) bool {
+	n := a.id(ref)
+	return a.outStart[n] != a.outStart[n+1] || a.dictLink[n] >= 0
+}
+
 // root is the ref of the start state (always dense index 0, which has no
 // outputs because no pattern is empty).
 const root = 0
@@ -102,8 +108,14 @@ func (a *automaton) scanPlain(ref uint32, p []byte) (int, uint32) {
 		return 0, ref
 	}
 	i := 0
-	if len(p) >= laneMin {
-		i, ref = a.scanLanes(ref, p)
+	for len(p)-i >= laneMin {
+		q := min((len(p)-i)/4, laneBlock)
+		n, st := a.scanLanes(ref, p[i:i+4*q])
+		i += n
+		ref = st
+		if n < 4*q {
+			break // a special state ahead: walk to it one byte at a time
+		}
 	}
 	trans, classes, plain := a.trans, &a.classes, a.plainLimit
 	for ; i < len(p); i++ {
@@ -126,7 +138,10 @@ func (a *automaton) scanPlain(ref uint32, p []byte) (int, uint32) {
 // differ.
 const (
 	laneWarmup = 32
-	laneMin    = 4 * 256
+	laneMin    = 4 * 4 * laneWarmup
+	// laneBlock bounds each lane's part, so a special state (a match, a
+	// deep prefix) costs a single walk over at most one block.
+	laneBlock = 512
 )
 
 // scanLanes consumes a prefix of p (from plain state ref) in which every

@@ -109,6 +109,40 @@ func BenchmarkNaiveBaseline(b *testing.B) {
 	}
 }
 
+// BenchmarkScrubWithHits is BenchmarkScrub with something to redact about
+// every 2 KiB: an injected secret in some form, a rule match or an email.
+func BenchmarkScrubWithHits(b *testing.B) {
+	secrets := benchSecrets(1000)
+	s, err := New(Config{Secrets: secrets})
+	if err != nil {
+		b.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(13, 14))
+	var sb strings.Builder
+	hits := []string{`{"api_key": "sk_live_abc123xyz"}`, "password=hunter2", "mail bob@example.com",
+		"Authorization: Bearer abc.def", "AKIAIOSFODNN7EXAMPLE"}
+	for sb.Len() < 1<<20 {
+		sb.WriteString(ordinaryText(r, 2048))
+		if r.IntN(2) == 0 {
+			sb.WriteString(encodeSecret(r, secrets[r.IntN(len(secrets))].Value, r.IntN(numForms)))
+		} else {
+			sb.WriteString(hits[r.IntN(len(hits))])
+		}
+	}
+	data := []byte(sb.String())
+	w := s.NewWriter(io.Discard)
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		for p := data; len(p) > 0; {
+			n := min(32<<10, len(p))
+			w.Write(p[:n])
+			p = p[n:]
+		}
+	}
+}
+
 // BenchmarkScrubSmallWrites measures line-sized writes (80 bytes).
 func BenchmarkScrubSmallWrites(b *testing.B) {
 	s, err := New(Config{Secrets: benchSecrets(1000)})

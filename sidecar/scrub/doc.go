@@ -50,6 +50,8 @@
 //     xoxp-, xoxa-, xoxr-, xoxs-, xoxe-, xapp-) and webhook URLs
 //     (hooks.slack.com/...), and "Bearer <token>";
 //   - JWTs (eyJ<header>.eyJ<payload>.<signature>, header at most 4 KiB);
+//   - passwords in URLs (scheme://user:password@host: the password, up to
+//     256 bytes of userinfo);
 //   - PEM private key blocks: everything between the "-----BEGIN ...PRIVATE
 //     KEY-----" line and "-----END" (at most 1 MiB);
 //   - key-context values: a key ending in password, passwd, secret, token,

@@ -14,6 +14,7 @@ const (
 	kindPEM                   // -----BEGIN ... PRIVATE KEY----- body -----END
 	kindKey                   // key-context: password=..., "api_key": "...", Authorization: ...
 	kindEmail                 // local@domain.tld
+	kindURLUser               // scheme://user:password@host
 )
 
 // byteSet is a set of bytes.
@@ -48,6 +49,8 @@ var (
 	setPEMLabel   = newByteSet("A-Z0-9 ")
 	setDomain     = newByteSet("A-Za-z0-9-")
 	setEmailLocal = newByteSet("A-Za-z0-9._%+-")
+	// RFC 3986 userinfo: unreserved, pct-encoded and sub-delims.
+	setUserinfo = newByteSet("A-Za-z0-9._~%!$&'()*+,;=-")
 )
 
 // trigger is a pattern in the automaton that starts a rule scanner.
@@ -149,7 +152,8 @@ func buildTriggers(rules, emails bool) []trigger {
 				ts = append(ts, trigger{text: p, kind: kindToken, set: tp.set, exact: tp.exact})
 			}
 		}
-		ts = append(ts, trigger{text: "eyJ", kind: kindJWT}, trigger{text: "-----BEGIN ", kind: kindPEM})
+		ts = append(ts, trigger{text: "eyJ", kind: kindJWT}, trigger{text: "-----BEGIN ", kind: kindPEM},
+			trigger{text: "://", kind: kindURLUser})
 		for _, k := range keyContextKeys {
 			for _, v := range keyVariants(k) {
 				ts = append(ts, trigger{text: v, kind: kindKey})
@@ -172,6 +176,7 @@ const (
 	maxEmailLocal = 64      // RFC 5321 local-part limit
 	maxEmailHost  = 253
 	maxKeyGap     = 8 // bytes of quotes/spaces allowed around a key's separator
+	maxUserinfo   = 256
 	maxValidators = 16
 )
 
@@ -220,6 +225,9 @@ func (w *Writer) activate(t int32, end int64) {
 			return
 		}
 		v.at, v.hold, v.alpha = at, v.start, true
+	}
+	if tr.kind == kindURLUser {
+		v.hold = noHold // the user name stays in clear
 	}
 	w.vals[w.nVals] = v
 	w.nVals++
@@ -363,6 +371,24 @@ func (w *Writer) feed(v *validator, b byte, pos int64) bool {
 
 	case kindKey:
 		return w.feedKey(v, b, pos)
+
+	case kindURLUser:
+		v.n++
+		if v.n > maxUserinfo {
+			return true
+		}
+		switch {
+		case v.phase == 0 && b == ':': // end of the user name
+			v.phase, v.start, v.hold = 1, pos+1, pos+1
+		case b == '@' && v.phase == 1 && pos > v.start:
+			// The password, and the '@' so that an email mask merging
+			// with this redaction cannot swallow the separator.
+			w.addInterval(v.start, pos+1, urlUserMarker, prioRule)
+			return true
+		case !setUserinfo.has(b):
+			return true
+		}
+		return false
 
 	case kindEmail:
 		if setDomain.has(b) {
@@ -569,6 +595,8 @@ func (w *Writer) eof() {
 			w.addInterval(v.start, w.pos, ruleMarker, prioRule)
 		case v.kind == kindEmail:
 			w.finishEmail(v)
+		case v.kind == kindURLUser:
+			// No '@' yet: not a URL with a password.
 		}
 	}
 	w.nVals = 0

@@ -88,6 +88,9 @@ func TestScrub(t *testing.T) {
 		{"email", "mail user@example.com now", "mail user***@example.com now"},
 		{"email long local", "alice.smith@mail.example.org.", "alic***@mail.example.org."},
 		{"not email", "pkg@1.2.3 and @mention", "pkg@1.2.3 and @mention"},
+		{"url password", "connect postgres://app:hunter2pw@db.internal:5432/x ok", "connect postgres://app:***REDACTED***@db.internal:5432/x ok"},
+		{"url password with email host", "amqp://u:pass.word@mq.example.com/", "amqp://u:***REDACTED***@mq.example.com/"},
+		{"url without password", "https://example.com/a:b@c and git://user@host", "https://example.com/a:b@c and git://user@host"},
 		{"secret at end", "tail " + rpcKey, "tail [REDACTED:MONAD_RPC_KEY]"},
 	}
 	for _, tc := range tests {

@@ -17,6 +17,8 @@ const maxPendingIntervals = 256
 var (
 	ruleMarker  = []byte(RuleMarker)
 	emailMarker = []byte(EmailMarker + "@")
+	// urlUserMarker replaces the password of a URL and the '@' after it.
+	urlUserMarker = []byte(RuleMarker + "@")
 )
 
 // Interval priorities: when redactions merge, the marker of the highest
@@ -129,7 +131,7 @@ func (w *Writer) process(from int) {
 			i += k
 			w.state = st
 			w.pos = base + int64(i)
-			if st >= ac.plainLimit {
+			if st >= ac.plainLimit && ac.hasOut(st) {
 				w.onState()
 			}
 			continue
@@ -142,7 +144,7 @@ func (w *Writer) process(from int) {
 		w.state = ac.step(w.state, buf[i])
 		i++
 		w.pos = pos + 1
-		if w.state >= ac.plainLimit {
+		if w.state >= ac.plainLimit && ac.hasOut(w.state) {
 			w.onState()
 		}
 	}
