@@ -9,12 +9,12 @@ import (
 type ruleKind uint8
 
 const (
-	kindToken ruleKind = iota // known prefix followed by a run of token bytes
-	kindJWT                   // eyJ<header>.eyJ<payload>.<signature>
-	kindPEM                   // -----BEGIN ... PRIVATE KEY----- body -----END
-	kindKey                   // key-context: password=..., "api_key": "...", Authorization: ...
-	kindEmail                 // local@domain.tld
-	kindURLUser               // scheme://user:password@host
+	kindToken   ruleKind = iota // known prefix followed by a run of token bytes
+	kindJWT                     // eyJ<header>.eyJ<payload>.<signature>
+	kindPEM                     // -----BEGIN ... PRIVATE KEY----- body -----END
+	kindKey                     // key-context: password=..., "api_key": "...", Authorization: ...
+	kindEmail                   // local@domain.tld
+	kindURLUser                 // scheme://user:password@host
 )
 
 // byteSet is a set of bytes.
