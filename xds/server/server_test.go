@@ -404,3 +404,31 @@ func TestUnchangedJobsGetNoPush(t *testing.T) {
 		}
 	}
 }
+
+// TestNodeSwitchMidStreamRefused: the node may be re-sent on any request; a
+// stream that starts honest and then claims another node is closed before
+// the cache sees the claim.
+func TestNodeSwitchMidStreamRefused(t *testing.T) {
+	e := startServer(t)
+	if err := e.srv.Publish(context.Background(), 1, routesFor(t,
+		policy("acme", "a", "a.example.com"), policy("acme", "b", "b.example.com"))); err != nil {
+		t.Fatal(err)
+	}
+	s := e.dial(e.ca, jobA)
+	if err := s.Send(request(jobA, "egress/acme/a")); err != nil {
+		t.Fatal(err)
+	}
+	r := recv(t, s, 2*time.Second)
+	if r == nil || r.err != nil {
+		t.Fatalf("got %+v, want v1", r)
+	}
+	lie := request("spiffe://cordon.test/org/acme/job/b", "egress/acme/b")
+	lie.VersionInfo, lie.ResponseNonce = "v1", r.resp.GetNonce()
+	if err := s.Send(lie); err != nil {
+		t.Fatal(err)
+	}
+	r = recv(t, s, 2*time.Second)
+	if r == nil || status.Code(r.err) != codes.PermissionDenied {
+		t.Fatalf("got %+v, want PermissionDenied", r)
+	}
+}
