@@ -256,7 +256,7 @@ func TestOtherTrustDomainFailsHandshake(t *testing.T) {
 	if err := s.Send(request(jobA, "egress/acme/a")); err != nil && status.Code(err) != codes.Unavailable {
 		t.Fatal(err)
 	}
-	r := recv(t, s, 2*time.Second)
+	r := recv(t, s, 5*time.Second)
 	if r == nil || r.err == nil || status.Code(r.err) != codes.Unavailable {
 		t.Fatalf("got %+v, want a failed handshake (Unavailable)", r)
 	}
@@ -277,7 +277,7 @@ func TestPublishPushesAndCountsACKs(t *testing.T) {
 		if err := e.srv.Publish(context.Background(), v, routesFor(t, policy("acme", "a", host))); err != nil {
 			t.Fatal(err)
 		}
-		r := recv(t, s, 2*time.Second)
+		r := recv(t, s, 5*time.Second)
 		if r == nil || r.err != nil {
 			t.Fatalf("version %d: got %+v, want a push", v, r)
 		}
@@ -303,7 +303,7 @@ func TestPublishPushesAndCountsACKs(t *testing.T) {
 	if err := e.srv.Publish(context.Background(), 4, routesFor(t, policy("acme", "a", "a4.example.com"))); err != nil {
 		t.Fatal(err)
 	}
-	if r := recv(t, s, 2*time.Second); r == nil || r.resp.GetVersionInfo() != "v4" {
+	if r := recv(t, s, 5*time.Second); r == nil || r.resp.GetVersionInfo() != "v4" {
 		t.Fatalf("got %+v, want v4 after the NACK", r)
 	}
 }
@@ -378,7 +378,7 @@ func TestUnchangedJobsGetNoPush(t *testing.T) {
 		if err := s.Send(request(id)); err != nil {
 			t.Fatal(err)
 		}
-		r := recv(t, s, 2*time.Second)
+		r := recv(t, s, 5*time.Second)
 		if r == nil || r.err != nil || r.resp.GetVersionInfo() != "v1" {
 			t.Fatalf("%s: got %+v, want v1", id, r)
 		}
@@ -426,7 +426,7 @@ func TestNodeSwitchMidStreamRefused(t *testing.T) {
 	if err := s.Send(request(jobA, "egress/acme/a")); err != nil {
 		t.Fatal(err)
 	}
-	r := recv(t, s, 2*time.Second)
+	r := recv(t, s, 5*time.Second)
 	if r == nil || r.err != nil {
 		t.Fatalf("got %+v, want v1", r)
 	}
@@ -435,7 +435,7 @@ func TestNodeSwitchMidStreamRefused(t *testing.T) {
 	if err := s.Send(lie); err != nil {
 		t.Fatal(err)
 	}
-	r = recv(t, s, 2*time.Second)
+	r = recv(t, s, 5*time.Second)
 	if r == nil || status.Code(r.err) != codes.PermissionDenied {
 		t.Fatalf("got %+v, want PermissionDenied", r)
 	}
