@@ -95,7 +95,7 @@ func (a *auditSink) events() []audit.Event {
 }
 
 type env struct {
-	t         *testing.T
+	t         testing.TB
 	proxyAddr string
 	proxyPort uint16
 	httpPort  uint16 // plain HTTP upstream on 127.0.0.2
@@ -112,11 +112,12 @@ type env struct {
 }
 
 type envOpts struct {
-	mode   allowlist.Mode
-	limits Limits
+	mode     allowlist.Mode
+	limits   Limits
+	observer Observer
 }
 
-func listenOn(t *testing.T, ip string) net.Listener {
+func listenOn(t testing.TB, ip string) net.Listener {
 	t.Helper()
 	ln, err := net.Listen("tcp", ip+":0")
 	if err != nil {
@@ -127,7 +128,7 @@ func listenOn(t *testing.T, ip string) net.Listener {
 
 func portOf(a net.Addr) uint16 { return uint16(a.(*net.TCPAddr).Port) }
 
-func newEnv(t *testing.T, o envOpts) *env {
+func newEnv(t testing.TB, o envOpts) *env {
 	t.Helper()
 	e := &env{t: t, logs: &logSink{}, audit: &auditSink{}, store: policy.NewStore()}
 	e.lastHost.Store("")
@@ -222,7 +223,8 @@ func newEnv(t *testing.T, o envOpts) *env {
 			netip.MustParsePrefix("127.0.0.7/32"),
 			netip.MustParsePrefix("169.254.0.0/16"), // metadata must stay denied anyway
 		},
-		Limits: lim,
+		Limits:   lim,
+		Observer: o.observer,
 	})
 	if err != nil {
 		t.Fatal(err)

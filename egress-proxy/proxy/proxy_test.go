@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -520,5 +521,37 @@ func TestUpstreamFailures(t *testing.T) {
 	resp, _ = e.roundTrip(get("http://gone.test/x"))
 	if resp.StatusCode != 502 || resp.Header.Get(DenyReasonHeader) != "dns_failure" {
 		t.Errorf("nxdomain: got %d %q, want 502 dns_failure", resp.StatusCode, resp.Header.Get(DenyReasonHeader))
+	}
+}
+
+type obsSink struct {
+	mu  sync.Mutex
+	obs []Observation
+}
+
+func (o *obsSink) Observe(ob Observation) {
+	o.mu.Lock()
+	o.obs = append(o.obs, ob)
+	o.mu.Unlock()
+}
+
+func TestObserver(t *testing.T) {
+	sink := &obsSink{}
+	e := newEnv(t, envOpts{observer: sink})
+	e.roundTrip(get("http://allowed.test:$HP/o"))
+	e.logs.waitDecisions(t, 1)
+	e.roundTrip(get("http://evil.example:$HP/attack"))
+	e.logs.waitDecisions(t, 2)
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	want := []Observation{
+		{Job: JobRef{"acme", "block_follower"}, Key: e.sub("allowed.test:$HP")},
+		{Job: JobRef{"acme", "block_follower"}, Key: "denied"},
+	}
+	if len(sink.obs) != 2 || sink.obs[0].Key != want[0].Key || sink.obs[1].Key != want[1].Key || sink.obs[0].Job != want[0].Job {
+		t.Fatalf("observations: got %+v, want keys %q and %q", sink.obs, want[0].Key, want[1].Key)
+	}
+	if sink.obs[0].Bytes <= 0 {
+		t.Errorf("allowed bytes: got %d, want > 0", sink.obs[0].Bytes)
 	}
 }

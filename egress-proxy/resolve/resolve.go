@@ -3,9 +3,11 @@
 // github.com/miekg/dns) or through the system resolver.
 //
 // It returns all answers so the caller can classify each one: the proxy
-// then dials only an address it checked, never resolving again. It does not
-// cache (the proxy's decisions must see what the resolver says now) and it
-// does not decide whether an address is acceptable.
+// then dials only an address it checked, never resolving again. DNS keeps
+// answers for their TTL (capped at MaxCacheTTL; TTL 0 is never cached):
+// caching changes only how fresh an answer is, never which address is
+// dialled, since the proxy checks whatever it gets. It does not decide
+// whether an address is acceptable.
 package resolve
 
 import (
@@ -14,6 +16,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/miekg/dns"
@@ -22,11 +25,25 @@ import (
 // ErrNotFound means the name has no A or AAAA record.
 var ErrNotFound = errors.New("no address for name")
 
+// MaxCacheTTL caps how long DNS keeps an answer.
+const MaxCacheTTL = 30 * time.Second
+
+// maxCacheEntries bounds the cache; when full it is emptied.
+const maxCacheEntries = 10000
+
 // DNS queries one DNS server directly: A and AAAA in parallel over UDP,
 // retrying over TCP when an answer is truncated.
 type DNS struct {
 	server  string
 	timeout time.Duration
+
+	mu    sync.Mutex // guards cache
+	cache map[string]cached
+}
+
+type cached struct {
+	addrs   []netip.Addr
+	expires time.Time
 }
 
 // NewDNS returns a resolver that asks server ("host:port"). If timeout is
@@ -38,31 +55,44 @@ func NewDNS(server string, timeout time.Duration) (*DNS, error) {
 	if timeout == 0 {
 		timeout = 5 * time.Second
 	}
-	return &DNS{server: server, timeout: timeout}, nil
+	return &DNS{server: server, timeout: timeout, cache: map[string]cached{}}, nil
 }
 
 // LookupNetIP returns every A and AAAA address of host, unmapped. Records
 // for any owner name in the answer section count (a CNAME chain's targets).
+// The returned slice is shared with the cache: do not modify it.
 func (d *DNS) LookupNetIP(ctx context.Context, host string) ([]netip.Addr, error) {
+	now := time.Now()
+	d.mu.Lock()
+	c, ok := d.cache[host]
+	d.mu.Unlock()
+	if ok && now.Before(c.expires) {
+		return c.addrs, nil
+	}
 	type result struct {
 		addrs []netip.Addr
+		ttl   uint32
 		err   error
 	}
 	ch := make(chan result, 2)
 	for _, qtype := range []uint16{dns.TypeA, dns.TypeAAAA} {
 		go func() {
-			a, err := d.query(ctx, host, qtype)
-			ch <- result{a, err}
+			a, ttl, err := d.query(ctx, host, qtype)
+			ch <- result{a, ttl, err}
 		}()
 	}
 	var addrs []netip.Addr
 	var firstErr error
+	ttl := uint32(MaxCacheTTL / time.Second)
 	for range 2 {
 		r := <-ch
 		if r.err != nil && firstErr == nil {
 			firstErr = r.err
 		}
 		addrs = append(addrs, r.addrs...)
+		if len(r.addrs) > 0 {
+			ttl = min(ttl, r.ttl)
+		}
 	}
 	if firstErr != nil {
 		return nil, firstErr
@@ -70,10 +100,19 @@ func (d *DNS) LookupNetIP(ctx context.Context, host string) ([]netip.Addr, error
 	if len(addrs) == 0 {
 		return nil, fmt.Errorf("resolve %s via %s: %w", host, d.server, ErrNotFound)
 	}
+	if ttl > 0 {
+		d.mu.Lock()
+		if len(d.cache) >= maxCacheEntries {
+			clear(d.cache)
+		}
+		d.cache[host] = cached{addrs: addrs, expires: now.Add(time.Duration(ttl) * time.Second)}
+		d.mu.Unlock()
+	}
 	return addrs, nil
 }
 
-func (d *DNS) query(ctx context.Context, host string, qtype uint16) ([]netip.Addr, error) {
+// query returns the addresses of one type and the smallest TTL among them.
+func (d *DNS) query(ctx context.Context, host string, qtype uint16) ([]netip.Addr, uint32, error) {
 	ctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
 	m := new(dns.Msg)
@@ -86,16 +125,17 @@ func (d *DNS) query(ctx context.Context, host string, qtype uint16) ([]netip.Add
 		in, _, err = c.ExchangeContext(ctx, m, d.server)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("resolve %s %s via %s: %w", host, dns.TypeToString[qtype], d.server, err)
+		return nil, 0, fmt.Errorf("resolve %s %s via %s: %w", host, dns.TypeToString[qtype], d.server, err)
 	}
 	switch in.Rcode {
 	case dns.RcodeSuccess:
 	case dns.RcodeNameError:
-		return nil, fmt.Errorf("resolve %s via %s: %w (NXDOMAIN)", host, d.server, ErrNotFound)
+		return nil, 0, fmt.Errorf("resolve %s via %s: %w (NXDOMAIN)", host, d.server, ErrNotFound)
 	default:
-		return nil, fmt.Errorf("resolve %s %s via %s: rcode %s", host, dns.TypeToString[qtype], d.server, dns.RcodeToString[in.Rcode])
+		return nil, 0, fmt.Errorf("resolve %s %s via %s: rcode %s", host, dns.TypeToString[qtype], d.server, dns.RcodeToString[in.Rcode])
 	}
 	var out []netip.Addr
+	ttl := uint32(MaxCacheTTL / time.Second)
 	for _, rr := range in.Answer {
 		var ip net.IP
 		switch v := rr.(type) {
@@ -108,9 +148,10 @@ func (d *DNS) query(ctx context.Context, host string, qtype uint16) ([]netip.Add
 		}
 		if a, ok := netip.AddrFromSlice(ip); ok {
 			out = append(out, a.Unmap())
+			ttl = min(ttl, rr.Header().Ttl)
 		}
 	}
-	return out, nil
+	return out, ttl, nil
 }
 
 // System resolves through the operating system's resolver.

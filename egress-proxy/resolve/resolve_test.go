@@ -54,6 +54,31 @@ func TestDNS(t *testing.T) {
 	}
 }
 
+func TestDNSCache(t *testing.T) {
+	srv := dnstest.Start(t)
+	srv.Set("zero.test", "127.0.0.2")
+	srv.Set("cached.test", "127.0.0.3")
+	srv.SetTTL("cached.test", 60)
+	r, err := NewDNS(srv.Addr, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := r.LookupNetIP(context.Background(), "zero.test"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.LookupNetIP(context.Background(), "cached.test"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := srv.Queries("zero.test"); n != 3 {
+		t.Errorf("TTL 0 queries: got %d, want 3 (never cached)", n)
+	}
+	if n := srv.Queries("cached.test"); n != 1 {
+		t.Errorf("TTL 60 queries: got %d, want 1 (cached)", n)
+	}
+}
+
 func TestDNSUnreachable(t *testing.T) {
 	r, err := NewDNS("127.0.0.1:1", 200*time.Millisecond)
 	if err != nil {

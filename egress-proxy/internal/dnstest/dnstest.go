@@ -18,6 +18,7 @@ type Server struct {
 	Addr string // "127.0.0.1:PORT"
 
 	mu      sync.Mutex // guards the following
+	ttl     map[string]uint32
 	answers map[string][][]netip.Addr
 	queries map[string]map[uint16]int // by name and query type
 }
@@ -29,7 +30,7 @@ func Start(t testing.TB) *Server {
 	if err != nil {
 		t.Fatalf("dnstest: listen: %v", err)
 	}
-	s := &Server{Addr: pc.LocalAddr().String(), answers: map[string][][]netip.Addr{}, queries: map[string]map[uint16]int{}}
+	s := &Server{Addr: pc.LocalAddr().String(), answers: map[string][][]netip.Addr{}, ttl: map[string]uint32{}, queries: map[string]map[uint16]int{}}
 	started := make(chan struct{})
 	srv := &dns.Server{PacketConn: pc, Handler: s, NotifyStartedFunc: func() { close(started) }}
 	done := make(chan struct{})
@@ -67,6 +68,14 @@ func (s *Server) Sequence(name string, seq ...[]string) {
 	s.queries[key] = map[uint16]int{}
 }
 
+// SetTTL makes name's answers carry ttl seconds (the default is 0: never
+// cached).
+func (s *Server) SetTTL(name string, ttl uint32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ttl[dns.Fqdn(strings.ToLower(name))] = ttl
+}
+
 // Queries is how many A queries name received.
 func (s *Server) Queries(name string) int {
 	s.mu.Lock()
@@ -83,6 +92,7 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	key := strings.ToLower(q.Name)
 	s.mu.Lock()
 	rounds, ok := s.answers[key]
+	ttl := s.ttl[key]
 	var n int
 	if ok {
 		n = s.queries[key][q.Qtype]
@@ -96,7 +106,7 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	}
 	round := rounds[min(n, len(rounds)-1)]
 	for _, a := range round {
-		hdr := dns.RR_Header{Name: q.Name, Class: dns.ClassINET, Ttl: 0}
+		hdr := dns.RR_Header{Name: q.Name, Class: dns.ClassINET, Ttl: ttl}
 		switch {
 		case a.Is4() && q.Qtype == dns.TypeA:
 			hdr.Rrtype = dns.TypeA
