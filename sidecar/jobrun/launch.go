@@ -28,11 +28,12 @@ type Options struct {
 	UsageFile string
 	// Run is the run itself; its Secrets and Scrubber are filled in here.
 	Run Config
-	// NewScrubber builds the scrubber for the job's secrets. Required.
+	// NewScrubber builds the scrubber for the job's secrets. If nil,
+	// ScrubberFor.
 	NewScrubber func(vars []secrets.Var) (Scrubber, error)
-	// FetchEnv fetches the secrets from the agent at socket. If nil, the
-	// agent is not supported and AgentSocket is an error.
-	FetchEnv func(ctx context.Context, socket string) (map[string]string, error)
+	// FetchEnv fetches the secrets (and the proxy URL, "" for the default)
+	// from the agent at socket. If nil, only SecretsFile works.
+	FetchEnv func(ctx context.Context, socket string) (secrets map[string]string, proxyURL string, err error)
 }
 
 // Validate rejects contradictory options. The scrubber is built from the
@@ -40,9 +41,6 @@ type Options struct {
 func (o *Options) Validate() error {
 	if o.SecretsFile != "" && o.AgentSocket != "" {
 		return errors.New("--secrets-file and --agent-socket are mutually exclusive: pass one")
-	}
-	if o.NewScrubber == nil {
-		return errors.New("no scrubber: a job's output is never passed on unscrubbed")
 	}
 	return o.Run.Validate()
 }
@@ -64,6 +62,7 @@ func Main(ctx context.Context, o Options) int {
 		return fail(err)
 	}
 	var values map[string]string
+	var proxyURL string
 	var err error
 	switch {
 	case o.SecretsFile != "":
@@ -76,7 +75,7 @@ func Main(ctx context.Context, o Options) int {
 		if o.FetchEnv == nil {
 			return fail(errors.New("no secrets source: pass --secrets-file FILE (this build cannot ask an agent)"))
 		}
-		values, err = o.FetchEnv(ctx, socket)
+		values, proxyURL, err = o.FetchEnv(ctx, socket)
 	}
 	if err != nil {
 		return fail(fmt.Errorf("job not started: %w", err))
@@ -85,11 +84,20 @@ func Main(ctx context.Context, o Options) int {
 	if err != nil {
 		return fail(fmt.Errorf("job not started: %w", err))
 	}
-	scr, err := o.NewScrubber(vars)
+	newScrubber := o.NewScrubber
+	if newScrubber == nil {
+		newScrubber = ScrubberFor
+	}
+	scr, err := newScrubber(vars)
 	if err != nil {
 		return fail(fmt.Errorf("job not started: build scrubber: %w", err))
 	}
 	cfg := o.Run
+	tail := &tailWriter{w: stderr, last: '\n'}
+	cfg.Stderr = tail
+	if cfg.ProxyURL == "" {
+		cfg.ProxyURL = proxyURL
+	}
 	cfg.Secrets = vars
 	cfg.Scrubber = scr
 	res, err := Run(ctx, cfg)
@@ -102,6 +110,10 @@ func Main(ctx context.Context, o Options) int {
 		if res.ExitCode == 0 {
 			return ExitShimFailed
 		}
+	}
+	if tail.last != '\n' {
+		// The job's stderr ended mid-line: start the summary on its own.
+		_, _ = io.WriteString(stderr, "\n")
 	}
 	if err := writeUsage(o.UsageFile, stderr, res); err != nil {
 		fmt.Fprintf(stderr, "cordon-sidecar run: %v\n", err)
@@ -130,4 +142,18 @@ func writeUsage(path string, stderr io.Writer, res Result) error {
 		return fmt.Errorf("write usage file: %w", err)
 	}
 	return nil
+}
+
+// tailWriter remembers the last byte written (Run serialises its writes).
+type tailWriter struct {
+	w    io.Writer
+	last byte
+}
+
+func (t *tailWriter) Write(p []byte) (int, error) {
+	n, err := t.w.Write(p)
+	if n > 0 {
+		t.last = p[n-1]
+	}
+	return n, err
 }
