@@ -29,7 +29,7 @@ func (s replaceScrubber) NewStream(dst io.Writer) Stream {
 	return &replaceStream{values: s.values, dst: dst}
 }
 func (s *replaceStream) Write(p []byte) (int, error) { return s.buf.Write(p) }
-func (s *replaceStream) Redactions() int64          { return s.n }
+func (s *replaceStream) Redactions() int64           { return s.n }
 func (s *replaceStream) Close() error {
 	out := s.buf.String()
 	for _, v := range s.values {
