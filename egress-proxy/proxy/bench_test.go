@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/cordon-dev/cordon/internal/allowlist"
 )
@@ -16,7 +17,7 @@ import (
 // BenchmarkKeepAlive compares a small keep-alive GET sent directly to the
 // upstream with the same GET through the proxy.
 func BenchmarkKeepAlive(b *testing.B) {
-	e := newEnv(b, envOpts{})
+	e := newEnv(b, envOpts{dnsCache: 30 * time.Second})
 	e.dns.SetTTL("allowed.test", 30) // as real answers do: the proxy caches for the TTL
 	direct := &http.Client{Transport: &http.Transport{}}
 	proxyURL, _ := url.Parse("http://" + e.proxyAddr)

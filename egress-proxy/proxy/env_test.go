@@ -115,6 +115,7 @@ type envOpts struct {
 	mode     allowlist.Mode
 	limits   Limits
 	observer Observer
+	dnsCache time.Duration
 }
 
 func listenOn(t testing.TB, ip string) net.Listener {
@@ -203,7 +204,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 	if err := e.store.Apply([]*allowlist.JobPolicy{pol}); err != nil {
 		t.Fatal(err)
 	}
-	r, err := resolve.NewDNS(e.dns.Addr, time.Second)
+	r, err := resolve.NewDNS(e.dns.Addr, resolve.DNSOptions{Timeout: time.Second, CacheMaxTTL: o.dnsCache})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,9 +4,9 @@
 //
 // It returns all answers so the caller can classify each one: the proxy
 // then dials only an address it checked, never resolving again. DNS keeps
-// answers for their TTL (capped at MaxCacheTTL; TTL 0 is never cached):
-// caching changes only how fresh an answer is, never which address is
-// dialled, since the proxy checks whatever it gets. It does not decide
+// answers for their TTL when DNSOptions.CacheMaxTTL allows it (off by
+// default): caching changes only how fresh an answer is, never which
+// address is dialled, since the proxy checks whatever it gets. It does not decide
 // whether an address is acceptable.
 package resolve
 
@@ -25,9 +25,6 @@ import (
 // ErrNotFound means the name has no A or AAAA record.
 var ErrNotFound = errors.New("no address for name")
 
-// MaxCacheTTL caps how long DNS keeps an answer.
-const MaxCacheTTL = 30 * time.Second
-
 // maxCacheEntries bounds the cache; when full it is emptied.
 const maxCacheEntries = 10000
 
@@ -36,6 +33,7 @@ const maxCacheEntries = 10000
 type DNS struct {
 	server  string
 	timeout time.Duration
+	maxTTL  time.Duration
 
 	mu    sync.Mutex // guards cache
 	cache map[string]cached
@@ -46,16 +44,25 @@ type cached struct {
 	expires time.Time
 }
 
-// NewDNS returns a resolver that asks server ("host:port"). If timeout is
-// zero, 5s per query.
-func NewDNS(server string, timeout time.Duration) (*DNS, error) {
+// DNSOptions tune a DNS resolver.
+type DNSOptions struct {
+	// Timeout bounds one query. If zero, 5s.
+	Timeout time.Duration
+	// CacheMaxTTL caps how long an answer is kept for its TTL (answers with
+	// TTL 0 are never kept; failures never). If zero, nothing is cached and
+	// every request sees what the server says now.
+	CacheMaxTTL time.Duration
+}
+
+// NewDNS returns a resolver that asks server ("host:port").
+func NewDNS(server string, opts DNSOptions) (*DNS, error) {
 	if _, _, err := net.SplitHostPort(server); err != nil {
 		return nil, fmt.Errorf("dns server %q: want HOST:PORT: %w", server, err)
 	}
-	if timeout == 0 {
-		timeout = 5 * time.Second
+	if opts.Timeout == 0 {
+		opts.Timeout = 5 * time.Second
 	}
-	return &DNS{server: server, timeout: timeout, cache: map[string]cached{}}, nil
+	return &DNS{server: server, timeout: opts.Timeout, maxTTL: opts.CacheMaxTTL, cache: map[string]cached{}}, nil
 }
 
 // LookupNetIP returns every A and AAAA address of host, unmapped. Records
@@ -83,7 +90,7 @@ func (d *DNS) LookupNetIP(ctx context.Context, host string) ([]netip.Addr, error
 	}
 	var addrs []netip.Addr
 	var firstErr error
-	ttl := uint32(MaxCacheTTL / time.Second)
+	ttl := uint32(d.maxTTL / time.Second)
 	for range 2 {
 		r := <-ch
 		if r.err != nil && firstErr == nil {
@@ -135,7 +142,7 @@ func (d *DNS) query(ctx context.Context, host string, qtype uint16) ([]netip.Add
 		return nil, 0, fmt.Errorf("resolve %s %s via %s: rcode %s", host, dns.TypeToString[qtype], d.server, dns.RcodeToString[in.Rcode])
 	}
 	var out []netip.Addr
-	ttl := uint32(MaxCacheTTL / time.Second)
+	ttl := ^uint32(0)
 	for _, rr := range in.Answer {
 		var ip net.IP
 		switch v := rr.(type) {

@@ -14,7 +14,7 @@ func TestDNS(t *testing.T) {
 	srv := dnstest.Start(t)
 	srv.Set("both.test", "127.0.0.2", "::1", "203.0.113.9")
 	srv.Set("mapped.test", "::ffff:10.0.0.1")
-	r, err := NewDNS(srv.Addr, time.Second)
+	r, err := NewDNS(srv.Addr, DNSOptions{Timeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +59,7 @@ func TestDNSCache(t *testing.T) {
 	srv.Set("zero.test", "127.0.0.2")
 	srv.Set("cached.test", "127.0.0.3")
 	srv.SetTTL("cached.test", 60)
-	r, err := NewDNS(srv.Addr, time.Second)
+	r, err := NewDNS(srv.Addr, DNSOptions{Timeout: time.Second, CacheMaxTTL: 30 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,10 +77,17 @@ func TestDNSCache(t *testing.T) {
 	if n := srv.Queries("cached.test"); n != 1 {
 		t.Errorf("TTL 60 queries: got %d, want 1 (cached)", n)
 	}
+	off, _ := NewDNS(srv.Addr, DNSOptions{Timeout: time.Second})
+	for range 2 {
+		off.LookupNetIP(context.Background(), "cached.test")
+	}
+	if n := srv.Queries("cached.test"); n != 3 {
+		t.Errorf("queries without a cache: got %d, want 3", n)
+	}
 }
 
 func TestDNSUnreachable(t *testing.T) {
-	r, err := NewDNS("127.0.0.1:1", 200*time.Millisecond)
+	r, err := NewDNS("127.0.0.1:1", DNSOptions{Timeout: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +97,7 @@ func TestDNSUnreachable(t *testing.T) {
 }
 
 func TestNewDNSBadServer(t *testing.T) {
-	if _, err := NewDNS("127.0.0.1", 0); err == nil {
+	if _, err := NewDNS("127.0.0.1", DNSOptions{}); err == nil {
 		t.Fatal("NewDNS without a port: got nil error")
 	}
 }

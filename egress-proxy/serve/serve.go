@@ -46,6 +46,9 @@ type Config struct {
 	// DNSServer is "HOST:PORT" to resolve through. Empty: the system
 	// resolver.
 	DNSServer string
+	// DNSCacheMaxTTL keeps --dns-server answers for their TTL, at most
+	// this long. If zero, nothing is cached.
+	DNSCacheMaxTTL time.Duration
 	// UnsafeAllowCIDRs are treated as public when a name resolves into
 	// them (tests on loopback). Never metadata, never IP literals.
 	UnsafeAllowCIDRs []netip.Prefix
@@ -151,7 +154,7 @@ func Run(ctx context.Context, cfg Config) error {
 		pcfg.Job = proxy.JobRef{Org: org, Job: job}
 	}
 	if cfg.DNSServer != "" {
-		r, err := resolve.NewDNS(cfg.DNSServer, 0)
+		r, err := resolve.NewDNS(cfg.DNSServer, resolve.DNSOptions{CacheMaxTTL: cfg.DNSCacheMaxTTL})
 		if err != nil {
 			return err
 		}

@@ -60,6 +60,7 @@ func serveCmd(args []string) int {
 	fs.StringVar(&cfg.Allowlists, "allowlists", "", "allowlist directory")
 	fs.StringVar(&cfg.Job, "job", "", "ORG/JOB whose policy --listen enforces")
 	fs.StringVar(&cfg.DNSServer, "dns-server", "", "resolve through this DNS server (HOST:PORT) instead of the system's")
+	fs.DurationVar(&cfg.DNSCacheMaxTTL, "dns-cache-max-ttl", 0, "keep --dns-server answers for their TTL, at most this long (0: no cache)")
 	fs.Var(&cidrs, "unsafe-allow-cidr", "treat resolved addresses in CIDR as public (repeatable; tests only)")
 	fs.StringVar(&cfg.Metrics, "metrics", "", "serve Prometheus /metrics on ADDR")
 	fs.StringVar(&cfg.TrustDomain, "trust-domain", "", "SPIFFE trust domain of gateway peers (default: the gateway's own)")
