@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -553,5 +554,60 @@ func TestObserver(t *testing.T) {
 	}
 	if sink.obs[0].Bytes <= 0 {
 		t.Errorf("allowed bytes: got %d, want > 0", sink.obs[0].Bytes)
+	}
+}
+
+func TestShutdown(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	idle := e.dial()
+	io.WriteString(idle, e.sub(get("http://allowed.test:$HP/idle")))
+	br := bufio.NewReader(idle)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("keep-alive request: %v %v", resp, err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	tun := e.dial()
+	io.WriteString(tun, e.sub("CONNECT allowed.test:$HP HTTP/1.1\r\nHost: allowed.test:$HP\r\n\r\n"))
+	if resp, err := http.ReadResponse(bufio.NewReader(tun), &http.Request{Method: http.MethodConnect}); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("CONNECT: %v %v", resp, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err = e.srv.Shutdown(ctx)
+	if err == nil {
+		t.Error("Shutdown with an open tunnel past its deadline: got nil, want the drain error")
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("Shutdown took %v, want about the 300ms bound", d)
+	}
+	for name, c := range map[string]net.Conn{"idle keep-alive": idle, "tunnel": tun} {
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil || isTimeout(err) {
+			t.Errorf("%s connection after Shutdown: read got %v, want closed", name, err)
+		}
+	}
+	if err := e.srv.Shutdown(context.Background()); err != nil {
+		t.Errorf("second Shutdown: got %v, want nil (idempotent)", err)
+	}
+}
+
+func TestIdleTimeout(t *testing.T) {
+	e := newEnv(t, envOpts{limits: Limits{IdleTimeout: 100 * time.Millisecond}})
+	c := e.dial()
+	io.WriteString(c, e.sub(get("http://allowed.test:$HP/idle")))
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("request: %v %v", resp, err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	start := time.Now()
+	if _, err := br.ReadByte(); err == nil || isTimeout(err) {
+		t.Fatalf("idle connection: got %v, want closed by the proxy", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("idle connection closed after %v, want about 100ms", d)
 	}
 }
