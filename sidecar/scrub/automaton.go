@@ -99,28 +99,45 @@ func (a *automaton) step(ref uint32, b byte) uint32 {
 	return a.trans[ref+uint32(a.classes[b])]
 }
 
-// scanPlain advances through p from state ref while the automaton stays in
-// dense states without outputs. It returns the number of bytes consumed and
-// the state reached; if that state is special (>= plainLimit), the last
-// byte consumed led to it.
-func (a *automaton) scanPlain(ref uint32, p []byte) (int, uint32) {
-	if ref >= a.plainLimit {
-		return 0, ref
-	}
+// scan advances through p from state ref until the automaton reaches a
+// state where some pattern ends. It returns the number of bytes consumed
+// and the state reached; if n < len(p), or n == len(p) and hasOut(state),
+// the byte p[n-1] led to a state with outputs.
+func (a *automaton) scan(ref uint32, p []byte) (int, uint32) {
 	i := 0
 	for len(p)-i >= laneMin {
 		q := min((len(p)-i)/4, laneBlock)
-		n, st := a.scanLanes(ref, p[i:i+4*q])
+		end := i + 4*q
+		n, st := a.scanLanes(ref, p[i:end])
 		i += n
 		ref = st
-		if n < 4*q {
-			break // a special state ahead: walk to it one byte at a time
+		if i < end {
+			// An output ahead in this block: walk to it.
+			k, st := a.scanOne(ref, p[i:end])
+			i += k
+			ref = st
+			if a.hasOut(ref) {
+				return i, ref
+			}
 		}
 	}
+	k, st := a.scanOne(ref, p[i:])
+	return i + k, st
+}
+
+// scanOne is scan with a single walk.
+func (a *automaton) scanOne(ref uint32, p []byte) (int, uint32) {
 	trans, classes, plain := a.trans, &a.classes, a.plainLimit
-	for ; i < len(p); i++ {
-		ref = trans[ref+uint32(classes[p[i]])]
-		if ref >= plain {
+	for i := 0; i < len(p); i++ {
+		if ref < plain {
+			ref = trans[ref+uint32(classes[p[i]])]
+			if ref < plain {
+				continue
+			}
+		} else {
+			ref = a.step(ref, p[i])
+		}
+		if a.hasOut(ref) {
 			return i + 1, ref
 		}
 	}
@@ -129,7 +146,7 @@ func (a *automaton) scanPlain(ref uint32, p []byte) (int, uint32) {
 
 // Lanes: a single walk through the automaton is a chain of dependent loads,
 // so it runs at the speed of one load per byte whatever the CPU could do in
-// parallel. scanLanes splits the input in four and walks the parts at the
+// parallel. scanLanes splits a block in four and walks the parts at the
 // same time. A part other than the first starts laneWarmup bytes early from
 // the root; the state it reaches at its start is the true one whenever the
 // true state is at most laneWarmup deep, and this is checked afterwards
@@ -139,14 +156,14 @@ func (a *automaton) scanPlain(ref uint32, p []byte) (int, uint32) {
 const (
 	laneWarmup = 32
 	laneMin    = 4 * 4 * laneWarmup
-	// laneBlock bounds each lane's part, so a special state (a match, a
-	// deep prefix) costs a single walk over at most one block.
+	// laneBlock bounds each lane's part, so an output (a match, a rule
+	// trigger) costs a single walk over at most one block.
 	laneBlock = 512
 )
 
-// scanLanes consumes a prefix of p (from plain state ref) in which every
-// state is plain. It returns how much it consumed and the (plain) state
-// there; the caller continues with a single walk.
+// scanLanes consumes a prefix of p (from state ref) in which no state has
+// an output. It returns how much it consumed and the state there; the
+// caller walks on from there one byte at a time.
 func (a *automaton) scanLanes(ref uint32, p []byte) (int, uint32) {
 	q := len(p) / 4
 	if q < 4*laneWarmup {
@@ -159,28 +176,32 @@ func (a *automaton) scanLanes(ref uint32, p []byte) (int, uint32) {
 		for _, b := range p[k*q-laneWarmup : k*q] {
 			s = a.step(s, b)
 		}
-		if s >= a.plainLimit {
-			return 0, ref
-		}
 		init[k] = s
 	}
-	trans, classes, plain := a.trans, &a.classes, a.plainLimit
+	trans, classes, plain, dense := a.trans, &a.classes, a.plainLimit, a.denseLimit
 	s0, s1, s2, s3 := init[0], init[1], init[2], init[3]
 	p0, p1, p2, p3 := p[:q], p[q:2*q], p[2*q:3*q], p[3*q:4*q]
 	j := 0
 	for ; j < q; j++ {
-		n0 := trans[s0+uint32(classes[p0[j]])]
-		n1 := trans[s1+uint32(classes[p1[j]])]
-		n2 := trans[s2+uint32(classes[p2[j]])]
-		n3 := trans[s3+uint32(classes[p3[j]])]
+		var n0, n1, n2, n3 uint32
+		if s0 < dense && s1 < dense && s2 < dense && s3 < dense {
+			n0 = trans[s0+uint32(classes[p0[j]])]
+			n1 = trans[s1+uint32(classes[p1[j]])]
+			n2 = trans[s2+uint32(classes[p2[j]])]
+			n3 = trans[s3+uint32(classes[p3[j]])]
+		} else {
+			n0, n1, n2, n3 = a.step(s0, p0[j]), a.step(s1, p1[j]), a.step(s2, p2[j]), a.step(s3, p3[j])
+		}
 		if n0 >= plain || n1 >= plain || n2 >= plain || n3 >= plain {
-			break
+			if a.hasOut(n0) || a.hasOut(n1) || a.hasOut(n2) || a.hasOut(n3) {
+				break
+			}
 		}
 		s0, s1, s2, s3 = n0, n1, n2, n3
 	}
 	if j < q {
-		// Some part reached a special state: the first part is plain up
-		// to j; the single walk takes over there.
+		// Some part reached an output: the first part is clear up to j;
+		// the single walk takes over there.
 		return j, s0
 	}
 	ends := [4]uint32{s0, s1, s2, s3}

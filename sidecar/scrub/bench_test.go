@@ -182,3 +182,30 @@ func BenchmarkNew10(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkScrubHexHeavy is log text where every line carries 64-digit hex
+// hashes (a block follower's output): hex shares prefixes with the secrets'
+// hex forms, so the automaton leaves its shallow states more often.
+func BenchmarkScrubHexHeavy(b *testing.B) {
+	s, err := New(Config{Secrets: benchSecrets(1000)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(15, 16))
+	var sb strings.Builder
+	for sb.Len() < 1<<20 {
+		fmt.Fprintf(&sb, "INFO block %d tx 0x%016x%016x%016x%016x status=ok\n", r.IntN(1e8), r.Uint64(), r.Uint64(), r.Uint64(), r.Uint64())
+	}
+	data := []byte(sb.String())
+	w := s.NewWriter(io.Discard)
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		for p := data; len(p) > 0; {
+			n := min(32<<10, len(p))
+			w.Write(p[:n])
+			p = p[n:]
+		}
+	}
+}

@@ -126,12 +126,13 @@ func (w *Writer) process(from int) {
 	buf := w.buf
 	base := w.bufStart
 	for i := from; i < len(buf); {
-		if w.nVals == 0 && w.state < ac.plainLimit {
-			k, st := ac.scanPlain(w.state, buf[i:])
+		if w.nVals == 0 {
+			// No rule scanner running: only states with outputs matter.
+			k, st := ac.scan(w.state, buf[i:])
 			i += k
 			w.state = st
 			w.pos = base + int64(i)
-			if st >= ac.plainLimit && ac.hasOut(st) {
+			if ac.hasOut(st) {
 				w.onState()
 			}
 			continue
