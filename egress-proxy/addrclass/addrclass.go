@@ -120,7 +120,7 @@ var v4 = []entry{
 	{pfx("127.0.0.0/8"), Loopback},
 	{pfx("169.254.0.0/16"), LinkLocal},
 	{pfx("172.16.0.0/12"), Private},
-	{pfx("192.0.0.0/24"), Reserved},     // IETF protocol assignments
+	{pfx("192.0.0.0/24"), Reserved},      // IETF protocol assignments
 	{pfx("192.0.2.0/24"), Documentation}, // TEST-NET-1
 	{pfx("192.31.196.0/24"), Reserved},   // AS112-v4
 	{pfx("192.52.193.0/24"), Reserved},   // AMT

@@ -117,4 +117,3 @@ func BenchmarkTunnelThroughput(b *testing.B) {
 		})
 	}
 }
-

@@ -38,12 +38,12 @@ func (s *Server) newTransport() *http.Transport {
 			cd.dialed, cd.err = ap, err
 			return c, err
 		},
-		MaxIdleConns:          1024,
-		MaxIdleConnsPerHost:   64,
-		IdleConnTimeout:       90 * time.Second,
-		ResponseHeaderTimeout: 0, // TotalTimeout bounds the request
-		DisableCompression:    true,
-		ForceAttemptHTTP2:     false,
+		MaxIdleConns:           1024,
+		MaxIdleConnsPerHost:    64,
+		IdleConnTimeout:        90 * time.Second,
+		ResponseHeaderTimeout:  0, // TotalTimeout bounds the request
+		DisableCompression:     true,
+		ForceAttemptHTTP2:      false,
 		MaxResponseHeaderBytes: 64 << 10,
 	}
 }

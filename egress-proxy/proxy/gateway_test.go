@@ -35,7 +35,9 @@ func TestGateway(t *testing.T) {
 	}
 	ln := listenOn(t, "127.0.0.1")
 	done := make(chan error, 1)
-	go func() { done <- srv.ServeTLS(context.Background(), ln, GatewayTLSConfig(gwSVID, ca.Bundle(), ca.TrustDomain())) }()
+	go func() {
+		done <- srv.ServeTLS(context.Background(), ln, GatewayTLSConfig(gwSVID, ca.Bundle(), ca.TrustDomain()))
+	}()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

@@ -177,4 +177,3 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
-
