@@ -26,9 +26,10 @@ package scrub
 //     encodings would be hundreds of megabytes).
 //   - A state is referred to by a "ref": a dense state's ref is its index
 //     times the row stride (premultiplied, saving a multiply per byte); a
-//     sparse state's ref is denseLimit plus its sparse index. Dense states
-//     without outputs come first, so the hot loop's only test is
-//     ref < plainLimit.
+//     sparse state's ref is denseLimit plus its sparse index. The order is
+//     dense without outputs, dense with outputs, sparse without, sparse
+//     with, so the hot loop's only test is ref < plainLimit and "does a
+//     pattern end here" is two comparisons.
 
 // output is one pattern that ends at a state.
 type output struct {
@@ -43,6 +44,7 @@ type automaton struct {
 	trans      []uint32 // dense rows: trans[ref+class] is the next ref
 	plainLimit uint32   // refs below this are dense states with no output
 	denseLimit uint32   // refs below this are dense states
+	outLimit   uint32   // sparse refs from this on have outputs
 	nDense     uint32
 
 	// Sparse states, indexed by ref-denseLimit.
@@ -77,8 +79,7 @@ func (a *automaton) id(ref uint32) uint32 {
 
 // hasOut reports whether some pattern ends at state ref.
 func (a *automaton) hasOut(ref uint32) bool {
-	n := a.id(ref)
-	return a.outStart[n] != a.outStart[n+1] || a.dictLink[n] >= 0
+	return ref >= a.outLimit || ref >= a.plainLimit && ref < a.denseLimit
 }
 
 // root is the ref of the start state (always dense index 0, which has no
@@ -336,13 +337,14 @@ func buildAutomaton(pats [][]byte, ids []int32) *automaton {
 	special := func(n int32) bool { return len(nodes[n].outs) > 0 || nodes[n].dict >= 0 }
 	newID := make([]uint32, len(nodes))
 	var ordered []int32
-	for pass := 0; pass < 3; pass++ {
+	for pass := 0; pass < 4; pass++ {
 		for _, n := range order {
 			dense := nodes[n].depth <= denseDepth
 			switch {
 			case pass == 0 && dense && !special(n),
 				pass == 1 && dense && special(n),
-				pass == 2 && !dense:
+				pass == 2 && !dense && !special(n),
+				pass == 3 && !dense && special(n):
 				newID[n] = uint32(len(ordered))
 				ordered = append(ordered, n)
 			}
@@ -353,6 +355,8 @@ func buildAutomaton(pats [][]byte, ids []int32) *automaton {
 		case 1:
 			a.nDense = uint32(len(ordered))
 			a.denseLimit = a.nDense * a.stride
+		case 2:
+			a.outLimit = a.denseLimit + uint32(len(ordered)) - a.nDense
 		}
 	}
 	ref := func(n int32) uint32 {

@@ -39,6 +39,10 @@ func TestAutomatonMatchesBruteForce(t *testing.T) {
 					got = append(got, m{i + 1, int(o.length)})
 				}
 			}
+			n := a.id(ref)
+			if want := a.outStart[n] != a.outStart[n+1] || a.dictLink[n] >= 0; a.hasOut(ref) != want {
+				t.Fatalf("iter %d pos %d: hasOut %v, want %v", iter, i, !want, want)
+			}
 			if d := int(a.depth[a.id(ref)]); !isLongestSuffix(text[:i+1], d, pats) {
 				t.Fatalf("iter %d pos %d: depth %d is not the longest live prefix", iter, i, d)
 			}
