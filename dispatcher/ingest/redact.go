@@ -8,22 +8,59 @@ import (
 // Redacted replaces every secret-looking value before it is stored.
 const Redacted = "[REDACTED]"
 
-// secretKey matches metadata keys whose values are secrets whatever they
-// look like. Over-matching (token_count) costs a value; under-matching
-// costs a leak.
-var secretKey = regexp.MustCompile(`(?i)(pass(word|wd|phrase)?|secret|token|api[_-]?key|authori[sz]ation|credential|private[_-]?key|cookie|session[_-]?(id|key)|access[_-]?key|signature|x-amz-security)`)
+// secretKeyParts are substrings of (lowercased) metadata keys whose values
+// are secrets whatever they look like. Over-matching (token_count) costs a
+// value; under-matching costs a leak.
+var secretKeyParts = []string{
+	"pass", "secret", "token", "apikey", "api_key", "api-key", "authoriz", "authoris",
+	"credential", "privatekey", "private_key", "private-key", "cookie", "sessionid",
+	"session_id", "session-id", "session_key", "accesskey", "access_key", "access-key",
+	"signature", "x-amz-security",
+}
 
-// secretValues match values that are secrets wherever they appear.
-var secretValues = []*regexp.Regexp{
-	regexp.MustCompile(`\b(AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b`),                            // AWS access key ID
-	regexp.MustCompile(`eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*`),                              // JWT
-	regexp.MustCompile(`-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----(?s:.*?)(-----END [A-Z0-9 ]*PRIVATE KEY-----|$)`), // PEM key
-	regexp.MustCompile(`\bgh[pousr]_[A-Za-z0-9]{30,}\b|\bgithub_pat_[A-Za-z0-9_]{22,}`),                        // GitHub
-	regexp.MustCompile(`\bxox[abposr]-[A-Za-z0-9-]{10,}`),                                                      // Slack
-	regexp.MustCompile(`\b[sr]k_(live|test)_[A-Za-z0-9]{16,}`),                                                 // Stripe
-	regexp.MustCompile(`\bAIza[0-9A-Za-z_-]{35}\b`),                                                            // Google API key
-	regexp.MustCompile(`(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}`),                                        // Authorization header value
-	regexp.MustCompile(`(?i)(aws_secret_access_key|secret_access_key)\s*[=:]\s*\S+`),                           // AWS secret in a config line
+func isSecretKey(k string) bool {
+	k = strings.ToLower(k) // no allocation when k is already lowercase
+	for _, p := range secretKeyParts {
+		if strings.Contains(k, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// secretPattern is a value that is a secret wherever it appears. hint is a
+// cheap test every match passes, so most strings skip the regexp.
+type secretPattern struct {
+	hint func(s string) bool
+	re   *regexp.Regexp
+}
+
+func has(sub string) func(string) bool {
+	return func(s string) bool { return strings.Contains(s, sub) }
+}
+
+func hasFold(sub string) func(string) bool {
+	return func(s string) bool {
+		for i := 0; i+len(sub) <= len(s); i++ {
+			if strings.EqualFold(s[i:i+len(sub)], sub) {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+var secretPatterns = []secretPattern{
+	// AWS access key IDs all start with A and hold 20 uppercase characters.
+	{has("A"), regexp.MustCompile(`\b(AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b`)},
+	{has("eyJ"), regexp.MustCompile(`eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*`)}, // JWT
+	{has("PRIVATE KEY"), regexp.MustCompile(`-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----(?s:.*?)(-----END [A-Z0-9 ]*PRIVATE KEY-----|$)`)},
+	{has("_"), regexp.MustCompile(`\bgh[pousr]_[A-Za-z0-9]{30,}\b|\bgithub_pat_[A-Za-z0-9_]{22,}`)}, // GitHub
+	{has("xox"), regexp.MustCompile(`\bxox[abposr]-[A-Za-z0-9-]{10,}`)},                             // Slack
+	{has("k_"), regexp.MustCompile(`\b[sr]k_(live|test)_[A-Za-z0-9]{16,}`)},                         // Stripe
+	{has("AIza"), regexp.MustCompile(`\bAIza[0-9A-Za-z_-]{35}\b`)},                                  // Google API key
+	{func(s string) bool { return hasFold("bearer")(s) || hasFold("basic")(s) }, regexp.MustCompile(`(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}`)},
+	{hasFold("secret_access_key"), regexp.MustCompile(`(?i)(aws_secret_access_key|secret_access_key)\s*[=:]\s*\S+`)},
 }
 
 // urlUserinfo matches the credentials of scheme://user:pass@host.
@@ -33,12 +70,12 @@ var urlUserinfo = regexp.MustCompile(`(?i)\b([a-z][a-z0-9+.-]*://)[^/\s:@]+:[^/\
 // it replaced.
 func RedactString(s string) (string, int) {
 	n := 0
-	for _, re := range secretValues {
-		if re.MatchString(s) {
-			s = re.ReplaceAllStringFunc(s, func(string) string { n++; return Redacted })
+	for _, p := range secretPatterns {
+		if p.hint(s) && p.re.MatchString(s) {
+			s = p.re.ReplaceAllStringFunc(s, func(string) string { n++; return Redacted })
 		}
 	}
-	if urlUserinfo.MatchString(s) {
+	if strings.Contains(s, "://") && strings.Contains(s, "@") && urlUserinfo.MatchString(s) {
 		s = urlUserinfo.ReplaceAllStringFunc(s, func(m string) string {
 			n++
 			return urlUserinfo.ReplaceAllString(m, "${1}"+Redacted+"@")
@@ -65,7 +102,7 @@ func redactValue(v any) (any, int) {
 		out := make(map[string]any, len(x))
 		total := 0
 		for k, val := range x {
-			if secretKey.MatchString(k) {
+			if isSecretKey(k) {
 				if val != nil {
 					out[k] = Redacted
 					total++

@@ -113,14 +113,13 @@ func New(cfg Config) (*Server, error) {
 		cfg: cfg, log: log, m: m, cancel: cancel,
 		w: &writers{
 			store:    cfg.Store,
-			queue:    make(chan *work, 16384),
 			maxQueue: int64(cfg.MaxQueuedItems),
 			maxBatch: cfg.MaxBatchItems,
 			timeout:  cfg.CommitTimeout,
 			m:        m,
 		},
 	}
-	s.w.start(ctx, cfg.Writers)
+	s.w.start(ctx, cfg.Writers, 4096)
 	return s, nil
 }
 

@@ -337,4 +337,3 @@ func validateReport(r *usage.Report, lim Limits, now time.Time) *InvalidError {
 	}
 	return nil
 }
-

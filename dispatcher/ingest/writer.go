@@ -36,12 +36,14 @@ type outcome struct {
 func (w *work) size() int { return len(w.events) + len(w.reports) }
 
 // writers is the group of goroutines that coalesce queued requests into
-// transactions: each takes whatever is queued (up to maxBatch items), groups
-// it by org and commits one transaction per org. Requests are answered only
-// after their transaction commits.
+// transactions: each takes whatever is queued for it (up to maxBatch
+// items), groups it by org and commits one transaction per org. An org's
+// requests always go to the same writer, so they coalesce instead of
+// waiting on each other's chain locks. Requests are answered only after
+// their transaction commits.
 type writers struct {
 	store    Appender
-	queue    chan *work
+	queues   []chan *work
 	queued   atomic.Int64 // items in queue
 	maxQueue int64
 	maxBatch int
@@ -63,10 +65,21 @@ var (
 // retryAfter is how long clients are told to wait after a store failure.
 const retryAfter = time.Second
 
-func (w *writers) start(ctx context.Context, n int) {
-	for range n {
-		w.wg.Go(func() { w.loop(ctx) })
+func (w *writers) start(ctx context.Context, n, queueLen int) {
+	w.queues = make([]chan *work, n)
+	for i := range n {
+		w.queues[i] = make(chan *work, queueLen)
+		w.wg.Go(func() { w.loop(ctx, w.queues[i]) })
 	}
+}
+
+// queueOf is the queue of org's writer (FNV-1a of the org).
+func (w *writers) queueOf(org string) chan *work {
+	h := uint32(2166136261)
+	for i := 0; i < len(org); i++ {
+		h = (h ^ uint32(org[i])) * 16777619
+	}
+	return w.queues[h%uint32(len(w.queues))]
 }
 
 // enqueue queues wk or refuses it at once when the queue is full or the
@@ -84,7 +97,7 @@ func (w *writers) enqueue(wk *work) error {
 		return errQueueFull
 	}
 	select {
-	case w.queue <- wk:
+	case w.queueOf(wk.org) <- wk:
 		w.m.queueItems.Set(float64(w.queued.Load()))
 		return nil
 	default:
@@ -93,11 +106,11 @@ func (w *writers) enqueue(wk *work) error {
 	}
 }
 
-func (w *writers) loop(ctx context.Context) {
+func (w *writers) loop(ctx context.Context, queue chan *work) {
 	for {
 		var first *work
 		select {
-		case first = <-w.queue:
+		case first = <-queue:
 		case <-ctx.Done():
 			return
 		}
@@ -106,7 +119,7 @@ func (w *writers) loop(ctx context.Context) {
 	drain:
 		for items < w.maxBatch {
 			select {
-			case wk := <-w.queue:
+			case wk := <-queue:
 				batch = append(batch, wk)
 				items += wk.size()
 			default:
@@ -209,13 +222,16 @@ func (w *writers) wait() { w.wg.Wait() }
 
 // drainQueue fails whatever is still queued (used on a hard stop).
 func (w *writers) drainQueue() {
-	for {
-		select {
-		case wk := <-w.queue:
-			w.queued.Add(-int64(wk.size()))
-			wk.done <- outcome{err: errUnavailable}
-		default:
-			return
+	for _, q := range w.queues {
+	drain:
+		for {
+			select {
+			case wk := <-q:
+				w.queued.Add(-int64(wk.size()))
+				wk.done <- outcome{err: errUnavailable}
+			default:
+				break drain
+			}
 		}
 	}
 }

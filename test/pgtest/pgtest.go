@@ -44,6 +44,9 @@ type Options struct {
 	Durable bool
 	// MaxConnections is postgres' max_connections. If zero, 200.
 	MaxConnections int
+	// Settings are extra postgres -c settings (name -> value), e.g.
+	// shared_preload_libraries. If nil, none.
+	Settings map[string]string
 	// Log receives the cluster's lifecycle messages. If nil, discarded.
 	Log func(format string, args ...any)
 }
@@ -207,7 +210,7 @@ func (c *Cluster) Start() error {
 	if c.opts.Durable {
 		sync = "on"
 	}
-	o := strings.Join([]string{
+	args := []string{
 		"-p", strconv.Itoa(c.port),
 		"-k", c.baseDir,
 		"-c", "listen_addresses=127.0.0.1",
@@ -216,7 +219,16 @@ func (c *Cluster) Start() error {
 		"-c", "full_page_writes=" + sync,
 		"-c", "max_connections=" + strconv.Itoa(c.opts.MaxConnections),
 		"-c", "shared_buffers=128MB",
-	}, " ")
+	}
+	names := make([]string, 0, len(c.opts.Settings))
+	for k := range c.opts.Settings {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		args = append(args, "-c", k+"="+c.opts.Settings[k])
+	}
+	o := strings.Join(args, " ")
 	if out, err := c.run("pg_ctl", "-D", c.dataDir, "-l", c.logFile, "-o", o, "-w", "-t", "30", "start"); err != nil {
 		return fmt.Errorf("pgtest: pg_ctl start: %w\n%s\n%s", err, out, c.tailLog())
 	}

@@ -1,0 +1,297 @@
+// Command dispatcher-bench measures sustained ingest into the dispatcher:
+// it starts a throwaway PostgreSQL cluster, migrates it, runs the ingest
+// API in-process on loopback with mTLS, and drives it with concurrent
+// sidecar clients (each its own SVID, org and job) sending audit events and
+// usage reports for a fixed time. It prints items/s and acknowledgement
+// latency percentiles, then verifies every hash chain.
+//
+// It is a benchmark, not a test: run it through make bench-dispatcher.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log"
+	"net"
+	"os"
+	"runtime/pprof"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cordon-dev/cordon/dispatcher/auditstore"
+	"github.com/cordon-dev/cordon/dispatcher/ingest"
+	"github.com/cordon-dev/cordon/dispatcher/ingestclient"
+	"github.com/cordon-dev/cordon/internal/audit"
+	"github.com/cordon-dev/cordon/internal/usage"
+	"github.com/cordon-dev/cordon/test/pgtest"
+	"github.com/cordon-dev/cordon/test/spiffedev"
+	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+)
+
+func main() {
+	clients := flag.Int("clients", 50, "concurrent sidecar clients")
+	orgs := flag.Int("orgs", 10, "orgs the clients are spread over")
+	duration := flag.Duration("duration", 20*time.Second, "how long to send")
+	batch := flag.Int("batch", 100, "events per request")
+	usageEvery := flag.Int("usage-every", 10, "send a usage report every N requests")
+	writers := flag.Int("writers", 4, "dispatcher writer goroutines")
+	durable := flag.Bool("durable", true, "keep fsync and synchronous_commit on in Postgres")
+	pgStat := flag.Bool("pgstat", false, "print the statements Postgres spent most time on")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the dispatcher and clients here")
+	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			log.Fatal(err)
+		}
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
+	if err := run(*clients, *orgs, *duration, *batch, *usageEvery, *writers, *durable, *pgStat); err != nil {
+		pprof.StopCPUProfile()
+		log.Fatal(err)
+	}
+}
+
+func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, writers int, durable, pgStat bool) error {
+	ctx := context.Background()
+	opts := pgtest.Options{Durable: durable}
+	if pgStat {
+		opts.Settings = map[string]string{"shared_preload_libraries": "pg_stat_statements"}
+	}
+	cluster, err := pgtest.New(opts)
+	if err != nil {
+		return err
+	}
+	defer cluster.Close()
+	db, err := cluster.CreateDatabase(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := auditstore.Migrate(ctx, db, nil); err != nil {
+		return err
+	}
+	store, err := auditstore.Open(ctx, db, auditstore.Options{MaxConns: int32(writers + 2)})
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	ca, err := spiffedev.NewCA("cordon.bench")
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	srv, err := ingest.New(ingest.Config{Store: store, TrustDomain: ca.TrustDomain(), Writers: writers, Registry: reg})
+	if err != nil {
+		return err
+	}
+	serverID := spiffeid.RequireFromSegments(ca.TrustDomain(), "dispatcher")
+	svid, err := ca.MintX509SVID(serverID, time.Hour)
+	if err != nil {
+		return err
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	go srv.Serve(l, ingest.ServerTLSConfig(svid, ca.Bundle(), ca.TrustDomain()))
+	defer srv.Shutdown(context.Background())
+	base := "https://" + l.Addr().String()
+
+	var (
+		items     atomic.Int64
+		requests  atomic.Int64
+		retries   atomic.Int64
+		mu        sync.Mutex
+		latencies []time.Duration
+		wg        sync.WaitGroup
+		firstErr  atomic.Pointer[error]
+	)
+	deadline := time.Now().Add(duration)
+	start := time.Now()
+	for i := range nClients {
+		org := fmt.Sprintf("org-%d", i%nOrgs)
+		job := fmt.Sprintf("job-%d", i)
+		id, _ := ca.JobID(org, job)
+		csvid, err := ca.MintX509SVID(id, time.Hour)
+		if err != nil {
+			return err
+		}
+		c := ingestclient.New(base, tlsconfig.MTLSClientConfig(csvid, ca.Bundle(), tlsconfig.AuthorizeID(serverID)))
+		defer c.Close()
+		wg.Go(func() {
+			var mine []time.Duration
+			run := fmt.Sprintf("run-%d", i)
+			started := time.Now()
+			for n := 0; time.Now().Before(deadline); n++ {
+				evs := make([]audit.Event, batchSize)
+				for k := range evs {
+					evs[k] = event(id.String(), org, n, k)
+				}
+				var send func() (ingestclient.Result, error)
+				count := len(evs)
+				if usageEvery > 0 && n%usageEvery == usageEvery-1 {
+					rep := report(org, job, run, started)
+					send = func() (ingestclient.Result, error) { return c.SendUsage(ctx, []usage.Report{rep}) }
+					count = 1
+				} else {
+					send = func() (ingestclient.Result, error) { return c.SendEvents(ctx, evs) }
+				}
+				for {
+					t0 := time.Now()
+					_, err := send()
+					if err == nil {
+						mine = append(mine, time.Since(t0))
+						items.Add(int64(count))
+						requests.Add(1)
+						break
+					}
+					var re *ingestclient.RetryableError
+					if !errors.As(err, &re) {
+						firstErr.CompareAndSwap(nil, &err)
+						return
+					}
+					retries.Add(1)
+					time.Sleep(min(re.After, 100*time.Millisecond))
+				}
+			}
+			mu.Lock()
+			latencies = append(latencies, mine...)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if p := firstErr.Load(); p != nil {
+		return *p
+	}
+	slices.Sort(latencies)
+	pct := func(p float64) time.Duration {
+		if len(latencies) == 0 {
+			return 0
+		}
+		return latencies[min(len(latencies)-1, int(float64(len(latencies))*p))]
+	}
+	fmt.Printf("\ndispatcher ingest: %d clients, %d orgs, %d events/request, usage every %d requests, %d writers, durable=%v\n\n",
+		nClients, nOrgs, batchSize, usageEvery, writers, durable)
+	fmt.Println("| items acked | requests | retries | seconds | items/s | p50 ack | p90 ack | p99 ack | max ack |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|")
+	fmt.Printf("| %d | %d | %d | %.1f | %.0f | %s | %s | %s | %s |\n",
+		items.Load(), requests.Load(), retries.Load(), elapsed.Seconds(), float64(items.Load())/elapsed.Seconds(),
+		ms(pct(0.50)), ms(pct(0.90)), ms(pct(0.99)), ms(pct(1)))
+
+	srv.Shutdown(context.Background())
+	printBatches(reg)
+	if pgStat {
+		printStatements(ctx, cluster.URL("postgres"), db)
+	}
+	vstart := time.Now()
+	rep, err := auditstore.Verify(ctx, db, "")
+	if err != nil {
+		return err
+	}
+	fmt.Printf("\nverify: %d rows in %d chains in %.1fs, %d broken\n", rep.Rows, rep.Chains, time.Since(vstart).Seconds(), len(rep.Problems))
+	if len(rep.Problems) > 0 {
+		for _, p := range rep.Problems {
+			fmt.Println("BROKEN", p)
+		}
+		os.Exit(1)
+	}
+	return nil
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1fms", float64(d.Microseconds())/1000) }
+
+func event(actor, org string, n, k int) audit.Event {
+	ev := audit.Event{
+		Timestamp: time.Now(),
+		EventType: "EGRESS_ALLOWED",
+		EventID:   audit.NewID(),
+		Actor:     audit.Actor{Type: audit.ActorJob, ID: actor},
+		Resource:  audit.Resource{Type: "EGRESS", ID: "api.example.com:443", TenantID: org},
+		Action:    "CONNECT",
+		Result:    audit.ResultSuccess,
+		Metadata:  map[string]any{"host": "api.example.com", "port": 443, "bytes_out": n*1000 + k, "sni": "api.example.com"},
+		RequestID: fmt.Sprintf("req_%d_%d", n, k),
+	}
+	if k%20 == 0 {
+		ev.EventType, ev.Result = "EGRESS_DENIED", audit.ResultDenied
+		ev.Resource.ID = "evil.example.net:443"
+	}
+	return ev
+}
+
+func report(org, job, run string, started time.Time) usage.Report {
+	exit := 0
+	return usage.Report{
+		ReportID: "usg_" + strings.TrimPrefix(audit.NewID(), "evt_"), Org: org, Job: job, RunID: run,
+		StartedAt: started, EndedAt: time.Now(), ExitCode: &exit, WallSeconds: time.Since(started).Seconds(),
+		CPUUserSeconds: 1, MaxRSSBytes: 64 << 20, Enforcement: "cgroup-ebpf",
+		Egress: map[string]usage.Egress{"api.example.com:443": {BytesOut: 1000, BytesIn: 5000, Requests: 10}},
+	}
+}
+
+// printBatches reports the dispatcher's own view: transactions, their mean
+// size and mean commit time.
+func printBatches(reg *prometheus.Registry) {
+	mfs, err := reg.Gather()
+	if err != nil {
+		return
+	}
+	var n uint64
+	var items, secs float64
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			h := m.GetHistogram()
+			if h == nil {
+				continue
+			}
+			switch mf.GetName() {
+			case "cordon_dispatcher_ingest_batch_items":
+				n, items = h.GetSampleCount(), h.GetSampleSum()
+			case "cordon_dispatcher_ingest_batch_seconds":
+				secs = h.GetSampleSum()
+			}
+		}
+	}
+	if n > 0 {
+		fmt.Printf("\ndispatcher: %d transactions, %.0f items each on average, %.1fms mean commit\n", n, items/float64(n), secs/float64(n)*1000)
+	}
+}
+
+func printStatements(ctx context.Context, adminURL, db string) {
+	conn, err := pgx.Connect(ctx, db)
+	if err != nil {
+		log.Print(err)
+		return
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"); err != nil {
+		log.Print(err)
+		return
+	}
+	rows, err := conn.Query(ctx, `SELECT calls, total_exec_time, rows, left(regexp_replace(query, '\s+', ' ', 'g'), 90)
+		FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 12`)
+	if err != nil {
+		log.Print(err)
+		return
+	}
+	fmt.Println("\n| calls | total ms | ms/call | rows | statement |\n|---|---|---|---|---|")
+	for rows.Next() {
+		var calls, nrows int64
+		var total float64
+		var q string
+		if rows.Scan(&calls, &total, &nrows, &q) == nil {
+			fmt.Printf("| %d | %.0f | %.2f | %d | %s |\n", calls, total, total/float64(calls), nrows, q)
+		}
+	}
+	_ = adminURL
+}
