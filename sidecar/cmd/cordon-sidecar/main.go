@@ -1,20 +1,29 @@
 // Command cordon-sidecar is Cordon's per-task sidecar (DESIGN.md "How a
 // task runs"):
 //
+//	cordon-sidecar agent --secrets NAME,... --env prod --shared-dir /cordon [flags]
+//	    the sidecar container: identity, secrets, binary copy, handoff.
 //	cordon-sidecar run [--secrets-file FILE] [flags] -- CMD ARGS...
 //	    the job container's entrypoint: runs CMD with its secrets injected,
 //	    output scrubbed and capped, signals forwarded, exit code passed on.
+//	cordon-sidecar health [--addr 127.0.0.1:9902]
+//	    the agent container's health check (the image has no curl).
 //
-// main only parses flags; the work is in sidecar/jobrun.
+// main only parses flags; the work is in sidecar/agent and sidecar/jobrun.
 package main
 
 import (
 	"context"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
+	"os/signal"
+	"strings"
+	"syscall"
 	"time"
 
+	"github.com/cordon-dev/cordon/sidecar/agent"
 	"github.com/cordon-dev/cordon/sidecar/handoff"
 	"github.com/cordon-dev/cordon/sidecar/jobrun"
 )
@@ -28,6 +37,10 @@ func main() {
 	switch os.Args[1] {
 	case "run":
 		os.Exit(runCmd(os.Args[2:], begin))
+	case "agent":
+		os.Exit(agentCmd(os.Args[2:]))
+	case "health":
+		os.Exit(healthCmd(os.Args[2:]))
 	case "-h", "--help", "help":
 		usage()
 	default:
@@ -39,6 +52,8 @@ func main() {
 
 func usage() {
 	fmt.Fprint(os.Stderr, `usage:
+  cordon-sidecar agent --secrets NAME,... --env ENV --shared-dir DIR [flags]
+  cordon-sidecar health [--addr HOST:PORT]
   cordon-sidecar run [--secrets-file FILE | --agent-socket PATH] [flags] -- CMD ARGS...
 run "cordon-sidecar COMMAND -h" for a command's flags
 `)
@@ -66,4 +81,63 @@ func runCmd(args []string, begin time.Time) int {
 		return env.Secrets, env.ProxyURL, err
 	}
 	return jobrun.Main(context.Background(), o)
+}
+
+func agentCmd(args []string) int {
+	fs := flag.NewFlagSet("cordon-sidecar agent", flag.ContinueOnError)
+	var cfg agent.Config
+	var pc agent.ProviderConfig
+	var names string
+	fs.StringVar(&names, "secrets", "", "comma-separated secret names the job declares")
+	fs.StringVar(&pc.Kind, "provider", "aws", "secrets backend: aws or file")
+	fs.StringVar(&pc.Env, "env", "", "deployment environment in /{env}/{org}/{name} (provider aws)")
+	fs.StringVar(&pc.File, "secrets-file", "", `JSON file {"name": "value"} (provider file)`)
+	fs.StringVar(&pc.Region, "aws-region", "", "AWS region (default: the SDK's)")
+	fs.StringVar(&pc.Endpoint, "aws-endpoint", "", "Secrets Manager endpoint override")
+	fs.StringVar(&cfg.SharedDir, "shared-dir", "/cordon", "volume shared with the job container")
+	fs.IntVar(&cfg.JobUID, "job-uid", -1, "uid of the job container's process (default: the agent's)")
+	fs.StringVar(&cfg.HealthAddr, "health-addr", "127.0.0.1:9902", "health endpoint address")
+	fs.StringVar(&cfg.ProxyAddr, "proxy-addr", "127.0.0.1:3128", "egress proxy address given to the job")
+	fs.StringVar(&cfg.WorkloadAPIAddr, "workload-api", "", "Workload API address (default $SPIFFE_ENDPOINT_SOCKET)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "cordon-sidecar agent: unexpected arguments %s\n", strings.Join(fs.Args(), " "))
+		return 2
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	if names != "" {
+		cfg.Secrets = strings.Split(names, ",")
+	}
+	pc.Logger = log
+	provider, err := agent.NewProvider(pc)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "cordon-sidecar agent: %v\n", err)
+		return 2
+	}
+	cfg.Provider = provider
+	cfg.Logger = log
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := agent.Run(ctx, cfg); err != nil {
+		fmt.Fprintf(os.Stderr, "cordon-sidecar agent: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func healthCmd(args []string) int {
+	fs := flag.NewFlagSet("cordon-sidecar health", flag.ContinueOnError)
+	addr := fs.String("addr", "127.0.0.1:9902", "the agent's health endpoint")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := agent.CheckHealth(ctx, *addr); err != nil {
+		fmt.Fprintf(os.Stderr, "cordon-sidecar health: %v\n", err)
+		return 1
+	}
+	return 0
 }

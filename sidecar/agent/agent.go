@@ -1,0 +1,398 @@
+// Package agent is `cordon-sidecar agent`, the sidecar container of a job's
+// task (DESIGN.md "How a task runs", steps 1-4): it gets the task's SVID
+// from the SPIFFE Workload API and derives the org and job from it, fetches
+// the job's declared secrets (failing closed), copies its own binary into
+// the volume shared with the job container, hands the job's env to
+// `cordon-sidecar run` once over a peer-checked unix socket, and serves a
+// health endpoint that turns healthy only when all of that is done.
+//
+// Seams for what other packages provide: EgressProxy (the embedded egress
+// proxy of egress-proxy/proxy) and audit.Emitter (delivery to the
+// dispatcher). With no proxy configured the agent serves none, so the job's
+// HTTP_PROXY points at a closed port and its egress fails closed.
+//
+// It is not the job wrapper (sidecar/jobrun) and keeps no secret on disk.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"runtime/debug"
+	"sort"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/cordon-dev/cordon/internal/audit"
+	"github.com/cordon-dev/cordon/sidecar/handoff"
+	"github.com/cordon-dev/cordon/sidecar/jobrun"
+	"github.com/cordon-dev/cordon/sidecar/secrets"
+)
+
+// EgressProxy is the embedded egress proxy (egress-proxy/proxy satisfies
+// it). Serve blocks until Shutdown or ctx ends.
+type EgressProxy interface {
+	Serve(ctx context.Context, ln net.Listener) error
+	Shutdown(ctx context.Context) error
+}
+
+// Config configures the agent.
+type Config struct {
+	// WorkloadAPIAddr is the Workload API address ("unix:///path"). If
+	// empty, SPIFFE_ENDPOINT_SOCKET.
+	WorkloadAPIAddr string
+	// Secrets are the job's declared secret names. If empty, none.
+	Secrets []string
+	// Provider fetches the secrets; it is built by the caller from the org
+	// the SVID names (see NewProvider). Required.
+	Provider func(ctx context.Context, id JobIdentity) (secrets.Provider, error)
+	// SharedDir is the volume shared with the job container: the binary is
+	// copied to SharedDir/bin/cordon-sidecar and the handoff socket is
+	// SharedDir/run/agent.sock. Required.
+	SharedDir string
+	// JobUID is the uid the job container runs as: the only peer the
+	// handoff socket serves. If negative, the agent's own uid.
+	JobUID int
+	// HealthAddr is where GET /healthz answers 200 once the agent is ready.
+	// If empty, 127.0.0.1:9902.
+	HealthAddr string
+	// ProxyAddr is where the egress proxy listens. If empty,
+	// 127.0.0.1:3128.
+	ProxyAddr string
+	// Proxy is the embedded egress proxy. If nil, none is served.
+	Proxy EgressProxy
+	// Audit receives audit events (secret names accessed, handoffs). If
+	// nil, audit.Discard.
+	Audit audit.Emitter
+	// Executable is the binary to copy. If empty, os.Executable().
+	Executable string
+	// Logger. If nil, discarded.
+	Logger *slog.Logger
+}
+
+// JobIdentity is who the task is, from its SPIFFE ID.
+type JobIdentity struct {
+	ID  spiffeid.ID
+	Org string
+	Job string
+}
+
+var idSegment = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+
+// ParseJobID reads spiffe://TD/org/ORG/job/JOB. Org and job must be
+// lowercase slugs: they become paths (/{env}/{org}/...) and labels.
+func ParseJobID(id spiffeid.ID) (JobIdentity, error) {
+	parts := splitPath(id.Path())
+	if len(parts) != 4 || parts[0] != "org" || parts[2] != "job" {
+		return JobIdentity{}, fmt.Errorf("SPIFFE ID %s: want spiffe://TD/org/ORG/job/JOB", id)
+	}
+	org, job := parts[1], parts[3]
+	if !idSegment.MatchString(org) || !idSegment.MatchString(job) {
+		return JobIdentity{}, fmt.Errorf("SPIFFE ID %s: org and job must be lowercase letters, digits, '_' or '-'", id)
+	}
+	return JobIdentity{ID: id, Org: org, Job: job}, nil
+}
+
+func splitPath(p string) []string {
+	var out []string
+	for len(p) > 0 {
+		if p[0] != '/' {
+			return nil
+		}
+		p = p[1:]
+		i := 0
+		for i < len(p) && p[i] != '/' {
+			i++
+		}
+		out = append(out, p[:i])
+		p = p[i:]
+	}
+	return out
+}
+
+func (c *Config) withDefaults() (Config, error) {
+	d := *c
+	if d.Provider == nil {
+		return d, errors.New("agent: no secrets provider")
+	}
+	if d.SharedDir == "" {
+		return d, errors.New("agent: no shared directory: pass --shared-dir (the volume the job container mounts)")
+	}
+	if d.JobUID < 0 {
+		d.JobUID = os.Getuid()
+	}
+	if d.HealthAddr == "" {
+		d.HealthAddr = "127.0.0.1:9902"
+	}
+	if d.ProxyAddr == "" {
+		d.ProxyAddr = "127.0.0.1:3128"
+	}
+	if d.Audit == nil {
+		d.Audit = audit.Discard
+	}
+	if d.Logger == nil {
+		d.Logger = slog.New(slog.DiscardHandler)
+	}
+	for _, n := range d.Secrets {
+		if _, err := secrets.EnvName(n); err != nil {
+			return d, fmt.Errorf("agent: %w", err)
+		}
+	}
+	return d, nil
+}
+
+// BinaryPath and SocketPath are where the agent puts the wrapper binary and
+// the handoff socket under the shared directory.
+func BinaryPath(sharedDir string) string { return filepath.Join(sharedDir, "bin", "cordon-sidecar") }
+func SocketPath(sharedDir string) string { return filepath.Join(sharedDir, "run", "agent.sock") }
+
+// Agent is a running agent; see Run.
+type Agent struct {
+	cfg   Config
+	log   *slog.Logger
+	ready chan struct{}
+}
+
+// Run runs the agent until ctx is done. It returns an error, and the task
+// never turns healthy, if the identity, a secret, the binary copy or the
+// socket fails: the job does not start.
+func Run(ctx context.Context, cfg Config) error {
+	c, err := cfg.withDefaults()
+	if err != nil {
+		return err
+	}
+	a := &Agent{cfg: c, log: c.Logger, ready: make(chan struct{})}
+	return a.run(ctx)
+}
+
+func (a *Agent) run(ctx context.Context) error {
+	c := a.cfg
+	g, gctx := errgroup.WithContext(ctx)
+
+	// Health first, so the platform sees "starting" rather than nothing.
+	healthLn, err := net.Listen("tcp", c.HealthAddr)
+	if err != nil {
+		return fmt.Errorf("agent: health endpoint: %w", err)
+	}
+	health := &http.Server{Handler: a.healthHandler(), ReadHeaderTimeout: 5 * time.Second}
+	g.Go(func() error {
+		if err := health.Serve(healthLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("agent: health endpoint: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return health.Shutdown(sctx)
+	})
+
+	g.Go(func() error { return a.setUp(gctx, g) })
+	return g.Wait()
+}
+
+// setUp does steps 2-4 in order; any failure ends the agent.
+func (a *Agent) setUp(ctx context.Context, g *errgroup.Group) error {
+	c := a.cfg
+	var opts []workloadapi.X509SourceOption
+	if c.WorkloadAPIAddr != "" {
+		opts = append(opts, workloadapi.WithClientOptions(workloadapi.WithAddr(c.WorkloadAPIAddr)))
+	}
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	src, err := workloadapi.NewX509Source(sctx, opts...)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("agent: get SVID from the Workload API (SPIFFE_ENDPOINT_SOCKET): %w", err)
+	}
+	// The source follows rotation until the agent stops; the mTLS clients
+	// (xDS, dispatcher, gateway) will take their certificates from it.
+	g.Go(func() error {
+		<-ctx.Done()
+		return src.Close()
+	})
+	svid, err := src.GetX509SVID()
+	if err != nil {
+		return fmt.Errorf("agent: read SVID: %w", err)
+	}
+	id, err := ParseJobID(svid.ID)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	log := a.log.With("spiffe_id", id.ID.String(), "org", id.Org, "job", id.Job)
+	log.Info("identity")
+
+	provider, err := c.Provider(ctx, id)
+	if err != nil {
+		return fmt.Errorf("agent: secrets provider: %w", err)
+	}
+	names := append([]string(nil), c.Secrets...)
+	sort.Strings(names)
+	values := map[string]string{}
+	if len(names) > 0 {
+		values, err = provider.Fetch(ctx, names)
+		a.auditSecrets(id, names, err)
+		if err != nil {
+			return fmt.Errorf("agent: job not started: %w", err)
+		}
+	}
+	// Check now what the wrapper will check, so a bad secret keeps the
+	// task unhealthy instead of failing the job container later.
+	vars, err := secrets.ToEnv(values)
+	if err != nil {
+		return fmt.Errorf("agent: job not started: %w", err)
+	}
+	if _, err := jobrun.ScrubberFor(vars); err != nil {
+		return fmt.Errorf("agent: job not started: %w", err)
+	}
+	vars = nil
+	log.Info("secrets fetched", "names", names)
+
+	if err := copyExecutable(c.Executable, BinaryPath(c.SharedDir)); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	srv, err := handoff.Listen(handoff.ServerConfig{
+		Socket: SocketPath(c.SharedDir),
+		UID:    c.JobUID,
+		Env:    handoff.Env{Secrets: values, ProxyURL: "http://" + c.ProxyAddr},
+		OnHandoff: func(uid, pid int) {
+			a.emit(id, "SECRETS_HANDED_OFF", audit.ResultSuccess, map[string]any{"peer_uid": uid, "peer_pid": pid, "names": names})
+		},
+		OnRefused: func(uid, pid int, reason string) {
+			a.emit(id, "SECRETS_HANDOFF_REFUSED", audit.ResultDenied, map[string]any{"peer_uid": uid, "peer_pid": pid, "reason": reason})
+		},
+		Logger: log,
+	})
+	values = nil
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	g.Go(func() error { return srv.Serve(ctx) })
+
+	if c.Proxy != nil {
+		ln, err := net.Listen("tcp", c.ProxyAddr)
+		if err != nil {
+			return fmt.Errorf("agent: egress proxy: %w", err)
+		}
+		g.Go(func() error { return c.Proxy.Serve(ctx, ln) })
+		g.Go(func() error {
+			<-ctx.Done()
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			return c.Proxy.Shutdown(sctx)
+		})
+	} else {
+		log.Warn("no egress proxy embedded: the job's egress through " + c.ProxyAddr + " fails closed")
+	}
+	// Setup garbage (the scrubber check, the SDK, TLS) is not needed again:
+	// give it back so the idle agent stays small (DESIGN: idle RSS <= 20 MB).
+	debug.FreeOSMemory()
+	close(a.ready)
+	log.Info("agent ready", "shared_dir", c.SharedDir, "job_uid", c.JobUID)
+	return nil
+}
+
+func (a *Agent) auditSecrets(id JobIdentity, names []string, err error) {
+	result := audit.ResultSuccess
+	md := map[string]any{"names": names}
+	if err != nil {
+		result = audit.ResultFailure
+		md["error"] = err.Error() // names the secret and cause, never a value
+	}
+	a.emit(id, "SECRETS_ACCESSED", result, md)
+}
+
+func (a *Agent) emit(id JobIdentity, typ, result string, md map[string]any) {
+	a.cfg.Audit.Emit(audit.Event{
+		Timestamp: time.Now().UTC(),
+		EventType: typ,
+		EventID:   audit.NewID(),
+		Actor:     audit.Actor{Type: audit.ActorJob, ID: id.ID.String()},
+		Resource:  audit.Resource{Type: "SECRET", ID: id.Job, TenantID: id.Org},
+		Action:    "READ",
+		Result:    result,
+		Metadata:  md,
+	})
+}
+
+func (a *Agent) healthHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-a.ready:
+			io.WriteString(w, "ok\n")
+		default:
+			http.Error(w, "starting", http.StatusServiceUnavailable)
+		}
+	})
+	return mux
+}
+
+// CheckHealth asks the agent's health endpoint at addr; it is what the
+// container health check runs (`cordon-sidecar health`), since the image
+// has no curl.
+func CheckHealth(ctx context.Context, addr string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/healthz", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("health check %s: %w", addr, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("health check %s: %s", addr, resp.Status)
+	}
+	return nil
+}
+
+// copyExecutable copies src (or this binary) to dst with mode 0755,
+// atomically (temp file and rename), so the job never sees half a binary.
+func copyExecutable(src, dst string) error {
+	if src == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("find own binary: %w", err)
+		}
+		src = exe
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("copy binary: %w", err)
+	}
+	defer in.Close()
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return fmt.Errorf("copy binary: %w", err)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(dst), ".cordon-sidecar-")
+	if err != nil {
+		return fmt.Errorf("copy binary: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := io.Copy(tmp, in); err != nil {
+		tmp.Close()
+		return fmt.Errorf("copy binary to %s: %w", dst, err)
+	}
+	if err := tmp.Chmod(0o755); err != nil {
+		tmp.Close()
+		return fmt.Errorf("copy binary: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("copy binary: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), dst); err != nil {
+		return fmt.Errorf("copy binary to %s: %w", dst, err)
+	}
+	return nil
+}

@@ -1,0 +1,258 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.uber.org/goleak"
+
+	"github.com/cordon-dev/cordon/internal/audit"
+	"github.com/cordon-dev/cordon/sidecar/handoff"
+	"github.com/cordon-dev/cordon/test/spiffedev"
+)
+
+func TestParseJobID(t *testing.T) {
+	tests := []struct {
+		name, id, org, job string
+		wantErr            bool
+	}{
+		{name: "job", id: "spiffe://cordon.test/org/acme/job/block_follower", org: "acme", job: "block_follower"},
+		{name: "service", id: "spiffe://cordon.test/service/xds", wantErr: true},
+		{name: "extra segment", id: "spiffe://cordon.test/org/acme/job/x/y", wantErr: true},
+		{name: "swapped", id: "spiffe://cordon.test/job/x/org/acme", wantErr: true},
+		{name: "upper org", id: "spiffe://cordon.test/org/ACME/job/x", wantErr: true},
+		{name: "dot org", id: "spiffe://cordon.test/org/a.b/job/x", wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			id := spiffeid.RequireFromString(tt.id)
+			got, err := ParseJobID(id)
+			if tt.wantErr {
+				if err == nil {
+					t.Fatalf("got %+v, want an error", got)
+				}
+				return
+			}
+			if err != nil || got.Org != tt.org || got.Job != tt.job {
+				t.Fatalf("got %+v, %v; want org %s job %s", got, err, tt.org, tt.job)
+			}
+		})
+	}
+}
+
+// recorder is an audit.Emitter that keeps events.
+type recorder struct {
+	mu     sync.Mutex // guards events
+	events []audit.Event
+}
+
+func (r *recorder) Emit(ev audit.Event) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.events = append(r.events, ev)
+}
+
+func (r *recorder) all() []audit.Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]audit.Event(nil), r.events...)
+}
+
+type fixture struct {
+	shared, health string
+	audit          *recorder
+	done           chan error
+	cancel         context.CancelFunc
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// startAgent serves a dev Workload API for id and runs the agent with a
+// secrets file.
+func startAgent(t *testing.T, id string, secretsJSON string, names []string) *fixture {
+	t.Helper()
+	dir := t.TempDir()
+	ca, err := spiffedev.NewCA("cordon.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wsrv, err := spiffedev.NewWorkloadServer(spiffedev.WorkloadConfig{CA: ca, ID: spiffeid.RequireFromString(id), TTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "spire.sock")
+	ln, err := spiffedev.ListenUnix(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, wcancel := context.WithCancel(context.Background())
+	wdone := make(chan error, 1)
+	go func() { wdone <- wsrv.Serve(wctx, ln) }()
+	t.Cleanup(func() { wcancel(); <-wdone })
+
+	file := filepath.Join(dir, "secrets.json")
+	if err := os.WriteFile(file, []byte(secretsJSON), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	provider, err := NewProvider(ProviderConfig{Kind: "file", File: file})
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe := filepath.Join(dir, "fake-binary")
+	if err := os.WriteFile(exe, []byte("#!/bin/sh\necho i am the wrapper\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{shared: filepath.Join(dir, "shared"), health: freeAddr(t), audit: &recorder{}, done: make(chan error, 1)}
+	ctx, cancel := context.WithCancel(context.Background())
+	f.cancel = cancel
+	go func() {
+		f.done <- Run(ctx, Config{
+			WorkloadAPIAddr: "unix://" + sock,
+			Secrets:         names,
+			Provider:        provider,
+			SharedDir:       f.shared,
+			JobUID:          -1,
+			HealthAddr:      f.health,
+			ProxyAddr:       "127.0.0.1:3999",
+			Audit:           f.audit,
+			Executable:      exe,
+		})
+	}()
+	return f
+}
+
+func healthStatus(addr string) int {
+	resp, err := http.Get("http://" + addr + "/healthz")
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func TestAgentHandsOutSecretsOnce(t *testing.T) {
+	leakCheck(t)
+	const value = "file-secret-value-42"
+	f := startAgent(t, "spiffe://cordon.test/org/acme/job/block_follower",
+		`{"monad_rpc_key": "`+value+`", "unused": "other-value-77"}`, []string{"monad_rpc_key"})
+
+	deadline := time.Now().Add(10 * time.Second)
+	for healthStatus(f.health) != http.StatusOK {
+		if time.Now().After(deadline) {
+			t.Fatal("agent not healthy in 10s")
+		}
+		select {
+		case err := <-f.done:
+			t.Fatalf("agent stopped: %v", err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := CheckHealth(ctx, f.health); err != nil {
+		t.Fatal(err)
+	}
+
+	fi, err := os.Stat(BinaryPath(f.shared))
+	if err != nil || fi.Mode().Perm() != 0o755 {
+		t.Fatalf("binary copy: %v, mode %v; want 0755", err, fi)
+	}
+	env, err := handoff.Fetch(ctx, SocketPath(f.shared))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(env.Secrets) != 1 || env.Secrets["monad_rpc_key"] != value || env.ProxyURL != "http://127.0.0.1:3999" {
+		t.Fatalf("got %d secrets (names %v), proxy %q; want only monad_rpc_key and the proxy", len(env.Secrets), keys(env.Secrets), env.ProxyURL)
+	}
+	if _, err := handoff.Fetch(ctx, SocketPath(f.shared)); !errors.Is(err, handoff.ErrRefused) {
+		t.Fatalf("second fetch: got %v, want ErrRefused", err)
+	}
+
+	f.cancel()
+	if err := <-f.done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	types := map[string]int{}
+	for _, ev := range f.audit.all() {
+		types[ev.EventType]++
+		b, _ := json.Marshal(ev)
+		if strings.Contains(string(b), value) || strings.Contains(string(b), "other-value") {
+			t.Fatalf("audit event carries a value: %s", b)
+		}
+		if ev.Resource.TenantID != "acme" || !strings.HasPrefix(ev.EventID, "evt_") {
+			t.Errorf("event %s: tenant %q id %q, want acme and evt_...", ev.EventType, ev.Resource.TenantID, ev.EventID)
+		}
+	}
+	if types["SECRETS_ACCESSED"] != 1 || types["SECRETS_HANDED_OFF"] != 1 || types["SECRETS_HANDOFF_REFUSED"] != 1 {
+		t.Fatalf("audit events %v, want one each of accessed, handed off, refused", types)
+	}
+}
+
+func TestAgentFailsClosed(t *testing.T) {
+	tests := []struct {
+		name, id, secrets string
+		names             []string
+		wantErr           string
+	}{
+		{name: "missing secret", id: "spiffe://cordon.test/org/acme/job/x", secrets: `{"a_key": "value-aaaaaaaa"}`,
+			names: []string{"a_key", "b_key"}, wantErr: `secret "b_key"`},
+		{name: "not a job identity", id: "spiffe://cordon.test/service/xds", secrets: `{}`, wantErr: "want spiffe://TD/org/ORG/job/JOB"},
+		{name: "secret too short to scrub", id: "spiffe://cordon.test/org/acme/job/x", secrets: `{"pin": "1234"}`,
+			names: []string{"pin"}, wantErr: `"PIN"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			leakCheck(t)
+			f := startAgent(t, tt.id, tt.secrets, tt.names)
+			defer f.cancel()
+			var err error
+			select {
+			case err = <-f.done:
+			case <-time.After(15 * time.Second):
+				t.Fatal("agent did not fail in 15s")
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("got %v, want an error containing %s", err, tt.wantErr)
+			}
+			if strings.Contains(err.Error(), "value-") || strings.Contains(err.Error(), "1234") {
+				t.Fatalf("error leaks a value: %v", err)
+			}
+			if _, serr := os.Stat(SocketPath(f.shared)); serr == nil {
+				t.Fatal("handoff socket exists although the agent failed")
+			}
+		})
+	}
+}
+
+func keys(m map[string]string) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+// leakCheck registers a goroutine-leak check that runs after every other
+// cleanup (cleanups run last-in first-out).
+func leakCheck(t *testing.T) {
+	opt := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
+}
