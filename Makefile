@@ -6,15 +6,13 @@ GO ?= go
 BIN := $(CURDIR)/bin
 export PATH := /usr/local/go/bin:$(PATH)
 
-BINARIES := cordon-egress
-
 .PHONY: all build test demo deps-test vet generate bench-egress bench-xds bench-dispatcher clean
 
 all: build
 
 build:
 	@mkdir -p $(BIN)
-	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./egress-proxy/cmd/...
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ ./egress-proxy/cmd/... ./xds/cmd/... ./sidecar/cmd/... ./dispatcher/cmd/... ./test/cmd/...
 
 # deps-test installs what the test suite needs on a fresh Debian machine.
 deps-test:
