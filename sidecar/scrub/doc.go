@@ -21,7 +21,9 @@
 //     inside a longer base64 string at any of the three byte alignments:
 //     the characters that depend only on the secret's bytes are matched, so
 //     the one or two characters at each edge that mix in neighbouring bytes
-//     may remain (they carry at most 4 bits of the secret each);
+//     may remain (they carry at most 4 bits of the secret each); and for
+//     values over 48 bytes, base64 wrapped at 64 or 76 columns (openssl
+//     base64, base64(1)) when the value starts the encoded data;
 //   - URL query escaping (url.QueryEscape) and path escaping (url.PathEscape),
 //     with upper- and lower-case percent escapes;
 //   - JSON string escaping as Go's encoding/json writes it (with and without
@@ -107,8 +109,9 @@
 //     compresses, reverses, splits it ("abc" ... "def"), prints one
 //     character per line, interleaves escape sequences or other bytes
 //     inside it, encodes it twice, or uses an encoding not listed above
-//     (base32, base64 wrapped at 76 columns, URL-escaping of the base64,
-//     UTF-16, ...). Scrubbing is a safety net for honest jobs; a hostile job
+//     (base32, base64 wrapped at other widths or starting mid-data,
+//     URL-escaping of the base64, mixed-case hex, UTF-16, ...), or prints
+//     it as a command-line flag ("--password hunter2": no ':' or '='). Scrubbing is a safety net for honest jobs; a hostile job
 //     is stopped by the egress policy, not here.
 //   - A secret written somewhere other than stdout/stderr (files, network).
 //   - Rule matches beyond their bounds (a JWT header over 4 KiB, more than

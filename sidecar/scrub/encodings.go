@@ -60,6 +60,17 @@ func secretForms(v string) []string {
 				add(base64Stable(enc, []byte(b), align))
 			}
 		}
+		// base64 wrapped into lines, as `base64` (76 columns) and
+		// `openssl base64` (64) print it: each line of the stable part.
+		if std := base64Stable(base64.StdEncoding, []byte(b), 0); len(std) > 64 {
+			for _, width := range []int{64, 76} {
+				for i := 0; i < len(std); i += width {
+					if line := std[i:min(i+width, len(std))]; len(line) >= 8 {
+						add(line)
+					}
+				}
+			}
+		}
 		q := url.QueryEscape(b)
 		add(q)
 		add(lowerPercent(q))

@@ -104,6 +104,23 @@ func TestScrub(t *testing.T) {
 	}
 }
 
+func TestWrappedBase64(t *testing.T) {
+	s := mustNew(t, Config{Secrets: []Secret{{Name: "PEM", Value: pemKey}}, DisableRules: true, DisableEmailMask: true})
+	for _, width := range []int{64, 76} {
+		enc := base64.StdEncoding.EncodeToString([]byte(pemKey + "\n")) // echo "$PEM" | base64
+		var wrapped strings.Builder
+		for i := 0; i < len(enc); i += width {
+			wrapped.WriteString(enc[i:min(i+width, len(enc))] + "\n")
+		}
+		got := scrubAll(t, s, wrapped.String(), []int{5})
+		for _, line := range strings.Split(wrapped.String(), "\n") {
+			if len(line) > 4 && strings.Contains(got, line[:len(line)-4]) {
+				t.Errorf("width %d: line %q survived in %q", width, line, got)
+			}
+		}
+	}
+}
+
 func TestJSONForms(t *testing.T) {
 	v := "p<a>&ss\"wörd\x01\U0001F600x"
 	s := mustNew(t, Config{Secrets: []Secret{{Name: "V", Value: v}}, DisableRules: true, DisableEmailMask: true})
