@@ -110,13 +110,14 @@
 //     character per line, interleaves escape sequences or other bytes
 //     inside it, encodes it twice, or uses an encoding not listed above
 //     (base32, base64 wrapped at other widths or starting mid-data,
-//     URL-escaping of the base64, mixed-case hex, UTF-16, ...), or prints
-//     it as a command-line flag ("--password hunter2": no ':' or '='). Scrubbing is a safety net for honest jobs; a hostile job
-//     is stopped by the egress policy, not here.
+//     URL-escaping of the base64, mixed-case hex, UTF-16, ...). Scrubbing
+//     is a safety net for honest jobs; a hostile job is stopped by the
+//     egress policy, not here.
 //   - A secret written somewhere other than stdout/stderr (files, network).
 //   - Rule matches beyond their bounds (a JWT header over 4 KiB, more than
 //     16 rule candidates open at the same time: the excess are not checked),
-//     credentials without a known prefix or key context, and key names not
-//     in the list above.
+//     credentials without a known prefix or key context, key names not in
+//     the list above, and values given as command-line flags
+//     ("--password hunter2": no ':' or '=').
 //   - The last bits at the edges of a base64 encoding, as noted above.
 package scrub
