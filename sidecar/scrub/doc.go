@@ -25,11 +25,12 @@
 //     values over 48 bytes, base64 wrapped at 64 or 76 columns (openssl
 //     base64, base64(1)) when the value starts the encoded data;
 //   - URL query escaping (url.QueryEscape) and path escaping (url.PathEscape),
-//     with upper- and lower-case percent escapes;
+//     with upper- and lower-case percent escapes, and the escaping of
+//     JavaScript's encodeURIComponent and Python's quote and quote_plus;
 //   - JSON string escaping as Go's encoding/json writes it (with and without
 //     HTML escaping of <>&), as an ASCII-only encoder writes it (Python's
-//     json.dumps: \uXXXX for non-ASCII, upper- or lower-case hex), and Go's
-//     %q quoting.
+//     json.dumps: \uXXXX for non-ASCII, upper- or lower-case hex), with '/'
+//     escaped as PHP's json_encode does, and Go's %q quoting.
 //
 // A match is replaced by "[REDACTED:NAME]" where NAME is the secret's name
 // (or by Config.Marker). The name is not secret — it is the env var the job

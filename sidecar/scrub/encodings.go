@@ -77,6 +77,10 @@ func secretForms(v string) []string {
 		p := url.PathEscape(b)
 		add(p)
 		add(lowerPercent(p))
+		// Other common escapers keep different sets in clear.
+		add(percentEncode(b, "-_.!~*'()", false)) // JavaScript encodeURIComponent
+		add(percentEncode(b, "-_.~/", false))     // Python urllib.parse.quote
+		add(percentEncode(b, "-_.~", true))       // Python urllib.parse.quote_plus
 		for _, j := range jsonForms(b) {
 			add(j)
 		}
@@ -114,6 +118,27 @@ func base64Stable(enc *base64.Encoding, secret []byte, align int) string {
 		return ""
 	}
 	return s[lo:hi]
+}
+
+// percentEncode escapes every byte of s except ASCII letters, digits and
+// the bytes in keep as %XX (upper-case hex); with spacePlus a space becomes '+'.
+func percentEncode(s, keep string, spacePlus bool) string {
+	const digits = "0123456789ABCDEF"
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte(keep, c) >= 0:
+			b.WriteByte(c)
+		case c == ' ' && spacePlus:
+			b.WriteByte('+')
+		default:
+			b.WriteByte('%')
+			b.WriteByte(digits[c>>4])
+			b.WriteByte(digits[c&15])
+		}
+	}
+	return b.String()
 }
 
 // lowerPercent rewrites %XX escapes with lower-case hex digits, the form some
@@ -157,6 +182,10 @@ func jsonForms(s string) []string {
 		out = append(out, string(b[1:len(b)-1]))
 	}
 	out = append(out, asciiJSON(s, false), asciiJSON(s, true))
+	// PHP's json_encode also escapes '/'.
+	for _, f := range out[:2] {
+		out = append(out, strings.ReplaceAll(f, "/", `\/`))
+	}
 	return out
 }
 

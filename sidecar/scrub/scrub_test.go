@@ -104,6 +104,24 @@ func TestScrub(t *testing.T) {
 	}
 }
 
+func TestOtherEscapers(t *testing.T) {
+	v := "a b/c'd(e)*f~g!h+i&j=k"
+	s := mustNew(t, Config{Secrets: []Secret{{Name: "V", Value: v}}, DisableRules: true, DisableEmailMask: true})
+	tests := []struct{ name, in string }{
+		{"encodeURIComponent", "a%20b%2Fc'd(e)*f~g!h%2Bi%26j%3Dk"},
+		{"python quote", "a%20b/c%27d%28e%29%2Af~g%21h%2Bi%26j%3Dk"},
+		{"python quote_plus", "a+b%2Fc%27d%28e%29%2Af~g%21h%2Bi%26j%3Dk"},
+		{"php json_encode", `a b\/c'd(e)*f~g!h+i&j=k`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := scrubAll(t, s, "<"+tc.in+">", nil); got != "<[REDACTED:V]>" {
+				t.Errorf("got %q, want %q", got, "<[REDACTED:V]>")
+			}
+		})
+	}
+}
+
 func TestWrappedBase64(t *testing.T) {
 	s := mustNew(t, Config{Secrets: []Secret{{Name: "PEM", Value: pemKey}}, DisableRules: true, DisableEmailMask: true})
 	for _, width := range []int{64, 76} {
