@@ -30,7 +30,10 @@
 //   - JSON string escaping as Go's encoding/json writes it (with and without
 //     HTML escaping of <>&), as an ASCII-only encoder writes it (Python's
 //     json.dumps: \uXXXX for non-ASCII, upper- or lower-case hex), with '/'
-//     escaped as PHP's json_encode does, and Go's %q quoting.
+//     escaped as PHP's json_encode does, and Go's %q quoting;
+//   - hex dumps of the value (when it starts the dumped data): the rows of
+//     xxd, xxd -p, xxd -g1, od -tx1, od -c and hexdump -C, including their
+//     ASCII columns, except a final row of fewer than 4 bytes.
 //
 // A match is replaced by "[REDACTED:NAME]" where NAME is the secret's name
 // (or by Config.Marker). The name is not secret — it is the env var the job

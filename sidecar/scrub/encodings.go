@@ -89,6 +89,10 @@ func secretForms(v string) []string {
 		}
 	}
 
+	for _, d := range dumpForms([]byte(v)) {
+		add(d)
+	}
+
 	// Each line of a multi-line value on its own, so a logger that prefixes
 	// every line (timestamps, levels) does not defeat redaction.
 	if strings.Contains(v, "\n") {
@@ -97,6 +101,61 @@ func secretForms(v string) []string {
 			if len(line) >= MinSecretLen {
 				add(line)
 			}
+		}
+	}
+	return out
+}
+
+// dumpForms returns the lines hex-dump tools print for v when v starts the
+// dumped data: per 16-byte row, xxd's 2-byte groups, od -tx1 / xxd -g1
+// bytes, hexdump -C's two half rows, od -c characters and the ASCII column
+// of xxd and hexdump -C; and xxd -p's 30-byte rows. Rows shorter than 4
+// bytes (the tail) are left out: too short to be unambiguous patterns.
+func dumpForms(v []byte) []string {
+	var out []string
+	for off := 0; off < len(v); off += 16 {
+		row := v[off:min(off+16, len(v))]
+		if len(row) < 4 {
+			break
+		}
+		h := hex.EncodeToString(row)
+		var g2, g1, hc, oc strings.Builder
+		ascii := make([]byte, len(row))
+		printable := true
+		for i, c := range row {
+			if i > 0 {
+				g1.WriteByte(' ')
+				hc.WriteByte(' ')
+				oc.WriteString("   ")
+				if i%2 == 0 {
+					g2.WriteByte(' ')
+				}
+			}
+			if i == 8 {
+				hc.WriteByte(' ')
+			}
+			g2.WriteString(h[2*i : 2*i+2])
+			g1.WriteString(h[2*i : 2*i+2])
+			hc.WriteString(h[2*i : 2*i+2])
+			oc.WriteByte(c)
+			ascii[i] = c
+			if c < 0x20 || c > 0x7e {
+				ascii[i] = '.'
+				printable = false
+			}
+		}
+		out = append(out, g2.String(), g1.String(), hc.String())
+		if printable {
+			out = append(out, oc.String())
+		}
+		if len(row) >= MinSecretLen {
+			out = append(out, string(ascii))
+		}
+	}
+	if len(v) > 30 {
+		h := hex.EncodeToString(v)
+		for i := 0; i+8 <= len(h); i += 60 {
+			out = append(out, h[i:min(i+60, len(h))])
 		}
 	}
 	return out

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/url"
+	"os/exec"
 	"strings"
 	"testing"
 )
@@ -117,6 +118,40 @@ func TestOtherEscapers(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := scrubAll(t, s, "<"+tc.in+">", nil); got != "<[REDACTED:V]>" {
 				t.Errorf("got %q, want %q", got, "<[REDACTED:V]>")
+			}
+		})
+	}
+}
+
+// TestHexDumpTools pipes a secret through the real dump tools.
+func TestHexDumpTools(t *testing.T) {
+	v := "Dump-me-if-you-can:0123456789-abcdefXYZ"
+	s := mustNew(t, Config{Secrets: []Secret{{Name: "V", Value: v}}, DisableRules: true, DisableEmailMask: true})
+	tools := [][]string{{"xxd"}, {"xxd", "-p"}, {"xxd", "-g1"}, {"od", "-An", "-tx1"}, {"od", "-c"}, {"hexdump", "-C"}}
+	for _, tool := range tools {
+		t.Run(strings.Join(tool, " "), func(t *testing.T) {
+			if _, err := exec.LookPath(tool[0]); err != nil {
+				t.Skipf("%s not installed (Debian: xxd, bsdextrautils): %v", tool[0], err)
+			}
+			cmd := exec.Command(tool[0], tool[1:]...)
+			cmd.Stdin = strings.NewReader(v + "\n")
+			dump, err := cmd.Output()
+			if err != nil {
+				t.Fatalf("%v: %v", tool, err)
+			}
+			got := scrubAll(t, s, string(dump), []int{7})
+			// No row of 4+ secret bytes may survive in any dump notation.
+			for off := 0; off+4 <= len(v); off += 16 {
+				row := v[off:min(off+16, len(v))]
+				if len(row) < 4 {
+					break
+				}
+				h := hex.EncodeToString([]byte(row))
+				for _, frag := range []string{h[:8], h[:2] + " " + h[2:4] + " " + h[4:6], h[:4] + " " + h[4:8], row[:4], strings.Join(strings.Split(row[:4], ""), "   ")} {
+					if strings.Contains(got, frag) {
+						t.Errorf("row at %d: %q survived:\n%s", off, frag, got)
+					}
+				}
 			}
 		})
 	}
