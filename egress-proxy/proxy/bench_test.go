@@ -17,11 +17,11 @@ import (
 // BenchmarkKeepAlive compares a small keep-alive GET sent directly to the
 // upstream with the same GET through the proxy.
 func BenchmarkKeepAlive(b *testing.B) {
-	e := newEnv(b, envOpts{dnsCache: 30 * time.Second})
+	e := newEnv(b, envOpts{dnsCache: 30 * time.Second, discardLogs: true})
 	e.dns.SetTTL("allowed.test", 30) // as real answers do: the proxy caches for the TTL
-	direct := &http.Client{Transport: &http.Transport{}}
+	direct := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 	proxyURL, _ := url.Parse("http://" + e.proxyAddr)
-	proxied := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(proxyURL)}}
+	proxied := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(proxyURL), MaxIdleConnsPerHost: 64}}
 	b.Cleanup(func() {
 		direct.CloseIdleConnections()
 		proxied.CloseIdleConnections()
@@ -34,6 +34,21 @@ func BenchmarkKeepAlive(b *testing.B) {
 		{"direct", direct, "http://127.0.0.2:" + strconv.Itoa(int(e.httpPort)) + "/bench"},
 		{"proxy", proxied, "http://allowed.test:" + strconv.Itoa(int(e.httpPort)) + "/bench"},
 	} {
+		b.Run(bc.name+"/parallel16", func(b *testing.B) {
+			b.SetParallelism(8) // 16 clients on 2 cores
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					resp, err := bc.client.Get(bc.url)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			})
+		})
 		b.Run(bc.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
@@ -55,7 +70,7 @@ func BenchmarkKeepAlive(b *testing.B) {
 // directly and through a CONNECT tunnel (splice path).
 func BenchmarkTunnelThroughput(b *testing.B) {
 	const size = 64 << 20
-	e := newEnv(b, envOpts{})
+	e := newEnv(b, envOpts{discardLogs: true})
 	src := listenOn(b, "127.0.0.2")
 	b.Cleanup(func() { src.Close() })
 	chunk := make([]byte, 256<<10)

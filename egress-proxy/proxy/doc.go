@@ -16,8 +16,11 @@
 // buffered reader) instead of running net/http.Server: net/http deletes the
 // Host header before any handler sees it, and the proxy must refuse a Host
 // header that disagrees with the URI, and must own the raw connection for
-// the splice path. Plain HTTP goes upstream through a per-job keep-alive
-// http.Transport; redirects are passed back, never followed.
+// the splice path. Plain HTTP goes upstream over a per-job keep-alive pool
+// keyed by the checked address (a request reuses a connection only if its
+// own check produced that address), written and read on the request's
+// goroutine with net/http's Request.Write and ReadResponse; redirects are
+// passed back, never followed.
 //
 // Every decision writes exactly one log line (msg "egress decision", keys
 // job, decision, reason, host, port, addr, method, bytes, duration), one

@@ -116,6 +116,10 @@ type envOpts struct {
 	limits   Limits
 	observer Observer
 	dnsCache time.Duration
+	unsafe   []netip.Prefix // added to the default unsafe-allow prefixes
+	// discardLogs encodes log lines as production does but keeps none
+	// (benchmarks: the test sink's JSON parsing is not the proxy's cost).
+	discardLogs bool
 }
 
 func listenOn(t testing.TB, ip string) net.Listener {
@@ -212,18 +216,22 @@ func newEnv(t testing.TB, o envOpts) *env {
 	if lim.ClientHelloTimeout == 0 {
 		lim.ClientHelloTimeout = 500 * time.Millisecond
 	}
+	logger := slog.New(slog.NewJSONHandler(e.logs, nil))
+	if o.discardLogs {
+		logger = slog.New(slog.NewJSONHandler(io.Discard, nil))
+	}
 	e.srv, err = New(Config{
 		Store:    e.store,
 		Job:      JobRef{Org: "acme", Job: "block_follower"},
-		Logger:   slog.New(slog.NewJSONHandler(e.logs, nil)),
+		Logger:   logger,
 		Audit:    e.audit,
 		Resolver: r,
-		UnsafeAllowCIDRs: []netip.Prefix{
+		UnsafeAllowCIDRs: append([]netip.Prefix{
 			netip.MustParsePrefix("127.0.0.1/32"), // so only the loop check stops self.test
 			netip.MustParsePrefix("127.0.0.2/32"),
 			netip.MustParsePrefix("127.0.0.7/32"),
 			netip.MustParsePrefix("169.254.0.0/16"), // metadata must stay denied anyway
-		},
+		}, o.unsafe...),
 		Limits:   lim,
 		Observer: o.observer,
 	})

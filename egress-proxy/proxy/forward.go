@@ -5,48 +5,13 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"net/http"
-	"net/netip"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/cordon-dev/cordon/egress-proxy/policy"
 )
-
-type checkedKey struct{}
-
-// checkedDial is what a request carries to the transport's dialer.
-type checkedDial struct {
-	addrs  []netip.AddrPort
-	dialed netip.AddrPort
-	err    error
-}
-
-// newTransport returns a keep-alive pool whose dialer only ever connects
-// to the addresses the request's policy check produced.
-func (s *Server) newTransport() *http.Transport {
-	return &http.Transport{
-		Proxy: nil,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			cd, ok := ctx.Value(checkedKey{}).(*checkedDial)
-			if !ok || len(cd.addrs) == 0 {
-				return nil, errors.New("egress proxy: refusing to dial an unchecked address")
-			}
-			c, ap, err := s.dialChecked(ctx, cd.addrs)
-			cd.dialed, cd.err = ap, err
-			return c, err
-		},
-		MaxIdleConns:           1024,
-		MaxIdleConnsPerHost:    64,
-		IdleConnTimeout:        90 * time.Second,
-		ResponseHeaderTimeout:  0, // TotalTimeout bounds the request
-		DisableCompression:     true,
-		ForceAttemptHTTP2:      false,
-		MaxResponseHeaderBytes: 64 << 10,
-	}
-}
 
 // hopByHop are the headers that describe one connection, not the message
 // (RFC 9110 section 7.6.1), plus the proxy's own.
@@ -76,8 +41,8 @@ func stripHopByHop(h http.Header) {
 // forward sends an allowed plain HTTP request upstream and the response
 // back. Redirects are returned to the client, never followed.
 func (s *Server) forward(ctx context.Context, cc *clientConn, js *jobState, req *http.Request, chk checked, o *outcome) bool {
-	cd := &checkedDial{addrs: chk.addrs}
-	rctx, cancel := context.WithTimeout(context.WithValue(ctx, checkedKey{}, cd), s.lim.TotalTimeout)
+	deadline := o.start.Add(s.lim.TotalTimeout)
+	rctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	out := req.WithContext(rctx)
 	out.RequestURI = ""
@@ -92,10 +57,12 @@ func (s *Server) forward(ctx context.Context, cc *clientConn, js *jobState, req 
 	u.Host = authorityStr
 	out.URL = &u
 	out.Host = authorityStr
-	out.Header = req.Header.Clone()
 	expect := strings.EqualFold(out.Header.Get("Expect"), "100-continue")
 	stripHopByHop(out.Header)
 	out.Header.Del("Expect")
+	if _, ok := out.Header["User-Agent"]; !ok {
+		out.Header["User-Agent"] = []string{""} // add none of our own
+	}
 	out.Close = false
 	if expect {
 		cc.conn.Write([]byte("HTTP/1.1 100 Continue\r\n\r\n"))
@@ -105,14 +72,13 @@ func (s *Server) forward(ctx context.Context, cc *clientConn, js *jobState, req 
 		out.Body = &countingReader{r: req.Body, n: &sent}
 	}
 
-	resp, err := js.transport.RoundTrip(out)
-	o.addr = cd.dialed
+	resp, uc, err := s.send(rctx, js.pool, chk.addrs, out, deadline)
 	if err != nil {
 		var de *dialError
 		switch {
 		case errors.As(err, &de):
 			o.decision, o.reason = decisionError, de.reason
-		case errors.Is(err, context.DeadlineExceeded):
+		case isTimeout(err) || errors.Is(err, context.DeadlineExceeded):
 			o.decision, o.reason = decisionError, policy.ReasonDialTimeout
 		default:
 			o.decision, o.reason = decisionError, policy.ReasonUpstreamError
@@ -120,7 +86,8 @@ func (s *Server) forward(ctx context.Context, cc *clientConn, js *jobState, req 
 		s.deny(ctx, cc, o)
 		return false
 	}
-	defer resp.Body.Close()
+	o.addr = uc.ap
+	upstreamClose := resp.Close
 	stripHopByHop(resp.Header)
 	var recv atomic.Int64
 	resp.Body = &countingReader{r: resp.Body, n: &recv}
@@ -132,12 +99,19 @@ func (s *Server) forward(ctx context.Context, cc *clientConn, js *jobState, req 
 	}
 	bw := s.writers.Get().(*bufio.Writer)
 	bw.Reset(cc.conn)
-	werr := resp.Write(bw)
+	werr := resp.Write(bw) // reads the upstream body to its end, or fails
 	if werr == nil {
 		werr = bw.Flush()
 	}
 	bw.Reset(nil)
 	s.writers.Put(bw)
+	resp.Body.Close()
+	if werr == nil && !upstreamClose {
+		uc.c.SetDeadline(time.Time{})
+		js.pool.put(uc)
+	} else {
+		uc.c.Close()
+	}
 	o.status = resp.StatusCode
 	o.bytes = sent.Load() + recv.Load()
 	s.m.bytes.WithLabelValues("upstream").Add(float64(sent.Load()))

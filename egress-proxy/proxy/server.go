@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"strings"
 	"sync"
@@ -59,10 +58,10 @@ type Server struct {
 type jobState struct {
 	limiter *rate.Limiter // nil: unlimited
 	active  atomic.Int64
-	// transport pools keep-alive connections to upstreams for this job
-	// only: a connection dialled under one job's cidr rules must never
-	// serve another job.
-	transport *http.Transport
+	// pool keeps keep-alive connections to upstreams for this job only:
+	// a connection dialled under one job's cidr rules must never serve
+	// another job.
+	pool *upstreamPool
 }
 
 // New checks cfg and returns a Server.
@@ -114,14 +113,12 @@ func (s *Server) jobState(j JobRef) *jobState {
 	if v, ok := s.jobs.Load(j); ok {
 		return v.(*jobState)
 	}
-	js := &jobState{transport: s.newTransport()}
+	js := &jobState{pool: newUpstreamPool()}
 	if s.lim.RequestsPerSecond > 0 {
 		js.limiter = rate.NewLimiter(rate.Limit(s.lim.RequestsPerSecond), s.lim.Burst)
 	}
-	v, loaded := s.jobs.LoadOrStore(j, js)
-	if loaded {
-		js.transport.CloseIdleConnections()
-	}
+	v, _ := s.jobs.LoadOrStore(j, js)
+
 	return v.(*jobState)
 }
 
@@ -353,7 +350,7 @@ wait:
 		}
 	}
 	s.jobs.Range(func(_, v any) bool {
-		v.(*jobState).transport.CloseIdleConnections()
+		v.(*jobState).pool.closeIdle(true)
 		return true
 	})
 	return err
