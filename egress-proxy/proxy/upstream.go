@@ -23,9 +23,10 @@ type upstreamPool struct {
 	maxIdlePerAddr int
 	idleTimeout    time.Duration
 
-	mu     sync.Mutex // guards the following
-	idle   map[netip.AddrPort][]*upConn
-	closed bool
+	mu        sync.Mutex // guards the following
+	idle      map[netip.AddrPort][]*upConn
+	closed    bool
+	lastSweep time.Time
 }
 
 type upConn struct {
@@ -83,6 +84,30 @@ func (p *upstreamPool) put(uc *upConn) {
 		return
 	}
 	p.idle[uc.ap] = append(p.idle[uc.ap], uc)
+	if uc.idleSince.Sub(p.lastSweep) > p.idleTimeout/4 {
+		p.sweepLocked(uc.idleSince)
+	}
+}
+
+// sweepLocked closes connections idle longer than idleTimeout, so hosts
+// that are never asked for again do not hold sockets forever.
+func (p *upstreamPool) sweepLocked(now time.Time) {
+	p.lastSweep = now
+	for ap, list := range p.idle {
+		kept := list[:0]
+		for _, uc := range list {
+			if now.Sub(uc.idleSince) > p.idleTimeout {
+				uc.c.Close()
+				continue
+			}
+			kept = append(kept, uc)
+		}
+		if len(kept) == 0 {
+			delete(p.idle, ap)
+		} else {
+			p.idle[ap] = kept
+		}
+	}
 }
 
 // closeIdle closes every idle connection; with final, later puts close too.

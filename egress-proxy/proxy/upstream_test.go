@@ -88,3 +88,31 @@ func TestUpstreamPool(t *testing.T) {
 		t.Errorf("connections to the closing upstream: got %d, want 2", n)
 	}
 }
+
+func TestUpstreamPoolSweep(t *testing.T) {
+	p := newUpstreamPool()
+	p.idleTimeout = 40 * time.Millisecond
+	mk := func(port uint16) (*upConn, net.Conn) {
+		a, b := net.Pipe()
+		return &upConn{c: a, ap: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), port)}, b
+	}
+	old, oldPeer := mk(1)
+	defer oldPeer.Close()
+	p.put(old)
+	time.Sleep(60 * time.Millisecond)
+	fresh, freshPeer := mk(2)
+	defer freshPeer.Close()
+	p.put(fresh)
+	p.mu.Lock()
+	_, oldKept := p.idle[old.ap]
+	_, freshKept := p.idle[fresh.ap]
+	p.mu.Unlock()
+	if oldKept || !freshKept {
+		t.Errorf("after sweep: old kept %v, fresh kept %v, want false, true", oldKept, freshKept)
+	}
+	oldPeer.SetReadDeadline(time.Now().Add(time.Second))
+	if _, err := oldPeer.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("swept connection: peer read got %v, want EOF (closed)", err)
+	}
+	p.closeIdle(true)
+}
