@@ -80,3 +80,29 @@ func TestToEnvRejectsNUL(t *testing.T) {
 		t.Fatalf("got %v, want a NUL error without the value", err)
 	}
 }
+
+// FuzzEnvName checks that whatever a name is, EnvName either refuses it or
+// returns a portable, unreserved variable name.
+func FuzzEnvName(f *testing.F) {
+	for _, s := range []string{"monad_rpc_key", "a-b.c", "ld_preload", "1x", "", "é", "HTTP_PROXY"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		env, err := EnvName(name)
+		if err != nil {
+			return
+		}
+		if env == "" || len(env) != len(name) {
+			t.Fatalf("EnvName(%q) = %q: want a same-length name", name, env)
+		}
+		for i := 0; i < len(env); i++ {
+			c := env[i]
+			if !(c >= 'A' && c <= 'Z' || c == '_' || i > 0 && c >= '0' && c <= '9') {
+				t.Fatalf("EnvName(%q) = %q: byte %q is not portable", name, env, c)
+			}
+		}
+		if Reserved(env) != "" {
+			t.Fatalf("EnvName(%q) = %q: reserved", name, env)
+		}
+	})
+}

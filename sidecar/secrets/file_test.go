@@ -2,6 +2,7 @@ package secrets
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -87,8 +88,19 @@ func FuzzDecodeJSON(f *testing.F) {
 			}
 			return
 		}
-		for k := range m {
-			_ = k
+		// Whatever was accepted survives a round trip unchanged.
+		b, err := json.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := DecodeJSON(b)
+		if err != nil || len(again) != len(m) {
+			t.Fatalf("round trip of %q: %v, %d secrets, want %d", b, err, len(again), len(m))
+		}
+		for k, v := range m {
+			if again[k] != v {
+				t.Fatalf("round trip changed %q", k)
+			}
 		}
 	})
 }
