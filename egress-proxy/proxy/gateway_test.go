@@ -72,6 +72,30 @@ func TestGateway(t *testing.T) {
 		{"extra segments", mint(ca, "spiffe://cordon.test/org/acme/job/block_follower/x"), 0, ""},
 		{"other trust domain", mint(other, "spiffe://other.test/org/acme/job/block_follower"), 0, ""},
 	}
+	t.Run("tunnel over mtls", func(t *testing.T) {
+		c, err := net.DialTimeout("tcp", ln.Addr().String(), 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		tc := tls.Client(c, mint(ca, "spiffe://cordon.test/org/acme/job/block_follower"))
+		io.WriteString(tc, e.sub("CONNECT allowed.test:$HP HTTP/1.1\r\nHost: allowed.test:$HP\r\n\r\n"))
+		br := bufio.NewReader(tc)
+		resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("CONNECT: %v %v", resp, err)
+		}
+		io.WriteString(tc, "GET /through HTTP/1.1\r\nHost: allowed.test\r\nConnection: close\r\n\r\n")
+		r2, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(r2.Body)
+		if string(body) != "ok GET /through 0" {
+			t.Errorf("through the gateway tunnel: got %q, want ok GET /through 0", body)
+		}
+	})
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c, err := net.DialTimeout("tcp", ln.Addr().String(), 2*time.Second)
