@@ -32,7 +32,7 @@
 //     json.dumps: \uXXXX for non-ASCII, upper- or lower-case hex), with '/'
 //     escaped as PHP's json_encode does, and Go's %q quoting;
 //   - hex dumps of the value (when it starts the dumped data): the rows of
-//     xxd, xxd -p, xxd -g1, od -tx1, od -c and hexdump -C, including their
+//     xxd, xxd -p, xxd -g1, od -tx1 and hexdump -C, including their
 //     ASCII columns, except a final row of fewer than 4 bytes.
 //
 // A match is replaced by "[REDACTED:NAME]" where NAME is the secret's name

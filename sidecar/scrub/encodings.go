@@ -108,8 +108,9 @@ func secretForms(v string) []string {
 
 // dumpForms returns the lines hex-dump tools print for v when v starts the
 // dumped data: per 16-byte row, xxd's 2-byte groups, od -tx1 / xxd -g1
-// bytes, hexdump -C's two half rows, od -c characters and the ASCII column
-// of xxd and hexdump -C; and xxd -p's 30-byte rows. Rows shorter than 4
+// bytes, hexdump -C's two half rows and the ASCII column of xxd and
+// hexdump -C; and xxd -p's 30-byte rows. (od -c's one-character columns are
+// left out: they would double the automaton for a rarely used form.) Rows shorter than 4
 // bytes (the tail) are left out: too short to be unambiguous patterns.
 func dumpForms(v []byte) []string {
 	var out []string
@@ -119,14 +120,12 @@ func dumpForms(v []byte) []string {
 			break
 		}
 		h := hex.EncodeToString(row)
-		var g2, g1, hc, oc strings.Builder
+		var g2, g1, hc strings.Builder
 		ascii := make([]byte, len(row))
-		printable := true
 		for i, c := range row {
 			if i > 0 {
 				g1.WriteByte(' ')
 				hc.WriteByte(' ')
-				oc.WriteString("   ")
 				if i%2 == 0 {
 					g2.WriteByte(' ')
 				}
@@ -137,17 +136,12 @@ func dumpForms(v []byte) []string {
 			g2.WriteString(h[2*i : 2*i+2])
 			g1.WriteString(h[2*i : 2*i+2])
 			hc.WriteString(h[2*i : 2*i+2])
-			oc.WriteByte(c)
 			ascii[i] = c
 			if c < 0x20 || c > 0x7e {
 				ascii[i] = '.'
-				printable = false
 			}
 		}
 		out = append(out, g2.String(), g1.String(), hc.String())
-		if printable {
-			out = append(out, oc.String())
-		}
 		if len(row) >= MinSecretLen {
 			out = append(out, string(ascii))
 		}

@@ -127,7 +127,7 @@ func TestOtherEscapers(t *testing.T) {
 func TestHexDumpTools(t *testing.T) {
 	v := "Dump-me-if-you-can:0123456789-abcdefXYZ"
 	s := mustNew(t, Config{Secrets: []Secret{{Name: "V", Value: v}}, DisableRules: true, DisableEmailMask: true})
-	tools := [][]string{{"xxd"}, {"xxd", "-p"}, {"xxd", "-g1"}, {"od", "-An", "-tx1"}, {"od", "-c"}, {"hexdump", "-C"}}
+	tools := [][]string{{"xxd"}, {"xxd", "-p"}, {"xxd", "-g1"}, {"od", "-An", "-tx1"}, {"hexdump", "-C"}}
 	for _, tool := range tools {
 		t.Run(strings.Join(tool, " "), func(t *testing.T) {
 			if _, err := exec.LookPath(tool[0]); err != nil {
@@ -147,7 +147,7 @@ func TestHexDumpTools(t *testing.T) {
 					break
 				}
 				h := hex.EncodeToString([]byte(row))
-				for _, frag := range []string{h[:8], h[:2] + " " + h[2:4] + " " + h[4:6], h[:4] + " " + h[4:8], row[:4], strings.Join(strings.Split(row[:4], ""), "   ")} {
+				for _, frag := range []string{h[:8], h[:2] + " " + h[2:4] + " " + h[4:6], h[:4] + " " + h[4:8], row[:4]} {
 					if strings.Contains(got, frag) {
 						t.Errorf("row at %d: %q survived:\n%s", off, frag, got)
 					}
