@@ -495,3 +495,22 @@ func TestRetentionDropsOnlyExpiredPartitions(t *testing.T) {
 		t.Errorf("verify counted %d expired chains, want 2", rep.Expired)
 	}
 }
+
+func TestMonthWithoutPartitionStillStores(t *testing.T) {
+	url := migratedDB(t)
+	s := openStore(t, url)
+	old := time.Now().AddDate(0, -8, 0) // migrate creates partitions 3 months back
+	evs := []audit.Event{event("acme", "etl", old), event("acme", "etl", old.Add(time.Second))}
+	if _, err := s.Append(ctxT(t), "acme", evs, nil); err != nil {
+		t.Fatalf("append into a month without a partition: %v", err)
+	}
+	c := connect(t, url)
+	if n := count(t, c, "SELECT count(*) FROM audit_events_standard_default"); n != 2 {
+		t.Errorf("got %d rows in the default partition, want 2", n)
+	}
+	// Creating that month's partition later is skipped, not an error.
+	if _, err := c.Exec(ctxT(t), "SELECT cordon_ensure_audit_partitions($1, 0, 0)", old); err != nil {
+		t.Errorf("ensure partitions over a month held by the default partition: %v", err)
+	}
+	verifyOK(t, url)
+}

@@ -289,4 +289,3 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	wg.Wait()
 	return runErr
 }
-

@@ -182,7 +182,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		err = errors.Join(err, ctx.Err())
 	}
 	s.cancel()
-	s.w.wait()
+	s.w.stop()
 	s.w.drainQueue()
 	<-done
 	return err
@@ -201,7 +201,7 @@ func (s *Server) Close() error {
 		err = hs.Close()
 	}
 	s.cancel()
-	s.w.wait()
+	s.w.stop()
 	s.w.drainQueue()
 	s.inflight.Wait()
 	return err
@@ -227,7 +227,7 @@ func (s *Server) callerOf(r *http.Request) (caller, error) {
 		return caller{}, fmt.Errorf("%s is not in trust domain %s", id, s.cfg.TrustDomain)
 	}
 	seg := strings.Split(strings.TrimPrefix(id.Path(), "/"), "/")
-	if len(seg) != 4 || seg[0] != "org" || seg[2] != "job" || !slugRE.MatchString(seg[1]) || !slugRE.MatchString(seg[3]) {
+	if len(seg) != 4 || seg[0] != "org" || seg[2] != "job" || !isSlug(seg[1]) || !isSlug(seg[3]) {
 		return caller{}, fmt.Errorf("%s is not a job identity (spiffe://%s/org/ORG/job/JOB)", id, s.cfg.TrustDomain)
 	}
 	return caller{id: id, org: seg[1], job: seg[3]}, nil

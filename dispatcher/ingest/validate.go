@@ -8,10 +8,10 @@ import (
 	"io"
 	"math"
 	"net/netip"
-	"regexp"
 	"strings"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/cordon-dev/cordon/internal/audit"
 	"github.com/cordon-dev/cordon/internal/usage"
@@ -131,14 +131,8 @@ func DecodeEvents(r io.Reader, lim Limits, now time.Time) ([]audit.Event, int, e
 		redactions += n
 		ev.Actor.UserAgent, n = RedactString(ev.Actor.UserAgent)
 		redactions += n
-		if ev.Metadata != nil {
-			b, err := json.Marshal(ev.Metadata)
-			if err != nil {
-				return nil, 0, &InvalidError{Index: i, Field: "metadata", Reason: "cannot be encoded: " + err.Error()}
-			}
-			if len(b) > lim.MaxMetadataBytes {
-				return nil, 0, &InvalidError{Index: i, Field: "metadata", Reason: fmt.Sprintf("%d bytes encoded, the limit is %d", len(b), lim.MaxMetadataBytes)}
-			}
+		if size := encodedSize(ev.Metadata); ev.Metadata != nil && size > lim.MaxMetadataBytes {
+			return nil, 0, &InvalidError{Index: i, Field: "metadata", Reason: fmt.Sprintf("about %d bytes encoded, the limit is %d", size, lim.MaxMetadataBytes)}
 		}
 	}
 	return body.Events, redactions, nil
@@ -166,13 +160,74 @@ func DecodeUsage(r io.Reader, lim Limits, now time.Time) ([]usage.Report, error)
 	return body.Reports, nil
 }
 
-var (
-	eventIDRE  = regexp.MustCompile(`^evt_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
-	reportIDRE = regexp.MustCompile(`^usg_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
-	upperRE    = regexp.MustCompile(`^[A-Z][A-Z0-9_]{0,63}$`)
-	slugRE     = regexp.MustCompile(`^[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?$`)
-	runIDRE    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$`)
-)
+// The checks below run for every item of every request, so they are
+// written out by hand; validate_test.go holds the equivalent regexps and
+// checks that both agree.
+
+// isPrefixedUUID: prefix and a lowercase UUID, 8-4-4-4-12 hex digits.
+func isPrefixedUUID(s, prefix string) bool {
+	if len(s) != len(prefix)+36 || s[:len(prefix)] != prefix {
+		return false
+	}
+	for i, c := range []byte(s[len(prefix):]) {
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// isUpperName: ^[A-Z][A-Z0-9_]{0,63}$
+func isUpperName(s string) bool {
+	if len(s) == 0 || len(s) > 64 || s[0] < 'A' || s[0] > 'Z' {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if !('A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// isSlug: ^[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?$ (the allowlist's org and
+// job names).
+func isSlug(s string) bool {
+	if len(s) == 0 || len(s) > 63 {
+		return false
+	}
+	alnum := func(c byte) bool { return 'a' <= c && c <= 'z' || '0' <= c && c <= '9' }
+	if !alnum(s[0]) || !alnum(s[len(s)-1]) {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if !alnum(c) && c != '_' && c != '-' {
+			return false
+		}
+	}
+	return true
+}
+
+// isRunID: ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$
+func isRunID(s string) bool {
+	if len(s) == 0 || len(s) > 128 {
+		return false
+	}
+	for i, c := range []byte(s) {
+		ok := 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
+		if !ok && (i == 0 || (c != '.' && c != '_' && c != ':' && c != '-')) {
+			return false
+		}
+	}
+	return true
+}
 
 func invalid(field, format string, args ...any) *InvalidError {
 	return &InvalidError{Field: field, Reason: fmt.Sprintf(format, args...)}
@@ -209,13 +264,13 @@ func timestamp(field string, t time.Time, lim Limits, now time.Time) *InvalidErr
 }
 
 func validateEvent(ev *audit.Event, lim Limits, now time.Time) *InvalidError {
-	if !eventIDRE.MatchString(ev.EventID) {
+	if !isPrefixedUUID(ev.EventID, "evt_") {
 		return invalid("event_id", `must be "evt_" and a lowercase UUID`)
 	}
 	if err := timestamp("timestamp", ev.Timestamp, lim, now); err != nil {
 		return err
 	}
-	if !upperRE.MatchString(ev.EventType) {
+	if !isUpperName(ev.EventType) {
 		return invalid("event_type", "must be UPPER_SNAKE_CASE, at most 64 characters")
 	}
 	switch ev.Actor.Type {
@@ -234,16 +289,16 @@ func validateEvent(ev *audit.Event, lim Limits, now time.Time) *InvalidError {
 	if err := text("actor.user_agent", ev.Actor.UserAgent, 512, false); err != nil {
 		return err
 	}
-	if !upperRE.MatchString(ev.Resource.Type) {
+	if !isUpperName(ev.Resource.Type) {
 		return invalid("resource.type", "must be UPPER_SNAKE_CASE, at most 64 characters")
 	}
 	if err := text("resource.id", ev.Resource.ID, 512, true); err != nil {
 		return err
 	}
-	if !slugRE.MatchString(ev.Resource.TenantID) {
+	if !isSlug(ev.Resource.TenantID) {
 		return invalid("resource.tenant_id", "must be an org slug")
 	}
-	if !upperRE.MatchString(ev.Action) {
+	if !isUpperName(ev.Action) {
 		return invalid("action", "must be UPPER_SNAKE_CASE, at most 64 characters")
 	}
 	switch ev.Result {
@@ -258,6 +313,47 @@ func validateEvent(ev *audit.Event, lim Limits, now time.Time) *InvalidError {
 		return invalid("metadata", "nested deeper than 8 levels")
 	}
 	return nil
+}
+
+// encodedSize is an upper bound of len(json.Marshal(v)) for decoded JSON,
+// without encoding it.
+func encodedSize(v any) int {
+	switch x := v.(type) {
+	case string:
+		n := 2
+		for _, r := range x {
+			switch {
+			case r < 0x20 || r == '<' || r == '>' || r == '&' || r == 0x2028 || r == 0x2029 || r == utf8.RuneError:
+				n += 6
+			case r == '"' || r == '\\':
+				n += 2
+			default:
+				n += utf8.RuneLen(r)
+			}
+		}
+		return n
+	case json.Number:
+		return len(x)
+	case bool:
+		return 5
+	case nil:
+		return 4
+	case map[string]any:
+		n := 2
+		for k, val := range x {
+			n += encodedSize(k) + 2 + encodedSize(val)
+		}
+		return n
+	case []any:
+		n := 2
+		for _, val := range x {
+			n += 1 + encodedSize(val)
+		}
+		return n
+	default:
+		b, _ := json.Marshal(x)
+		return len(b)
+	}
 }
 
 func depth(v any, d int) int {
@@ -283,16 +379,16 @@ func depth(v any, d int) int {
 }
 
 func validateReport(r *usage.Report, lim Limits, now time.Time) *InvalidError {
-	if !reportIDRE.MatchString(r.ReportID) {
+	if !isPrefixedUUID(r.ReportID, "usg_") {
 		return invalid("report_id", `must be "usg_" and a lowercase UUID`)
 	}
-	if !slugRE.MatchString(r.Org) {
+	if !isSlug(r.Org) {
 		return invalid("org", "must be an org slug")
 	}
-	if !slugRE.MatchString(r.Job) {
+	if !isSlug(r.Job) {
 		return invalid("job", "must be a job slug")
 	}
-	if !runIDRE.MatchString(r.RunID) {
+	if !isRunID(r.RunID) {
 		return invalid("run_id", "must be 1-128 characters of A-Z a-z 0-9 . _ : -")
 	}
 	longRun := lim

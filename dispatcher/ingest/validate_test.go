@@ -3,6 +3,7 @@ package ingest
 import (
 	"encoding/json"
 	"errors"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -133,6 +134,57 @@ func TestMaskEmails(t *testing.T) {
 			t.Errorf("MaskEmails(%q) = %q, want %q", in, got, want)
 		}
 	}
+}
+
+var (
+	eventIDRE = regexp.MustCompile(`^evt_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+	upperRE   = regexp.MustCompile(`^[A-Z][A-Z0-9_]{0,63}$`)
+	slugRE    = regexp.MustCompile(`^[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?$`)
+	runIDRE   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$`)
+)
+
+// FuzzNameChecks: the hand-written checks accept exactly what their
+// regexps accept.
+func FuzzNameChecks(f *testing.F) {
+	for _, s := range []string{"", "a", "acme", "a-", "-a", "a_b", "ACME", "EGRESS_DENIED", "_X", "X1",
+		"evt_01936b2e-8f3a-7cde-9abc-0123456789ab", "evt_01936b2e-8f3a-7cde-9abc-0123456789aB", "run-1", "r:1.2_3", ".r",
+		strings.Repeat("a", 63), strings.Repeat("a", 64), strings.Repeat("A", 64), strings.Repeat("A", 65), "a\n", "é"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if got, want := isPrefixedUUID(s, "evt_"), eventIDRE.MatchString(s); got != want {
+			t.Errorf("isPrefixedUUID(%q) = %v, regexp says %v", s, got, want)
+		}
+		if got, want := isUpperName(s), upperRE.MatchString(s); got != want {
+			t.Errorf("isUpperName(%q) = %v, regexp says %v", s, got, want)
+		}
+		if got, want := isSlug(s), slugRE.MatchString(s); got != want {
+			t.Errorf("isSlug(%q) = %v, regexp says %v", s, got, want)
+		}
+		if got, want := isRunID(s), runIDRE.MatchString(s); got != want {
+			t.Errorf("isRunID(%q) = %v, regexp says %v", s, got, want)
+		}
+	})
+}
+
+// FuzzEncodedSize: the size bound is never below the real encoding.
+func FuzzEncodedSize(f *testing.F) {
+	f.Add([]byte(`{"a":"<b>&\u2028\"x\"","n":[1,2.5e10,true,null,{"k":"\u0000é"}]}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		dec := json.NewDecoder(strings.NewReader(string(b)))
+		dec.UseNumber()
+		var v any
+		if dec.Decode(&v) != nil {
+			return
+		}
+		enc, err := json.Marshal(v)
+		if err != nil {
+			return
+		}
+		if got := encodedSize(v); got < len(enc) {
+			t.Errorf("encodedSize = %d, real encoding %d bytes: %s", got, len(enc), enc)
+		}
+	})
 }
 
 // FuzzDecodeEvents: no body panics the decoder, and nothing accepted still

@@ -52,6 +52,7 @@ type writers struct {
 
 	mu          sync.Mutex // guards the following
 	unavailable time.Time  // until when new requests are refused after a failure
+	closed      bool       // writers stopped: every new request is refused
 
 	wg sync.WaitGroup
 }
@@ -86,7 +87,7 @@ func (w *writers) queueOf(org string) chan *work {
 // store failed within the last second.
 func (w *writers) enqueue(wk *work) error {
 	w.mu.Lock()
-	down := time.Now().Before(w.unavailable)
+	down := w.closed || time.Now().Before(w.unavailable)
 	w.mu.Unlock()
 	if down {
 		return errUnavailable
@@ -217,8 +218,15 @@ func isDataError(err error) bool {
 	return false
 }
 
-// wait waits for the writers to exit (after their context is cancelled).
-func (w *writers) wait() { w.wg.Wait() }
+// stop refuses new requests, then waits for the writers to exit (after
+// their context is cancelled). A request queued in the gap is failed by
+// drainQueue or, at worst, times out after CommitTimeout.
+func (w *writers) stop() {
+	w.mu.Lock()
+	w.closed = true
+	w.mu.Unlock()
+	w.wg.Wait()
+}
 
 // drainQueue fails whatever is still queued (used on a hard stop).
 func (w *writers) drainQueue() {

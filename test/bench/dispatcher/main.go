@@ -42,6 +42,7 @@ func main() {
 	duration := flag.Duration("duration", 20*time.Second, "how long to send")
 	batch := flag.Int("batch", 100, "events per request")
 	usageEvery := flag.Int("usage-every", 10, "send a usage report every N requests")
+	rate := flag.Int("rate", 0, "paced mode: total events/s offered by all clients (0: each client sends as fast as it is answered)")
 	writers := flag.Int("writers", 4, "dispatcher writer goroutines")
 	durable := flag.Bool("durable", true, "keep fsync and synchronous_commit on in Postgres")
 	pgStat := flag.Bool("pgstat", false, "print the statements Postgres spent most time on")
@@ -55,13 +56,13 @@ func main() {
 		pprof.StartCPUProfile(f)
 		defer pprof.StopCPUProfile()
 	}
-	if err := run(*clients, *orgs, *duration, *batch, *usageEvery, *writers, *durable, *pgStat); err != nil {
+	if err := run(*clients, *orgs, *duration, *batch, *usageEvery, *writers, *rate, *durable, *pgStat); err != nil {
 		pprof.StopCPUProfile()
 		log.Fatal(err)
 	}
 }
 
-func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, writers int, durable, pgStat bool) error {
+func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, writers, rate int, durable, pgStat bool) error {
 	ctx := context.Background()
 	opts := pgtest.Options{Durable: durable}
 	if pgStat {
@@ -115,6 +116,11 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 		wg        sync.WaitGroup
 		firstErr  atomic.Pointer[error]
 	)
+	// interval is each client's time between requests when paced.
+	var interval time.Duration
+	if rate > 0 {
+		interval = time.Duration(float64(time.Second) * float64(nClients*batchSize) / float64(rate))
+	}
 	deadline := time.Now().Add(duration)
 	start := time.Now()
 	for i := range nClients {
@@ -130,7 +136,8 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 		wg.Go(func() {
 			var mine []time.Duration
 			run := fmt.Sprintf("run-%d", i)
-			started := time.Now()
+			// Spread the clients' schedules over one interval.
+			started := time.Now().Add(interval * time.Duration(i) / time.Duration(nClients))
 			for n := 0; time.Now().Before(deadline); n++ {
 				evs := make([]audit.Event, batchSize)
 				for k := range evs {
@@ -145,8 +152,17 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 				} else {
 					send = func() (ingestclient.Result, error) { return c.SendEvents(ctx, evs) }
 				}
+				// Paced: each request has a scheduled time and its latency
+				// counts from then, so a slow dispatcher cannot hide its
+				// backlog (no coordinated omission).
+				t0 := time.Now()
+				if interval > 0 {
+					t0 = started.Add(time.Duration(n) * interval)
+					if d := time.Until(t0); d > 0 {
+						time.Sleep(d)
+					}
+				}
 				for {
-					t0 := time.Now()
 					_, err := send()
 					if err == nil {
 						mine = append(mine, time.Since(t0))
@@ -180,8 +196,12 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 		}
 		return latencies[min(len(latencies)-1, int(float64(len(latencies))*p))]
 	}
-	fmt.Printf("\ndispatcher ingest: %d clients, %d orgs, %d events/request, usage every %d requests, %d writers, durable=%v\n\n",
-		nClients, nOrgs, batchSize, usageEvery, writers, durable)
+	mode := "closed loop (as fast as answered)"
+	if rate > 0 {
+		mode = fmt.Sprintf("paced at %d events/s offered", rate)
+	}
+	fmt.Printf("\ndispatcher ingest, %s: %d clients, %d orgs, %d events/request, usage every %d requests, %d writers, durable=%v\n\n",
+		mode, nClients, nOrgs, batchSize, usageEvery, writers, durable)
 	fmt.Println("| items acked | requests | retries | seconds | items/s | p50 ack | p90 ack | p99 ack | max ack |")
 	fmt.Println("|---|---|---|---|---|---|---|---|---|")
 	fmt.Printf("| %d | %d | %d | %.1f | %.0f | %s | %s | %s | %s |\n",
