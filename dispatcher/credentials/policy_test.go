@@ -293,3 +293,16 @@ func FuzzSessionPolicy(f *testing.F) {
 		checkScope(t, decl, policy)
 	})
 }
+
+func BenchmarkSessionPolicy(b *testing.B) {
+	decl := datasets.Declaration{
+		Inputs:  ds("s3://trace-data/acme/blocks/", "s3://trace-data/acme/txs/", "s3://acme-scratch/tmp/in/"),
+		Outputs: ds("s3://trace-data/acme/alerts/"),
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := SessionPolicy(decl); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
