@@ -29,7 +29,7 @@ import (
 const helperEnv = "CORDON_BPF_TEST_HELPER"
 
 type helperOp struct {
-	Op    string `json:"op"`              // connect, write, close, sendto, raw, tfo, loop, cgroup, probe-nocaps
+	Op    string `json:"op"`              // connect, write, tcpinfo, close, sendto, raw, srh, tfo, loop, cgroup, probe-nocaps
 	ID    string `json:"id,omitempty"`    // names a socket kept open by connect
 	Proto string `json:"proto,omitempty"` // tcp or udp
 	Addr  string `json:"addr,omitempty"`  // netip.AddrPort; the family follows the address
@@ -61,7 +61,9 @@ func runHelper() {
 func (op helperOp) run(socks map[string]int) helperResult {
 	switch op.Op {
 	case "connect":
-		fd, err := dialFD(op.Proto, op.Addr)
+		// Short: some cases dial unreachable addresses only to see that
+		// the answer is not the policy's EPERM.
+		fd, err := dialFD(op.Proto, op.Addr, 500)
 		if err != nil {
 			return helperResult{Err: errName(err)}
 		}
@@ -78,6 +80,23 @@ func (op helperOp) run(socks map[string]int) helperResult {
 		}
 		n, err := writeAll(fd, make([]byte, op.N))
 		return helperResult{N: n, Err: errName(err)}
+	case "tcpinfo":
+		// What the kernel sent on a TCP socket, once nothing is in
+		// flight: Text is "bytes_sent bytes_retrans".
+		fd, ok := socks[op.ID]
+		if !ok {
+			return helperResult{Err: "no socket " + op.ID}
+		}
+		for deadline := time.Now().Add(5 * time.Second); ; {
+			ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+			if err != nil {
+				return helperResult{Err: errName(err)}
+			}
+			if (ti.Unacked == 0 && ti.Notsent_bytes == 0) || time.Now().After(deadline) {
+				return helperResult{Text: fmt.Sprintf("%d %d", ti.Bytes_sent, ti.Bytes_retrans)}
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
 	case "close":
 		if fd, ok := socks[op.ID]; ok {
 			unix.Close(fd)
@@ -95,7 +114,8 @@ func (op helperOp) run(socks map[string]int) helperResult {
 	case "loop":
 		counts := map[string]int{}
 		for range op.N {
-			fd, err := dialFD(op.Proto, op.Addr)
+			// Long: a busy machine may drop a SYN (retransmitted after 1s).
+			fd, err := dialFD(op.Proto, op.Addr, 5000)
 			if err == nil {
 				unix.Close(fd)
 			}
@@ -145,9 +165,9 @@ func sockaddr(addr string) (int, unix.Sockaddr, error) {
 	return unix.AF_INET6, &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}, nil
 }
 
-// dialFD connects a new socket; a connect that has not finished after 500ms
-// (an unreachable address) reports ETIMEDOUT.
-func dialFD(proto, addr string) (int, error) {
+// dialFD connects a new socket; a connect that has not finished after
+// timeoutMS (an unreachable address) reports ETIMEDOUT.
+func dialFD(proto, addr string, timeoutMS int) (int, error) {
 	family, sa, err := sockaddr(addr)
 	if err != nil {
 		return -1, err
@@ -163,7 +183,10 @@ func dialFD(proto, addr string) (int, error) {
 	err = unix.Connect(fd, sa)
 	if errors.Is(err, unix.EINPROGRESS) {
 		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
-		n, perr := unix.Poll(pfd, 500)
+		n, perr := unix.Poll(pfd, timeoutMS)
+		for errors.Is(perr, unix.EINTR) { // the Go runtime's preemption signals
+			n, perr = unix.Poll(pfd, timeoutMS)
+		}
 		switch {
 		case perr != nil:
 			err = perr
