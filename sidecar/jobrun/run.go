@@ -84,6 +84,13 @@ type Config struct {
 	// Logger receives the shim's own messages (timeouts, cut output). If
 	// nil, they are discarded.
 	Logger *slog.Logger
+	// ReapOrphans makes Run wait for every child of the process, not just
+	// the job: processes the job orphaned are re-parented to PID 1, and a
+	// PID 1 that does not wait for them fills the process table with
+	// zombies. Set it only when the shim is PID 1 (a container entrypoint
+	// without an init): it reaps children it did not start. If false, only
+	// the job is waited for.
+	ReapOrphans bool
 }
 
 // Result is what Run measured. Field names follow usage.Report.
@@ -240,12 +247,25 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	go func() { defer wg.Done(); res.StdoutBytes, outErr = pump(outR, outScrub, outCap) }()
 	go func() { defer wg.Done(); res.StderrBytes, errErr = pump(errR, errScrub, errCap) }()
 
-	waited := make(chan *os.ProcessState, 1)
-	var waitErr error
-	go func() {
-		waitErr = cmd.Wait()
-		waited <- cmd.ProcessState
-	}()
+	waited := make(chan exitInfo, 1)
+	if c.ReapOrphans {
+		go reapAll(cmd.Process.Pid, waited)
+	} else {
+		go func() {
+			err := cmd.Wait()
+			ps := cmd.ProcessState
+			if ps == nil {
+				waited <- exitInfo{err: err}
+				return
+			}
+			// A non-nil err with a ProcessState is the job's own exit
+			// status (*exec.ExitError) or a stdin copy cut short: both are
+			// in ps.
+			ru, _ := ps.SysUsage().(*syscall.Rusage)
+			ws, _ := ps.Sys().(syscall.WaitStatus)
+			waited <- exitInfo{status: ws, rusage: ru}
+		}()
+	}
 
 	var deadline <-chan time.Time
 	if c.Timeout > 0 {
@@ -265,7 +285,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 	ctxDone := ctx.Done()
 
-	var ps *os.ProcessState
+	var ps exitInfo
 loop:
 	for {
 		select {
@@ -317,20 +337,47 @@ loop:
 	res.Redactions = outScrub.Redactions() + errScrub.Redactions()
 	res.WallSeconds = ended.Sub(started).Seconds()
 
-	if ps == nil {
-		return res, fmt.Errorf("wait for job: %w", waitErr)
+	if ps.err != nil {
+		return res, fmt.Errorf("wait for job: %w", ps.err)
 	}
-	// A non-nil waitErr with a ProcessState is the job's own exit status
-	// (*exec.ExitError) or a stdin copy cut short: both are in ps.
-	if ru, ok := ps.SysUsage().(*syscall.Rusage); ok && ru != nil {
+	if ru := ps.rusage; ru != nil {
 		res.CPUUserSeconds = time.Duration(ru.Utime.Nano()).Seconds()
 		res.CPUSystemSeconds = time.Duration(ru.Stime.Nano()).Seconds()
 		res.MaxRSSBytes = ru.Maxrss * 1024 // Linux reports kilobytes
 	}
-	res.ExitCode = ps.ExitCode()
-	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-		res.Signal = int(ws.Signal())
-		res.ExitCode = 128 + int(ws.Signal())
+	res.ExitCode = ps.status.ExitStatus()
+	if ps.status.Signaled() {
+		res.Signal = int(ps.status.Signal())
+		res.ExitCode = 128 + int(ps.status.Signal())
 	}
 	return res, nil
+}
+
+// exitInfo is how the job ended.
+type exitInfo struct {
+	status syscall.WaitStatus
+	rusage *syscall.Rusage
+	err    error
+}
+
+// reapAll waits for every child of the process until the job (pid) is
+// among them, and reports the job's status. Orphans it reaps on the way are
+// dropped: they were the job's descendants, already counted nowhere else.
+func reapAll(pid int, out chan<- exitInfo) {
+	for {
+		var ws syscall.WaitStatus
+		var ru syscall.Rusage
+		got, err := syscall.Wait4(-1, &ws, 0, &ru)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			out <- exitInfo{err: err}
+			return
+		}
+		if got == pid {
+			out <- exitInfo{status: ws, rusage: &ru}
+			return
+		}
+	}
 }

@@ -76,6 +76,8 @@ func runCmd(args []string, begin time.Time) int {
 	}
 	o.Run.Command = fs.Args()
 	o.Run.Begin = begin
+	// As a container's PID 1 the wrapper inherits every orphan: reap them.
+	o.Run.ReapOrphans = os.Getpid() == 1
 	o.FetchEnv = func(ctx context.Context, socket string) (map[string]string, string, error) {
 		env, err := handoff.Fetch(ctx, socket)
 		return env.Secrets, env.ProxyURL, err

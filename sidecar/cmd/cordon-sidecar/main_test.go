@@ -397,3 +397,32 @@ func BenchmarkBareTrue(b *testing.B) {
 		}
 	}
 }
+
+// TestRunAsPID1ReapsOrphans runs the wrapper as PID 1 of a new PID
+// namespace, as in a container without an init. The job orphans a process
+// that exits at once; the wrapper must reap it, so no zombie remains while
+// the job still runs.
+func TestRunAsPID1ReapsOrphans(t *testing.T) {
+	unshare, err := exec.LookPath("unshare")
+	if err != nil || os.Getuid() != 0 {
+		t.Skip("needs root and unshare(1) to create a PID namespace")
+	}
+	file := secretsFile(t, `{}`)
+	script := `
+(sh -c 'exit 0' &)
+sleep 0.3
+z=0
+for f in /proc/[0-9]*/status; do grep -q '^State:.*Z' "$f" 2>/dev/null && z=$((z+1)); done
+echo "zombies=$z pid1=$(cat /proc/1/comm)"
+exit 6`
+	cmd := exec.Command(unshare, "--pid", "--fork", "--mount-proc", bin, "run", "--secrets-file", file, "--", "/bin/sh", "-c", script)
+	cmd.Env = []string{"PATH=/usr/bin:/bin"}
+	out, err := cmd.Output()
+	ee, ok := err.(*exec.ExitError)
+	if !ok || ee.ExitCode() != 6 {
+		t.Fatalf("got %v, want exit 6 (output %q)", err, out)
+	}
+	if got := strings.TrimSpace(string(out)); got != "zombies=0 pid1=cordon-sidecar" {
+		t.Fatalf("got %q, want no zombies under cordon-sidecar as PID 1", got)
+	}
+}
