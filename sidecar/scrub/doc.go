@@ -30,7 +30,8 @@
 //   - JSON string escaping as Go's encoding/json writes it (with and without
 //     HTML escaping of <>&), as an ASCII-only encoder writes it (Python's
 //     json.dumps: \uXXXX for non-ASCII, upper- or lower-case hex), with '/'
-//     escaped as PHP's json_encode does, and Go's %q quoting;
+//     escaped as PHP's json_encode does, Go's %q quoting and bash's
+//     printf %q quoting;
 //   - hex dumps of the value (when it starts the dumped data): the rows of
 //     xxd, xxd -p, xxd -g1, od -tx1 and hexdump -C, including their
 //     ASCII columns, except a final row of fewer than 4 bytes.

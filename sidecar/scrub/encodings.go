@@ -87,6 +87,7 @@ func secretForms(v string) []string {
 		if q := strconv.Quote(b); len(q) >= 2 {
 			add(q[1 : len(q)-1])
 		}
+		add(shellQuote(b))
 	}
 
 	for _, d := range dumpForms([]byte(v)) {
@@ -171,6 +172,27 @@ func base64Stable(enc *base64.Encoding, secret []byte, align int) string {
 		return ""
 	}
 	return s[lo:hi]
+}
+
+// shellQuote returns s as bash's printf %q writes a printable-ASCII string:
+// a backslash before every byte outside [A-Za-z0-9._+:@%/=-] (and before
+// ~ or # at the start). It returns "" for other strings (bash switches to
+// $'...' quoting for them).
+func shellQuote(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c < 0x20 || c > 0x7e:
+			return ""
+		case c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("._+:@%/=-", c) >= 0,
+			i > 0 && (c == '~' || c == '#'):
+		default:
+			b.WriteByte('\\')
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
 }
 
 // percentEncode escapes every byte of s except ASCII letters, digits and

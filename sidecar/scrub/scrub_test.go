@@ -157,6 +157,24 @@ func TestHexDumpTools(t *testing.T) {
 	}
 }
 
+func TestShellQuote(t *testing.T) {
+	v := `a b$c"d'e!f&g(h)i*j;k<l>m?n[o]p\q` + "`r{s}t|u~v#w=x^y,z._+:@%/-"
+	s := mustNew(t, Config{Secrets: []Secret{{Name: "V", Value: v}}, DisableRules: true, DisableEmailMask: true})
+	bash, err := exec.LookPath("bash")
+	if err != nil {
+		t.Skipf("bash not installed: %v", err)
+	}
+	cmd := exec.Command(bash, "-c", `printf '%q\n' "$V"`)
+	cmd.Env = []string{"V=" + v}
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("bash: %v", err)
+	}
+	if got := scrubAll(t, s, string(out), []int{3}); got != "[REDACTED:V]\n" {
+		t.Errorf("printf %%q output %q: got %q, want %q", out, got, "[REDACTED:V]\n")
+	}
+}
+
 func TestWrappedBase64(t *testing.T) {
 	s := mustNew(t, Config{Secrets: []Secret{{Name: "PEM", Value: pemKey}}, DisableRules: true, DisableEmailMask: true})
 	for _, width := range []int{64, 76} {
