@@ -242,6 +242,7 @@ type Validator struct {
 	mu          sync.Mutex // guards the following
 	jwksURL     string     // resolved; empty until discovery succeeds
 	lastRefresh time.Time  // start of the last fetch attempt
+	fetching    bool       // a fetch is in flight: callers join it
 
 	baseCtx   context.Context // cancelled by Close; parent of fetches
 	cancel    context.CancelFunc
@@ -316,10 +317,21 @@ func (v *Validator) refreshLoop() {
 
 var errRateLimited = errors.New("JWKS refresh rate limited")
 
+func (v *Validator) rateLimited() bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return !v.fetching && !v.lastRefresh.IsZero() && v.cfg.Now().Sub(v.lastRefresh) < v.cfg.MinRefreshInterval
+}
+
 // refresh fetches the keys, at most one fetch at a time: concurrent
 // callers share the running fetch. Unless force is set, it refuses to
 // fetch sooner than MinRefreshInterval after the last attempt.
 func (v *Validator) refresh(ctx context.Context, force bool) error {
+	if !force && v.rateLimited() {
+		// Fast path for a spray of unknown kids: no goroutine, no fetch.
+		v.m.refreshes.WithLabelValues("rate_limited").Inc()
+		return errRateLimited
+	}
 	ch := v.sf.DoChan("refresh", func() (any, error) {
 		v.mu.Lock()
 		now := v.cfg.Now()
@@ -329,8 +341,14 @@ func (v *Validator) refresh(ctx context.Context, force bool) error {
 			return nil, errRateLimited
 		}
 		v.lastRefresh = now
+		v.fetching = true
 		jwksURL := v.jwksURL
 		v.mu.Unlock()
+		defer func() {
+			v.mu.Lock()
+			v.fetching = false
+			v.mu.Unlock()
+		}()
 
 		fctx, cancel := context.WithTimeout(v.baseCtx, v.cfg.FetchTimeout)
 		defer cancel()
