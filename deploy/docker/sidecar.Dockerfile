@@ -1,0 +1,18 @@
+# cordon/sidecar: the per-task sidecar container (`cordon-sidecar agent`).
+# The agent copies this same binary into the task's shared volume, where the
+# job container runs it as its entrypoint shim (`cordon-sidecar run --`), so
+# the job image needs nothing from Cordon. Built by build-images.sh from a
+# context that holds only the static binary and the CA bundle.
+FROM scratch
+# Secrets Manager (through its VPC endpoint) presents an Amazon public
+# certificate: the one thing here that needs the system roots.
+COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+# Not under /cordon: the shared volume is mounted there and would hide it.
+COPY cordon-sidecar /usr/local/bin/cordon-sidecar
+# scratch has no /etc/passwd, so the user is numeric (distroless "nonroot").
+USER 65532:65532
+# For docker and compose; ECS uses the task definition's healthCheck.
+HEALTHCHECK --interval=2s --timeout=3s --start-period=2s --retries=3 \
+  CMD ["/usr/local/bin/cordon-sidecar", "health"]
+ENTRYPOINT ["/usr/local/bin/cordon-sidecar"]
+CMD ["agent"]
