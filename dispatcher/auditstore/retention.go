@@ -11,9 +11,9 @@ import (
 
 // Partition is one monthly audit partition.
 type Partition struct {
-	Name  string
-	Class string
-	Month time.Time
+	Name  string    // table name, audit_events_<class>_YYYY_MM
+	Class string    // ClassStandard or ClassSecurity
+	Month time.Time // first day of the month, UTC
 }
 
 // Expired reports whether every event p can hold is older than the

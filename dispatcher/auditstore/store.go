@@ -95,8 +95,8 @@ func (s *Store) EnsurePartitions(ctx context.Context, now time.Time) (int, error
 // AppendResult says, item by item, what Append stored: true for a new row,
 // false for a duplicate of a row already stored (or earlier in the batch).
 type AppendResult struct {
-	EventStored []bool
-	UsageStored []bool
+	EventStored []bool // one per event passed to Append, in order
+	UsageStored []bool // one per report passed to Append, in order
 }
 
 type chainKey struct {

@@ -169,15 +169,22 @@ func runRetention(ctx context.Context, db, nowFlag string, dry bool, out io.Writ
 
 // ServeConfig configures Serve.
 type ServeConfig struct {
-	Database    string // Postgres URL; the login role must be able to SET ROLE cordon_service
-	Listen      string // ingest API address
-	Metrics     string // /metrics address; off if empty
+	// Database is the Postgres URL. Required; its login role must be able
+	// to SET ROLE cordon_service.
+	Database string
+	// Listen is the ingest API's address. Required.
+	Listen string
+	// Metrics is the plain-HTTP /metrics address. If empty, not served.
+	Metrics string
+	// TrustDomain is the only trust domain whose jobs may write. Required.
 	TrustDomain string
 	// WorkloadAPI is the Workload API address (unix:///path). If empty,
 	// $SPIFFE_ENDPOINT_SOCKET.
 	WorkloadAPI string
-	Writers     int // if zero, 4
-	Log         *slog.Logger
+	// Writers is the number of writer goroutines. If zero, 4.
+	Writers int
+	// Log receives logs. If nil, discarded.
+	Log *slog.Logger
 	// Ready, if set, receives the ingest API's address once it listens.
 	Ready func(addr string)
 }

@@ -27,6 +27,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -123,9 +124,16 @@ func New(opts Options) (*Cluster, error) {
 	if opts.Log == nil {
 		opts.Log = func(string, ...any) {}
 	}
+	sweepOrphans(binDir, opts.Log)
 	base, err := os.MkdirTemp("", "pgtest-")
 	if err != nil {
 		return nil, fmt.Errorf("pgtest: make temp dir: %w", err)
+	}
+	// Record the owner so a later run can stop this cluster if the test
+	// binary dies without cleaning up (a timeout panic, a kill).
+	if err := os.WriteFile(filepath.Join(base, "owner.pid"), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		os.RemoveAll(base)
+		return nil, fmt.Errorf("pgtest: %w", err)
 	}
 	c := &Cluster{
 		binDir:  binDir,
@@ -167,6 +175,28 @@ func New(opts Options) (*Cluster, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// sweepOrphans stops and removes clusters left behind by test processes
+// that no longer exist.
+func sweepOrphans(binDir string, log func(string, ...any)) {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "pgtest-*"))
+	for _, dir := range dirs {
+		b, err := os.ReadFile(filepath.Join(dir, "owner.pid"))
+		if err != nil {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || pid <= 0 || syscall.Kill(pid, 0) != syscall.ESRCH {
+			continue // owner alive (or unknown): not ours to touch
+		}
+		c := &Cluster{binDir: binDir, baseDir: dir, dataDir: filepath.Join(dir, "data"), asUser: os.Geteuid() == 0}
+		if _, err := os.Stat(filepath.Join(c.dataDir, "postmaster.pid")); err == nil {
+			c.run("pg_ctl", "-D", c.dataDir, "-m", "immediate", "-w", "-t", "30", "stop")
+		}
+		os.RemoveAll(dir)
+		log("pgtest: removed cluster %s left by dead process %d", dir, pid)
+	}
 }
 
 func freePort() (int, error) {
@@ -278,6 +308,9 @@ func (c *Cluster) tailLog() string {
 	}
 	return string(b)
 }
+
+// Dir is the cluster's base directory (data, socket, log).
+func (c *Cluster) Dir() string { return c.baseDir }
 
 // Port is the loopback TCP port the cluster listens on.
 func (c *Cluster) Port() int { return c.port }

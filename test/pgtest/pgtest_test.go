@@ -2,6 +2,11 @@ package pgtest_test
 
 import (
 	"context"
+	"errors"
+	"os"
+	osexec "os/exec"
+	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -94,4 +99,31 @@ func TestStopStart(t *testing.T) {
 	}
 	c.Close()
 	c.Close() // idempotent
+}
+
+func TestOrphanedClusterIsSwept(t *testing.T) {
+	orphan, err := pgtest.New(pgtest.Options{})
+	if errors.Is(err, pgtest.ErrNoPostgres) {
+		t.Skip(err.Error())
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orphan.Close()
+	// Pretend its owner died: give it the pid of a process that has exited.
+	cmd := osexec.Command("true")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(orphan.Dir(), "owner.pid"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	next := pgtest.Start(t) // sweeps on start
+	_ = next
+	if _, err := os.Stat(orphan.Dir()); !os.IsNotExist(err) {
+		t.Errorf("orphaned cluster dir still exists (stat: %v), want it removed", err)
+	}
+	if _, err := query(t, orphan.URL("postgres"), "SELECT 'up'"); err == nil {
+		t.Error("orphaned cluster still answers, want it stopped")
+	}
 }
