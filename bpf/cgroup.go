@@ -249,6 +249,18 @@ func rmdirTree(dir string, deadline time.Time) error {
 	}
 }
 
+// Kill sends SIGKILL to every process in the cgroup and below it, including
+// any the job forked or double-forked away from its parent: the way to end a
+// job at its timeout. It does not wait for them to exit.
+func (c *JobCgroup) Kill() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.removed {
+		return nil
+	}
+	return c.killLocked()
+}
+
 func (c *JobCgroup) killLocked() error {
 	err := os.WriteFile(filepath.Join(c.path, "cgroup.kill"), []byte("1"), 0)
 	if err == nil || errors.Is(err, os.ErrNotExist) && !c.exists() {

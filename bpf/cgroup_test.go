@@ -257,3 +257,34 @@ func TestAddProcAndRemoveKills(t *testing.T) {
 		t.Errorf("second Remove: got %v, want nil", err)
 	}
 }
+
+func TestKill(t *testing.T) {
+	cg := newCgroup(t)
+	// A shell that double-forks a sleeper away from itself: Kill must reach
+	// both, though only the shell is our child.
+	cmd := exec.Command("sh", "-c", "(sleep 60 &) ; exec sleep 60")
+	cg.Apply(cmd)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	waitFor(t, "both sleepers in the cgroup", func() bool {
+		pids, _ := cg.Procs()
+		return len(pids) == 2
+	})
+	if err := cg.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Fatal("Kill did not kill the job's process")
+	}
+	waitFor(t, "the orphaned sleeper to die too", func() bool {
+		pids, _ := cg.Procs()
+		return len(pids) == 0
+	})
+}

@@ -53,6 +53,9 @@
 //     are not). The job must also get no_new_privs, no CAP_SYS_ADMIN or
 //     CAP_BPF (it could detach the programs) and no write access to cgroup
 //     files outside its own cgroup (it could move itself out).
+//   - It governs IP sockets only. AF_UNIX sockets (a mounted Docker socket,
+//     the agent's socket) and AF_VSOCK (a VM's host) are outside it: do not
+//     give the job any it should not use.
 //   - It judges destinations by address and port only; names are the proxy's
 //     business. Whatever an allowed CIDR reaches, the job reaches directly.
 //   - The programs stay attached only while the Enforcement is open: they

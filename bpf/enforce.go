@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -35,7 +37,8 @@ var ErrClosed = errors.New("bpf enforcement already closed")
 
 // notSupported wraps cause so that it matches both ErrNotSupported and cause.
 func notSupported(op string, cause error) error {
-	return fmt.Errorf("%s: %w: %w", op, ErrNotSupported, cause)
+	return fmt.Errorf("%s: %w (needs root or CAP_BPF+CAP_NET_ADMIN, cgroup v2 and Linux 5.7+; expected on Fargate, run at %s): %w",
+		op, ErrNotSupported, LevelNetworkOnly, cause)
 }
 
 // Probe reports whether this host can load and attach the programs, without
@@ -97,6 +100,9 @@ func Enforce(cgroupPath string, p Policy) (*Enforcement, error) {
 		return nil, fmt.Errorf("enforce on %s: %w", cgroupPath, err)
 	}
 	if err := checkCgroup2(cgroupPath); err != nil {
+		return nil, fmt.Errorf("enforce on %s: %w", cgroupPath, err)
+	}
+	if err := checkNotOwnCgroup(cgroupPath); err != nil {
 		return nil, fmt.Errorf("enforce on %s: %w", cgroupPath, err)
 	}
 	if err := Probe(); err != nil {
@@ -256,6 +262,43 @@ func (e *Enforcement) Close() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// checkNotOwnCgroup refuses a cgroup that holds the calling process: the
+// programs would confine the sidecar itself (its proxy could no longer reach
+// the allowed hosts), and on the root cgroup every process on the host. The
+// job belongs in a cgroup of its own, below the caller's.
+func checkNotOwnCgroup(path string) error {
+	root, err := FindCgroup2()
+	if err != nil {
+		return fmt.Errorf("find the caller's cgroup: %w", err)
+	}
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return fmt.Errorf("find the caller's cgroup: %w", err)
+	}
+	own := ""
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "0::"); ok {
+			own = filepath.Join(root, rest)
+		}
+	}
+	if own == "" {
+		return fmt.Errorf("find the caller's cgroup: no cgroup v2 line in /proc/self/cgroup")
+	}
+	var target unix.Stat_t
+	if err := unix.Stat(path, &target); err != nil {
+		return fmt.Errorf("stat %s: %w", path, err)
+	}
+	for dir := own; ; dir = filepath.Dir(dir) {
+		var st unix.Stat_t
+		if err := unix.Stat(dir, &st); err == nil && st.Dev == target.Dev && st.Ino == target.Ino {
+			return fmt.Errorf("cgroup %s contains this process (in %s); attach to a job cgroup of its own (NewJobCgroup) instead", path, own)
+		}
+		if dir == root || dir == filepath.Dir(dir) {
+			return nil
+		}
+	}
 }
 
 // checkCgroup2 returns nil if path is a directory of a cgroup v2 hierarchy.

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -632,5 +633,33 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 			t.Fatalf("timed out after 5s waiting for %s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestEnforceRefusesOwnCgroup: attaching to a cgroup that holds the caller
+// would confine the sidecar (or, at the root, the whole host).
+func TestEnforceRefusesOwnCgroup(t *testing.T) {
+	root := cgroupRoot(t)
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var own string
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "0::"); ok {
+			own = filepath.Join(root, rest)
+		}
+	}
+	p := Policy{Proxy: netip.MustParseAddrPort("127.0.0.1:3128")}
+	for _, dir := range []string{own, root} {
+		e, err := Enforce(dir, p)
+		if err == nil {
+			e.Close()
+			t.Errorf("Enforce on %s, which holds this process: got success, want an error", dir)
+			continue
+		}
+		if errors.Is(err, ErrNotSupported) || !strings.Contains(err.Error(), "contains this process") {
+			t.Errorf("Enforce on %s: got %v, want a plain error saying it contains this process", dir, err)
+		}
 	}
 }
