@@ -54,7 +54,11 @@ type automaton struct {
 	spFail       []uint32
 
 	// Per node, indexed by node id (see id).
-	depth    []int32
+	// live is, per node, the length of the longest suffix of the text read
+	// that a longer pattern could still extend: the node's depth if it has
+	// children, else that of the nearest failure state that has. The
+	// bytes a Writer must hold back for the automaton.
+	live     []int32
 	outStart []uint32 // own outputs of node n: outs[outStart[n]:outStart[n+1]]
 	dictLink []int32  // nearest proper suffix node with outputs, or -1
 	outs     []output
@@ -368,11 +372,20 @@ func buildAutomaton(pats [][]byte, ids []int32) *automaton {
 	}
 
 	// Per-node metadata.
-	a.depth = make([]int32, len(ordered))
+	live := make([]int32, len(nodes))
+	for _, n := range order {
+		switch {
+		case nodes[n].child >= 0:
+			live[n] = nodes[n].depth
+		case n != 0:
+			live[n] = live[nodes[n].fail]
+		}
+	}
+	a.live = make([]int32, len(ordered))
 	a.outStart = make([]uint32, len(ordered)+1)
 	a.dictLink = make([]int32, len(ordered))
 	for i, n := range ordered {
-		a.depth[i] = nodes[n].depth
+		a.live[i] = live[n]
 		a.outStart[i] = uint32(len(a.outs))
 		a.outs = append(a.outs, nodes[n].outs...)
 		a.dictLink[i] = -1

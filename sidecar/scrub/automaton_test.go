@@ -43,8 +43,8 @@ func TestAutomatonMatchesBruteForce(t *testing.T) {
 			if want := a.outStart[n] != a.outStart[n+1] || a.dictLink[n] >= 0; a.hasOut(ref) != want {
 				t.Fatalf("iter %d pos %d: hasOut %v, want %v", iter, i, !want, want)
 			}
-			if d := int(a.depth[a.id(ref)]); !isLongestSuffix(text[:i+1], d, pats) {
-				t.Fatalf("iter %d pos %d: depth %d is not the longest live prefix", iter, i, d)
+			if d := int(a.live[a.id(ref)]); !isLongestSuffix(text[:i+1], d, pats) {
+				t.Fatalf("iter %d pos %d: live %d is not the longest extendable prefix", iter, i, d)
 			}
 		}
 		seen := map[string]bool{}
@@ -70,11 +70,11 @@ func TestAutomatonMatchesBruteForce(t *testing.T) {
 }
 
 // isLongestSuffix reports whether d is the length of the longest suffix of
-// s that is a prefix of some pattern.
+// s that is a proper prefix of some pattern (one more byte could extend it).
 func isLongestSuffix(s string, d int, pats [][]byte) bool {
 	longest := 0
 	for _, p := range pats {
-		for l := min(len(p), len(s)); l > longest; l-- {
+		for l := min(len(p)-1, len(s)); l > longest; l-- {
 			if strings.HasSuffix(s, string(p[:l])) {
 				longest = l
 				break

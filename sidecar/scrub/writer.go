@@ -178,7 +178,7 @@ func (w *Writer) onState() {
 // running scanner's candidate, or of a possible email local part.
 func (w *Writer) frontier() int64 {
 	ac := w.s.ac
-	f := w.pos - int64(ac.depth[ac.id(w.state)])
+	f := w.pos - int64(ac.live[ac.id(w.state)])
 	for i := 0; i < w.nVals; i++ {
 		if h := w.vals[i].hold; h < f {
 			f = h

@@ -73,3 +73,26 @@ func TestSteadyStateAllocs(t *testing.T) {
 		t.Fatalf("got %v allocations per write, want 0", n)
 	}
 }
+
+// TestPromptsNotHeld checks that text ending in a complete trigger is
+// written at once: only bytes that could still grow into a redaction wait.
+func TestPromptsNotHeld(t *testing.T) {
+	s := mustNew(t, Config{Secrets: []Secret{{Name: "K", Value: "zq9-SECRET-zq9"}}})
+	for _, in := range []string{"Password: ", "Authorization: Bearer ", "key -----BEGIN ", "at zq9-SECRET-zq9", "x@", "50%"} {
+		var out bytes.Buffer
+		w := s.NewWriter(&out)
+		if _, err := w.Write([]byte(in)); err != nil {
+			t.Fatal(err)
+		}
+		want := in
+		switch in {
+		case "at zq9-SECRET-zq9":
+			want = "at [REDACTED:K]"
+		case "x@":
+			want = "x" // the '@' waits for the domain: "***" may go before it
+		}
+		if got := out.String(); got != want {
+			t.Errorf("after writing %q: got %q written, want %q", in, got, want)
+		}
+	}
+}
