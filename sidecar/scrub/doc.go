@@ -94,9 +94,11 @@
 // All secret forms and the rules' trigger texts are compiled into one
 // Aho–Corasick automaton. A Writer holds back only the bytes that may still
 // become part of a redaction: the longest suffix of the output that is a
-// prefix of some pattern (the automaton's state depth), the candidate of a
-// rule still being checked (at most 4 KiB, for a JWT header), and up to 60
-// bytes of a possible email local part. Everything before that is written
+// prefix of some pattern that a further byte could extend, the candidate
+// of a rule still being checked (at most 4 KiB, for a JWT header), and up
+// to 60 bytes of a possible email local part (so the tail of a word that
+// ends a write, past its first 4 bytes, waits for the next byte; a newline,
+// space or most punctuation releases it). Everything before that is written
 // to the destination before Write returns, so output is never delayed by a
 // pause in the job; it is not line-buffered (a megabyte line without
 // newlines streams through). A secret split across writes is redacted
