@@ -35,6 +35,15 @@ func main() {
 		os.Exit(2)
 	}
 	switch os.Args[1] {
+	case "run", "agent":
+		// Both hold what the job must not reach through /proc: the task's
+		// credentials, the secrets, the unscrubbed log descriptors.
+		if err := jobrun.HardenProcess(); err != nil {
+			fmt.Fprintf(os.Stderr, "cordon-sidecar: %v\n", err)
+			os.Exit(jobrun.ExitShimFailed)
+		}
+	}
+	switch os.Args[1] {
 	case "run":
 		os.Exit(runCmd(os.Args[2:], begin))
 	case "agent":

@@ -426,3 +426,52 @@ exit 6`
 		t.Fatalf("got %q, want no zombies under cordon-sidecar as PID 1", got)
 	}
 }
+
+// TestJobCannotReachTheWrapperThroughProc runs wrapper and job as an
+// unprivileged uid, as on Fargate. The job tries to read the wrapper's
+// environment (which still holds the task's credential variables) and to
+// write to the wrapper's stdout directly, around the scrubber.
+func TestJobCannotReachTheWrapperThroughProc(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to run the wrapper as another uid")
+	}
+	const uid = 65534
+	dir, err := os.MkdirTemp("", "cordon-proc-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrapper := filepath.Join(dir, "cordon-sidecar")
+	if err := os.WriteFile(wrapper, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "secrets.json")
+	if err := os.WriteFile(file, []byte(`{"monad_rpc_key": "`+rpcKey+`"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	script := `
+if cat /proc/$PPID/environ >/dev/null 2>&1; then echo "environ readable"; fi
+if (echo "bypass $MONAD_RPC_KEY" > /proc/$PPID/fd/1) 2>/dev/null; then echo "fd writable"; fi
+echo done`
+	cmd := exec.Command(wrapper, "run", "--secrets-file", file, "--", "/bin/sh", "-c", script)
+	cmd.Env = []string{"PATH=/usr/bin:/bin", "AWS_SECRET_ACCESS_KEY=task-role-secret"}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("run as uid %d: %v", uid, err)
+	}
+	got := string(out)
+	if strings.Contains(got, "environ readable") || strings.Contains(got, "fd writable") || strings.Contains(got, rpcKey) {
+		t.Fatalf("the job reached the wrapper through /proc: %q", got)
+	}
+	if !strings.Contains(got, "done") {
+		t.Fatalf("job output %q, want done", got)
+	}
+}
