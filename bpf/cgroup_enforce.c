@@ -12,7 +12,8 @@
 //   cgroup_skb/egress                  counts every IP packet the cgroup
 //                                      sends and drops any the policy does
 //                                      not allow (raw sockets, connections
-//                                      opened before a policy update)
+//                                      opened before a policy update, IPv6
+//                                      routing headers)
 //
 // Policy: one LPM trie holds everything a decision needs (see struct
 // lpm_key and struct lpm_val). The trie sits in slot 0 of the array-of-maps
@@ -357,13 +358,20 @@ int egress(struct __sk_buff *skb)
 			ok = v != 0 && v->flags != 0;
 			payload = len - p.l3_hdr_len;
 		} else if (p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP) {
-			__u8 l4[13];
-			if (bpf_skb_load_bytes(skb, p.l3_hdr_len, l4, sizeof(l4)) < 0) {
+			// Ports are the first 4 bytes of both headers; TCP's data
+			// offset is byte 12 (a UDP datagram may be shorter than that).
+			__u8 ports[4];
+			__u8 doff = 0;
+			__u32 l4hdr = UDP_HDR_LEN;
+			if (bpf_skb_load_bytes(skb, p.l3_hdr_len, ports, sizeof(ports)) < 0) {
+				ok = 0;
+			} else if (p.proto == IPPROTO_TCP &&
+				   bpf_skb_load_bytes(skb, p.l3_hdr_len + 12, &doff, 1) < 0) {
 				ok = 0;
 			} else {
-				__u16 dport = ((__u16)l4[2] << 8) | l4[3];
-				__u32 l4hdr = p.proto == IPPROTO_TCP ? (__u32)(l4[12] >> 4) * 4 : UDP_HDR_LEN;
-				ok = allowed(v, p.proto, dport);
+				if (p.proto == IPPROTO_TCP)
+					l4hdr = (__u32)(doff >> 4) * 4;
+				ok = allowed(v, p.proto, ((__u16)ports[2] << 8) | ports[3]);
 				if (len >= p.l3_hdr_len + l4hdr)
 					payload = len - p.l3_hdr_len - l4hdr;
 			}

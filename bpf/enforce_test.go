@@ -80,6 +80,8 @@ func (f *ruleFixture) cases() []ruleCase {
 		{"udp connect to the proxy (TCP only)", udp(proxy.String()), "EPERM"},
 		{"udp sendto the resolver", sendto(res.String()), ""},
 		{"udp sendto the resolver v4-mapped", sendto(mapped(res)), ""},
+		{"udp sendto the resolver, empty datagram", helperOp{Op: "sendto", Addr: res.String(), N: 0}, ""},
+		{"udp sendto the resolver, 1 byte", helperOp{Op: "sendto", Addr: res.String(), N: 1}, ""},
 		{"udp sendto another port", sendto(f.udpOther.addrPort().String()), "EPERM"},
 		{"udp sendto an allowed CIDR (UDP only to the resolver)", sendto(f.udpCIDR.addrPort().String()), "EPERM"},
 		{"udp sendto v4-mapped other port", sendto(mapped(f.udpOther.addrPort())), "EPERM"},
