@@ -22,6 +22,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"sort"
@@ -64,18 +65,39 @@ type Issuer struct {
 	closed   bool
 }
 
-// New starts an issuer on 127.0.0.1 with one RS256 and one ES256 key.
-func New() (*Issuer, error) {
+// New starts an issuer on a free port of 127.0.0.1 with one RS256 and one
+// ES256 key.
+func New() (*Issuer, error) { return NewOn("127.0.0.1:0") }
+
+// NewOn is New on addr, which must be a loopback address (the issuer signs
+// whatever it is asked to and must not be reachable from elsewhere).
+func NewOn(addr string) (*Issuer, error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("jwks issuer: listen address %q: %w", addr, err)
+	}
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		return nil, fmt.Errorf("jwks issuer: listen address %q is not a loopback IP; the test issuer serves only loopback", addr)
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("jwks issuer: listen: %w", err)
+	}
 	is := &Issuer{keys: map[string]*key{}}
 	for _, alg := range []string{RS256, ES256} {
 		if _, err := is.AddKey(alg); err != nil {
+			l.Close()
 			return nil, err
 		}
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /.well-known/openid-configuration", is.serveDiscovery)
 	mux.HandleFunc("GET /jwks.json", is.serveJWKS)
-	is.srv = httptest.NewServer(mux)
+	mux.HandleFunc("GET /mint", is.serveMint)
+	is.srv = httptest.NewUnstartedServer(mux)
+	is.srv.Listener.Close()
+	is.srv.Listener = l
+	is.srv.Start()
 	return is, nil
 }
 
@@ -350,4 +372,24 @@ func (is *Issuer) serveJWKS(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(set)
+}
+
+// serveMint answers GET /mint?sub=S&org=O&role=R[&alg=ES256] with a fresh
+// valid ID token as text, for the demo and browser tests that log in
+// from outside the process.
+func (is *Issuer) serveMint(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	sub, org, role := q.Get("sub"), q.Get("org"), q.Get("role")
+	if sub == "" || org == "" || role == "" {
+		http.Error(w, "want sub, org and role query parameters", http.StatusBadRequest)
+		return
+	}
+	tok, err := is.Mint(is.Claims(sub, org, role), MintOptions{Alg: q.Get("alg")})
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	fmt.Fprintln(w, tok)
 }
