@@ -485,9 +485,22 @@ func (g *gated) Append(ctx context.Context, org string, evs []audit.Event, rs []
 }
 
 func TestIngestFullQueueAnswers429(t *testing.T) {
+	cases := []struct {
+		name string
+		cfg  ingest.Config
+	}{
+		{"queue full", ingest.Config{Writers: 1, MaxQueuedItems: 10, MaxBatchItems: 10}},
+		{"too many in flight", ingest.Config{Writers: 1, MaxInFlight: 2}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) { testThrottling(t, tc.cfg) })
+	}
+}
+
+func testThrottling(t *testing.T, cfg ingest.Config) {
 	e := newEnv(t, pgtest.Shared(t))
 	g := &gated{open: make(chan struct{})}
-	r := e.startReplica(ingest.Config{Writers: 1, MaxQueuedItems: 10, MaxBatchItems: 10}, func(a ingest.Appender) ingest.Appender { g.Appender = a; return g })
+	r := e.startReplica(cfg, func(a ingest.Appender) ingest.Appender { g.Appender = a; return g })
 	c := e.client(r, "acme", "etl")
 	var wg sync.WaitGroup
 	results := make(chan error, 5)

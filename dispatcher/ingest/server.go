@@ -54,6 +54,10 @@ type Config struct {
 	// MaxQueuedItems is how many accepted items may wait for a writer
 	// before requests are answered 429. If zero, 200,000.
 	MaxQueuedItems int
+	// MaxInFlight bounds the requests being read, decoded or waiting for
+	// their commit at once (each may hold a body of Limits.MaxBodyBytes);
+	// beyond it requests are answered 429. If zero, 256.
+	MaxInFlight int
 	// CommitTimeout bounds one transaction, and how long a request waits
 	// for its commit before it is answered 503. If zero, 10s.
 	CommitTimeout time.Duration
@@ -72,6 +76,7 @@ type Server struct {
 	m      *metrics
 	w      *writers
 	cancel context.CancelFunc // stops the writers
+	slots  chan struct{}      // one per request in flight, MaxInFlight in all
 
 	mu       sync.Mutex // guards the following
 	http     *http.Server
@@ -96,6 +101,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxQueuedItems == 0 {
 		cfg.MaxQueuedItems = 200_000
 	}
+	if cfg.MaxInFlight == 0 {
+		cfg.MaxInFlight = 256
+	}
 	if cfg.CommitTimeout == 0 {
 		cfg.CommitTimeout = 10 * time.Second
 	}
@@ -110,7 +118,7 @@ func New(cfg Config) (*Server, error) {
 	m := newMetrics(cfg.Registry)
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
-		cfg: cfg, log: log, m: m, cancel: cancel,
+		cfg: cfg, log: log, m: m, cancel: cancel, slots: make(chan struct{}, cfg.MaxInFlight),
 		w: &writers{
 			store:    cfg.Store,
 			maxQueue: int64(cfg.MaxQueuedItems),
@@ -278,6 +286,14 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request, endpoint string,
 	defer s.inflight.Done()
 	defer func() { s.m.ackSeconds.WithLabelValues(endpoint).Observe(time.Since(start).Seconds()) }()
 
+	select {
+	case s.slots <- struct{}{}:
+		defer func() { <-s.slots }()
+	default:
+		counter.WithLabelValues(resultThrottled).Inc()
+		s.replyError(w, endpoint, http.StatusTooManyRequests, "too many requests in flight, retry later", -1)
+		return
+	}
 	c, err := s.callerOf(r)
 	if err != nil {
 		s.log.Warn("ingest refused", "reason", err.Error())
