@@ -16,7 +16,7 @@
 #              Debian's ca-certificates)
 #
 # Each image is built from its own context directory holding only its
-# binary (and the CA bundle where needed), so a build sends a few MB, and an
+# binary (the CA bundle where needed, and an empty directory), so a build sends a few MB, and an
 # unchanged binary is a cache hit: running it twice rebuilds nothing.
 set -euo pipefail
 
@@ -77,7 +77,9 @@ for img in "${images[@]}"; do
 		exit 1
 	fi
 	ctx=$ctx_root/$img
-	mkdir -p "$ctx"
+	# empty/ is the source of directories an image creates with an owner
+	# (scratch has no mkdir).
+	mkdir -p "$ctx/empty"
 	cp "$bin/$b" "$ctx/"
 	if grep -q '^COPY ca-certificates.crt' "$dockerfile"; then
 		if [ ! -s "$ca_bundle" ]; then

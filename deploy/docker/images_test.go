@@ -41,15 +41,18 @@ var images = []struct {
 	wantExit int
 	wantText string
 	needsCA  bool
+	// volume is a directory the image declares as a VOLUME, owned by the
+	// image's user (the task's shared volume starts as its copy).
+	volume string
 }{
-	{"sidecar", "cordon-sidecar", []string{"--help"}, 0, "cordon-sidecar agent", true},
+	{"sidecar", "cordon-sidecar", []string{"--help"}, 0, "cordon-sidecar agent", true, "/cordon"},
 	// cordon-egress answers --help with its usage and exit code 2.
-	{"egress", "cordon-egress", []string{"--help"}, 2, "cordon-egress serve", false},
-	{"xds", "cordon-xds", []string{"--help"}, 0, "usage", false},
-	{"dispatcher", "cordon-dispatcher", []string{"--help"}, 0, "usage", true},
-	{"devspiffe", "cordon-devspiffe", []string{"--help"}, 0, "trust-domain", false},
-	{"fake-internet", "fake-internet", []string{"--help"}, 0, "ca-out", false},
-	{"probe", "cordon-probe", []string{"--help"}, 0, "usage: cordon-probe", false},
+	{"egress", "cordon-egress", []string{"--help"}, 2, "cordon-egress serve", false, ""},
+	{"xds", "cordon-xds", []string{"--help"}, 0, "usage", false, ""},
+	{"dispatcher", "cordon-dispatcher", []string{"--help"}, 0, "usage", true, ""},
+	{"devspiffe", "cordon-devspiffe", []string{"--help"}, 0, "trust-domain", false, ""},
+	{"fake-internet", "fake-internet", []string{"--help"}, 0, "ca-out", false, ""},
+	{"probe", "cordon-probe", []string{"--help"}, 0, "usage: cordon-probe", false, ""},
 }
 
 // hardened are the docker run flags matching the ECS task definition:
@@ -118,8 +121,8 @@ func TestImages(t *testing.T) {
 	for _, img := range images {
 		ref := "cordon/" + img.name + ":" + testTag
 		t.Run(img.name, func(t *testing.T) {
-			t.Run("config", func(t *testing.T) { checkConfig(t, ctx, ref, img.binary) })
-			t.Run("filesystem", func(t *testing.T) { checkFilesystem(t, ctx, ref, img.binary, img.needsCA) })
+			t.Run("config", func(t *testing.T) { checkConfig(t, ctx, ref, img.binary, img.volume) })
+			t.Run("filesystem", func(t *testing.T) { checkFilesystem(t, ctx, ref, img.binary, img.needsCA, img.volume) })
 			t.Run("runs hardened", func(t *testing.T) {
 				args := append(append(append([]string{}, hardened...), ref), img.help...)
 				stdout, stderr, code := docker(t, ctx, nil, args...)
@@ -142,11 +145,12 @@ type imageConfig struct {
 		User       string
 		Entrypoint []string
 		Env        []string
+		Volumes    map[string]struct{}
 	}
 	RootFS struct{ Layers []string }
 }
 
-func checkConfig(t *testing.T, ctx context.Context, ref, binary string) {
+func checkConfig(t *testing.T, ctx context.Context, ref, binary, volume string) {
 	out, stderr, code := docker(t, ctx, nil, "image", "inspect", ref)
 	if code != 0 {
 		t.Fatalf("docker image inspect %s: exit %d: %s", ref, code, stderr)
@@ -165,6 +169,17 @@ func checkConfig(t *testing.T, ctx context.Context, ref, binary string) {
 	if want := "/usr/local/bin/" + binary; len(c.Entrypoint) != 1 || c.Entrypoint[0] != want {
 		t.Errorf("Entrypoint: got %q, want [%q] (exec form, no shell)", c.Entrypoint, want)
 	}
+	var wantVolumes []string
+	if volume != "" {
+		wantVolumes = []string{volume}
+	}
+	var gotVolumes []string
+	for v := range c.Volumes {
+		gotVolumes = append(gotVolumes, v)
+	}
+	if strings.Join(gotVolumes, ",") != strings.Join(wantVolumes, ",") {
+		t.Errorf("Volumes: got %q, want %q", gotVolumes, wantVolumes)
+	}
 	for _, e := range c.Env {
 		name, _, _ := strings.Cut(e, "=")
 		if name != "PATH" {
@@ -176,7 +191,7 @@ func checkConfig(t *testing.T, ctx context.Context, ref, binary string) {
 // checkFilesystem exports a created (never started) container and lists
 // it: the image's files are the binary and, where needed, the CA bundle;
 // everything else is what Docker itself adds at create time.
-func checkFilesystem(t *testing.T, ctx context.Context, ref, binary string, needsCA bool) {
+func checkFilesystem(t *testing.T, ctx context.Context, ref, binary string, needsCA bool, volume string) {
 	idOut, stderr, code := docker(t, ctx, nil, "create", ref)
 	if code != 0 {
 		t.Fatalf("docker create %s: exit %d: %s", ref, code, stderr)
@@ -191,6 +206,9 @@ func checkFilesystem(t *testing.T, ctx context.Context, ref, binary string, need
 	if needsCA {
 		want["etc/ssl/certs/ca-certificates.crt"] = false
 	}
+	if volume != "" {
+		want[strings.TrimPrefix(volume, "/")] = false
+	}
 	// Docker creates these in every container's writable layer.
 	dockerAdds := map[string]bool{".dockerenv": true, "etc/hostname": true, "etc/hosts": true, "etc/resolv.conf": true, "etc/mtab": true, "dev/console": true}
 	tr := tar.NewReader(bytes.NewReader(tarOut))
@@ -204,6 +222,12 @@ func checkFilesystem(t *testing.T, ctx context.Context, ref, binary string, need
 		}
 		name := strings.TrimPrefix(filepath.Clean(h.Name), "/")
 		if h.Typeflag == tar.TypeDir {
+			if volume != "" && name == strings.TrimPrefix(volume, "/") {
+				want[name] = true
+				if h.Uid != 65532 || h.Gid != 65532 {
+					t.Errorf("%s: /%s owned by %d:%d, want 65532:65532 (the agent writes there)", ref, name, h.Uid, h.Gid)
+				}
+			}
 			continue
 		}
 		base := filepath.Base(name)
