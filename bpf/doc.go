@@ -74,7 +74,10 @@
 // the job with JobCgroup.Apply(cmd): Go starts the child with clone3 and
 // CLONE_INTO_CGROUP (SysProcAttr.UseCgroupFD), so the child is inside the
 // cgroup from its first instruction and never runs unconfined, unlike
-// starting it and then calling AddProc.
+// starting it and then calling AddProc. Enforce refuses a cgroup that holds
+// the caller, so the sidecar never confines itself. Read Counters for the
+// final usage report before Close; JobCgroup.Kill ends the whole job tree at
+// its timeout and Remove cleans up. See the package example.
 //
 // The cgroup programs are in cgroup_enforce.c; enforce_bpfel.{go,o} are
 // generated from it by ./bpf/generate.sh and checked by

@@ -665,3 +665,46 @@ func TestEnforceRefusesOwnCgroup(t *testing.T) {
 		}
 	}
 }
+
+// TestJobsIsolated: two jobs on one host, each with its own cgroup and
+// policy, see only their own policy and count only their own traffic.
+func TestJobsIsolated(t *testing.T) {
+	sinkA := newTCPSink(t, "127.0.0.1:0")
+	sinkB := newTCPSink(t, "127.0.0.1:0")
+	cgA, cgB := newCgroup(t), newCgroup(t)
+	eA := enforce(t, cgA, Policy{Proxy: sinkA.addrPort()})
+	eB := enforce(t, cgB, Policy{Proxy: sinkB.addrPort()})
+	hA, hB := startHelper(t, cgA), startHelper(t, cgB)
+	for _, c := range []struct {
+		name string
+		h    *helper
+		to   *tcpSink
+		want string
+	}{
+		{"job A to its proxy", hA, sinkA, ""},
+		{"job A to job B's proxy", hA, sinkB, "EPERM"},
+		{"job B to its proxy", hB, sinkB, ""},
+		{"job B to job A's proxy", hB, sinkA, "EPERM"},
+	} {
+		if got := c.h.errOf(helperOp{Op: "connect", Proto: "tcp", Addr: c.to.addrPort().String()}); got != c.want {
+			t.Errorf("%s: got %q, want %q", c.name, got, c.want)
+		}
+	}
+	hA.do(helperOp{Op: "connect", ID: "c", Proto: "tcp", Addr: sinkA.addrPort().String()})
+	hA.do(helperOp{Op: "write", ID: "c", N: 5000})
+	waitFor(t, "job A's bytes to arrive", func() bool { return sinkA.received.Load() == 5000 })
+	a, err := eA.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := eB.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.PayloadBytes < 5000 || b.PayloadBytes != 0 {
+		t.Errorf("payload bytes after job A wrote 5000: got A=%d, B=%d; want A>=5000, B=0", a.PayloadBytes, b.PayloadBytes)
+	}
+	if a.DeniedConnects != 1 || b.DeniedConnects != 1 {
+		t.Errorf("denied connects: got A=%d, B=%d; want 1 each", a.DeniedConnects, b.DeniedConnects)
+	}
+}
