@@ -1,11 +1,14 @@
-// Package serve runs cordon-egress: it loads the allowlist directory into a
-// policy store, starts the proxy on a plain listener (static mode: one job,
-// the sidecar's and the acceptance test's setup) and/or an mTLS listener
-// (gateway mode: the job comes from each peer's SVID), serves metrics, and
-// drains on cancellation. cmd/cordon-egress only parses flags into a Config.
+// Package serve runs cordon-egress: it fills a policy store either from an
+// allowlist directory (--allowlists) or from the control plane over xDS
+// (--xds, with the SVID from the Workload API), starts the proxy on a plain
+// listener (static mode: one job, the sidecar's and the acceptance test's
+// setup) and/or an mTLS listener (gateway mode: the job comes from each
+// peer's SVID), optionally sends allowed traffic on through the
+// cordon-egress gateway (--gateway), serves metrics, and drains on
+// cancellation. cmd/cordon-egress only parses flags into a Config.
 //
-// It is not the proxy itself (egress-proxy/proxy) and it does not receive
-// policies over xDS (egress-proxy/xdsclient; the binary loads files).
+// It is not the proxy itself (egress-proxy/proxy) nor the xDS protocol
+// (egress-proxy/xdsclient).
 package serve
 
 import (
@@ -17,6 +20,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -29,6 +33,7 @@ import (
 	"github.com/cordon-dev/cordon/egress-proxy/policy"
 	"github.com/cordon-dev/cordon/egress-proxy/proxy"
 	"github.com/cordon-dev/cordon/egress-proxy/resolve"
+	"github.com/cordon-dev/cordon/egress-proxy/xdsclient"
 	"github.com/cordon-dev/cordon/internal/allowlist"
 )
 
@@ -38,10 +43,27 @@ type Config struct {
 	Listen string
 	// TLSListen is the mTLS gateway address. Empty: none.
 	TLSListen string
-	// Allowlists is the allowlist directory. Required.
+	// Allowlists is the allowlist directory. Exactly one of Allowlists
+	// and XDS is required.
 	Allowlists string
+	// XDS is the control plane's HOST:PORT: policies arrive over ADS,
+	// every request is denied (no_policy) until the first one, and the
+	// last applied policy stays in force while the control plane is
+	// unreachable. Needs an SVID from the Workload API. Empty: none.
+	XDS string
+	// XDSServerID is the SPIFFE ID the control plane must present. Empty:
+	// spiffe://<our trust domain>/cordon/xds.
+	XDSServerID string
+	// XDSMaxBackoff bounds the reconnect delay to the control plane. If
+	// zero, 15s.
+	XDSMaxBackoff time.Duration
+	// WorkloadAPIAddr is the SPIFFE Workload API address
+	// ("unix:///path"). Empty: the SPIFFE_ENDPOINT_SOCKET environment
+	// variable.
+	WorkloadAPIAddr string
 	// Job is "ORG/JOB", the job whose policy Listen enforces. Required
-	// with Listen.
+	// with Listen and Allowlists; with XDS it defaults to the job of our
+	// SVID (spiffe://TD/org/ORG/job/JOB), and must agree with it.
 	Job string
 	// DNSServer is "HOST:PORT" to resolve through. Empty: the system
 	// resolver.
@@ -70,15 +92,30 @@ type Config struct {
 
 // Validate checks the configuration without touching the network.
 func (c *Config) Validate() error {
-	if c.Allowlists == "" {
-		return errors.New("--allowlists DIR is required")
+	switch {
+	case c.Allowlists == "" && c.XDS == "":
+		return errors.New("need --allowlists DIR (policies from files) or --xds HOST:PORT (policies from the control plane)")
+	case c.Allowlists != "" && c.XDS != "":
+		return errors.New("--allowlists and --xds are mutually exclusive: pick one source of policy")
 	}
 	if c.Listen == "" && c.TLSListen == "" {
 		return errors.New("need --listen ADDR (static mode) or --tls-listen ADDR (gateway mode)")
 	}
-	if c.Listen != "" {
+	// With --xds a sidecar learns its job from its SVID; a process that
+	// also runs a gateway listener has the gateway's SVID and needs --job.
+	if c.Listen != "" && (c.Job != "" || c.XDS == "" || c.TLSListen != "") {
 		if _, _, err := parseJob(c.Job); err != nil {
 			return err
+		}
+	}
+	if c.XDS != "" {
+		if _, _, err := net.SplitHostPort(c.XDS); err != nil {
+			return fmt.Errorf("--xds %q: want HOST:PORT", c.XDS)
+		}
+	}
+	if c.XDSServerID != "" {
+		if _, err := spiffeid.FromString(c.XDSServerID); err != nil {
+			return fmt.Errorf("--xds-server-id %q: %w", c.XDSServerID, err)
 		}
 	}
 	if c.DNSServer != "" {
@@ -132,13 +169,17 @@ func Run(ctx context.Context, cfg Config) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	set, err := allowlist.LoadDir(cfg.Allowlists)
-	if err != nil {
-		return fmt.Errorf("load allowlists: %w", err)
-	}
+	// The store denies every job (no_policy) until the first Apply.
 	store := policy.NewStore()
-	if err := store.Apply(set.Policies()); err != nil {
-		return fmt.Errorf("load allowlists: %w", err)
+	var set *allowlist.Set
+	if cfg.Allowlists != "" {
+		var err error
+		if set, err = allowlist.LoadDir(cfg.Allowlists); err != nil {
+			return fmt.Errorf("load allowlists: %w", err)
+		}
+		if err := store.Apply(set.Policies()); err != nil {
+			return fmt.Errorf("load allowlists: %w", err)
+		}
 	}
 	pcfg := proxy.Config{
 		Store:            store,
@@ -146,12 +187,37 @@ func Run(ctx context.Context, cfg Config) error {
 		UnsafeAllowCIDRs: cfg.UnsafeAllowCIDRs,
 		Limits:           cfg.Limits,
 	}
-	if cfg.Listen != "" {
-		org, job, _ := parseJob(cfg.Job)
-		if _, err := set.Policy(org, job); err != nil {
-			return fmt.Errorf("--job %s: %w", cfg.Job, err)
+	reg := prometheus.NewRegistry()
+	pcfg.Registerer = reg
+
+	// The SVID: the gateway listener presents it, the xDS client and the
+	// gateway upstream authenticate with it.
+	var source *workloadapi.X509Source
+	var self spiffeid.ID
+	if cfg.XDS != "" || cfg.TLSListen != "" {
+		var err error
+		if source, err = openSource(ctx, cfg.WorkloadAPIAddr); err != nil {
+			return err
 		}
-		pcfg.Job = proxy.JobRef{Org: org, Job: job}
+		defer source.Close()
+		svid, err := source.GetX509SVID()
+		if err != nil {
+			return fmt.Errorf("read our SVID from the Workload API: %w", err)
+		}
+		self = svid.ID
+	}
+
+	if cfg.Listen != "" {
+		job, err := listenJob(cfg, self)
+		if err != nil {
+			return err
+		}
+		if set != nil {
+			if _, err := set.Policy(job.Org, job.Job); err != nil {
+				return fmt.Errorf("--job %s: %w", job, err)
+			}
+		}
+		pcfg.Job = job
 	}
 	if cfg.DNSServer != "" {
 		r, err := resolve.NewDNS(cfg.DNSServer, resolve.DNSOptions{CacheMaxTTL: cfg.DNSCacheMaxTTL})
@@ -160,31 +226,41 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		pcfg.Resolver = r
 	}
-	reg := prometheus.NewRegistry()
-	pcfg.Registerer = reg
 
 	var tlsLn net.Listener
-	var source *workloadapi.X509Source
 	if cfg.TLSListen != "" {
-		if os.Getenv("SPIFFE_ENDPOINT_SOCKET") == "" {
-			return errors.New("--tls-listen needs an SVID: set SPIFFE_ENDPOINT_SOCKET to the Workload API socket")
-		}
-		source, err = workloadapi.NewX509Source(ctx)
-		if err != nil {
-			return fmt.Errorf("fetch gateway SVID from the Workload API: %w", err)
-		}
-		defer source.Close()
-		svid, err := source.GetX509SVID()
-		if err != nil {
-			return fmt.Errorf("gateway SVID: %w", err)
-		}
-		td := svid.ID.TrustDomain()
+		td := self.TrustDomain()
 		if cfg.TrustDomain != "" {
+			var err error
 			if td, err = spiffeid.TrustDomainFromString(cfg.TrustDomain); err != nil {
 				return fmt.Errorf("--trust-domain: %w", err)
 			}
 		}
 		pcfg.TrustDomain = td
+	}
+
+	var xc *xdsclient.Client
+	if cfg.XDS != "" {
+		xcfg := xdsclient.Config{
+			Addr: cfg.XDS, SVID: source, Bundles: source,
+			// A gateway enforces every job; a sidecar subscribes to its own.
+			Gateway:    cfg.TLSListen != "",
+			Logger:     log,
+			MaxBackoff: cfg.XDSMaxBackoff,
+		}
+		if cfg.XDSMaxBackoff > 0 {
+			xcfg.MinBackoff = min(200*time.Millisecond, cfg.XDSMaxBackoff)
+		}
+		if cfg.XDSServerID != "" {
+			xcfg.ServerID = spiffeid.RequireFromString(cfg.XDSServerID) // Validate parsed it
+		}
+		var err error
+		if xc, err = xdsclient.New(xcfg, store); err != nil {
+			return fmt.Errorf("--xds: %w", err)
+		}
+		if err := registerPolicyMetrics(reg, xc, store); err != nil {
+			return err
+		}
 	}
 
 	srv, err := proxy.New(pcfg)
@@ -213,9 +289,13 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		return l.Addr()
 	}
-	log.Info("cordon-egress serving", "listen", cfg.Listen, "tls_listen", cfg.TLSListen, "metrics", cfg.Metrics, "jobs", store.Len())
+	log.Info("cordon-egress serving", "listen", cfg.Listen, "tls_listen", cfg.TLSListen, "metrics", cfg.Metrics,
+		"xds", cfg.XDS, "job", pcfg.Job.String(), "jobs", store.Len())
 
 	g, gctx := errgroup.WithContext(ctx)
+	if xc != nil {
+		g.Go(func() error { return xc.Run(gctx) })
+	}
 	if ln != nil {
 		g.Go(func() error { return ignoreClosed(srv.Serve(gctx, ln)) })
 	}
@@ -256,6 +336,95 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.Ready(addr(ln), addr(tlsLn), addr(metricsLn))
 	}
 	return g.Wait()
+}
+
+// openSource connects to the Workload API at addr (empty: the
+// SPIFFE_ENDPOINT_SOCKET variable) and waits for the first SVID.
+func openSource(ctx context.Context, addr string) (*workloadapi.X509Source, error) {
+	var opts []workloadapi.X509SourceOption
+	if addr != "" {
+		opts = append(opts, workloadapi.WithClientOptions(workloadapi.WithAddr(addr)))
+	} else if os.Getenv("SPIFFE_ENDPOINT_SOCKET") == "" {
+		return nil, errors.New("--xds and --tls-listen need an SVID: set SPIFFE_ENDPOINT_SOCKET to the Workload API socket")
+	}
+	// NewX509Source waits for the first SVID; do not wait forever for an
+	// agent that is not there.
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	src, err := workloadapi.NewX509Source(sctx, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("fetch our SVID from the Workload API: %w", err)
+	}
+	return src, nil
+}
+
+// listenJob is the job the plain listener enforces: --job, or with --xds
+// the job our SVID names; both given must agree (a sidecar must never
+// enforce another job's policy than the one its identity gets).
+func listenJob(cfg Config, self spiffeid.ID) (proxy.JobRef, error) {
+	var flagJob proxy.JobRef
+	if cfg.Job != "" {
+		org, job, err := parseJob(cfg.Job)
+		if err != nil {
+			return proxy.JobRef{}, err
+		}
+		flagJob = proxy.JobRef{Org: org, Job: job}
+	}
+	if cfg.XDS == "" || cfg.TLSListen != "" {
+		return flagJob, nil
+	}
+	svidJob, ok := jobOf(self)
+	if !ok {
+		return proxy.JobRef{}, fmt.Errorf("--xds with --listen: our SVID %s is not a job identity (spiffe://TD/org/ORG/job/JOB)", self)
+	}
+	if cfg.Job != "" && flagJob != svidJob {
+		return proxy.JobRef{}, fmt.Errorf("--job %s disagrees with our SVID %s (job %s): drop --job or fix the identity", cfg.Job, self, svidJob)
+	}
+	return svidJob, nil
+}
+
+// jobOf maps spiffe://TD/org/ORG/job/JOB to its job.
+func jobOf(id spiffeid.ID) (proxy.JobRef, bool) {
+	seg := strings.Split(strings.TrimPrefix(id.Path(), "/"), "/")
+	if len(seg) != 4 || seg[0] != "org" || seg[2] != "job" || seg[1] == "" || seg[3] == "" {
+		return proxy.JobRef{}, false
+	}
+	return proxy.JobRef{Org: seg[1], Job: seg[3]}, true
+}
+
+// registerPolicyMetrics exports what the xDS client applied.
+func registerPolicyMetrics(reg prometheus.Registerer, xc *xdsclient.Client, store *policy.Store) error {
+	cs := []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "cordon_egress_policy_version",
+			Help: "Version of the policy applied from the control plane (cordon-xds's \"v<N>\" as N; 0 before the first).",
+		}, func() float64 {
+			v, err := strconv.ParseUint(strings.TrimPrefix(xc.Version(), "v"), 10, 64)
+			if err != nil {
+				return 0
+			}
+			return float64(v)
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "cordon_egress_policy_rejected",
+			Help: "1 when the latest policy from the control plane was rejected (NACKed) and the previous one is still in force.",
+		}, func() float64 {
+			if xc.LastNACK() != "" {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "cordon_egress_policy_jobs",
+			Help: "Jobs with a policy in force.",
+		}, func() float64 { return float64(store.Len()) }),
+	}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("register policy metrics: %w", err)
+		}
+	}
+	return nil
 }
 
 func ignoreClosed(err error) error {

@@ -126,7 +126,11 @@ func TestValidate(t *testing.T) {
 		cfg  Config
 		want string
 	}{
-		{"no allowlists", Config{Listen: "x:1", Job: "a/b"}, "--allowlists"},
+		{"no policy source", Config{Listen: "x:1", Job: "a/b"}, "--allowlists"},
+		{"allowlists and xds", Config{Listen: "x:1", Job: "a/b", Allowlists: "d", XDS: "h:1"}, "mutually exclusive"},
+		{"bad xds", Config{Listen: "x:1", XDS: "h"}, "--xds"},
+		{"bad xds server id", Config{Listen: "x:1", XDS: "h:1", XDSServerID: "http://x"}, "--xds-server-id"},
+		{"gateway and listen need job", Config{Listen: "x:1", TLSListen: "x:2", XDS: "h:1"}, "--job"},
 		{"no listener", Config{Allowlists: "d"}, "--listen"},
 		{"no job", Config{Allowlists: "d", Listen: "x:1"}, "--job"},
 		{"bad job", Config{Allowlists: "d", Listen: "x:1", Job: "a/b/c"}, "ORG/JOB"},

@@ -18,6 +18,8 @@ import (
 
 const usage = `usage:
   cordon-egress serve --listen 127.0.0.1:3128 --allowlists DIR --job ORG/JOB
+  cordon-egress serve --listen 127.0.0.1:3128 --xds HOST:PORT [--job ORG/JOB]
+  cordon-egress serve --tls-listen 0.0.0.0:3129 --xds HOST:PORT
                       [--dns-server HOST:PORT] [--unsafe-allow-cidr CIDR]...
                       [--metrics ADDR] [--tls-listen ADDR] [--trust-domain TD]
   cordon-egress check --allowlists DIR
@@ -58,7 +60,9 @@ func serveCmd(args []string) int {
 	fs.StringVar(&cfg.Listen, "listen", "", "plain proxy address (static mode), e.g. 127.0.0.1:3128")
 	fs.StringVar(&cfg.TLSListen, "tls-listen", "", "mTLS gateway address (needs SPIFFE_ENDPOINT_SOCKET)")
 	fs.StringVar(&cfg.Allowlists, "allowlists", "", "allowlist directory")
-	fs.StringVar(&cfg.Job, "job", "", "ORG/JOB whose policy --listen enforces")
+	fs.StringVar(&cfg.XDS, "xds", "", "take policies from the control plane at HOST:PORT over xDS (needs SPIFFE_ENDPOINT_SOCKET; excludes --allowlists)")
+	fs.StringVar(&cfg.XDSServerID, "xds-server-id", "", "SPIFFE ID the control plane must present (default spiffe://TD/cordon/xds)")
+	fs.StringVar(&cfg.Job, "job", "", "ORG/JOB whose policy --listen enforces (with --xds: default the SVID's job)")
 	fs.StringVar(&cfg.DNSServer, "dns-server", "", "resolve through this DNS server (HOST:PORT) instead of the system's")
 	fs.DurationVar(&cfg.DNSCacheMaxTTL, "dns-cache-max-ttl", 0, "keep --dns-server answers for their TTL, at most this long (0: no cache)")
 	fs.Var(&cidrs, "unsafe-allow-cidr", "treat resolved addresses in CIDR as public (repeatable; tests only)")
