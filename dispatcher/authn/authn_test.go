@@ -93,6 +93,14 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	f := &fakeUsers{orgs: map[string]bool{"acme": true}, rows: map[string]authn.User{}}
+	e := newEnvWith(t, f)
+	e.users = f
+	return e
+}
+
+func newEnvWith(t *testing.T, users authn.Users) *env {
+	t.Helper()
 	is, err := jwks.New()
 	if err != nil {
 		t.Fatal(err)
@@ -103,8 +111,8 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(v.Close)
-	e := &env{is: is, audit: &recorder{}, users: &fakeUsers{orgs: map[string]bool{"acme": true}, rows: map[string]authn.User{}}}
-	e.auth, err = authn.New(authn.Options{Validator: v, Users: e.users, Audit: e.audit})
+	e := &env{is: is, audit: &recorder{}}
+	e.auth, err = authn.New(authn.Options{Validator: v, Users: users, Audit: e.audit})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package authn_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 
@@ -178,5 +179,37 @@ func TestDenialEventIsStorable(t *testing.T) {
 	}
 	if class != "security" || actor != "sub-9" || action != "VIEW" {
 		t.Errorf("stored row: got class %s actor %s action %s, want security sub-9 VIEW", class, actor, action)
+	}
+}
+
+// TestEndToEnd: real tokens from the loopback issuer, the real validator,
+// the middleware over HTTP and users in Postgres. The first request
+// inserts the user, the next ones find it, and another org's token is
+// refused because that org was never provisioned.
+func TestEndToEnd(t *testing.T) {
+	users, url := pgUsers(t)
+	e := newEnvWith(t, users)
+	tok := e.token(t, "e2e-user", "acme", "writer", nil)
+	for i := range 2 {
+		resp, body := e.do(t, "POST", "/runs/cancel", map[string][]string{"Authorization": {"Bearer " + tok}})
+		if resp.StatusCode != 200 || !strings.Contains(body, "hello e2e-user writer ") {
+			t.Fatalf("request %d: got %d %q, want 200 from the handler", i, resp.StatusCode, body)
+		}
+	}
+	if n := countUsers(t, url, "acme", "e2e-user"); n != 1 {
+		t.Errorf("users rows: got %d, want 1", n)
+	}
+	resp, _ := e.do(t, "GET", "/runs", map[string][]string{"Authorization": {"Bearer " + e.token(t, "x", "initech", "admin", nil)}})
+	if resp.StatusCode != 403 {
+		t.Errorf("org not provisioned: got %d, want 403", resp.StatusCode)
+	}
+	var created int
+	for _, ev := range e.audit.all() {
+		if ev.EventType == authn.EventUserCreated {
+			created++
+		}
+	}
+	if created != 1 {
+		t.Errorf("USER_CREATED events: got %d, want 1", created)
 	}
 }

@@ -509,3 +509,34 @@ func counter(t *testing.T, reg *prometheus.Registry, name, label string) float64
 	}
 	return 0
 }
+
+func TestKeySource(t *testing.T) {
+	t.Run("configured JWKS URL skips discovery", func(t *testing.T) {
+		is := issuer(t)
+		v := validator(t, is, func(c *oidc.Config) { c.JWKSURL = is.JWKSURL() })
+		if n := is.DiscoveryFetches(); n != 0 {
+			t.Errorf("discovery fetches: got %d, want 0", n)
+		}
+		if _, err := v.Validate(ctxT(t), mint(t, is, is.Claims("u", org, "reader"), jwks.MintOptions{})); err != nil {
+			t.Errorf("Validate: got %v, want nil", err)
+		}
+	})
+	t.Run("discovery document for another issuer", func(t *testing.T) {
+		is := issuer(t)
+		// Same server, but we claim the issuer is a sub-path: the
+		// document's issuer does not match exactly.
+		_, err := oidc.New(ctxT(t), oidc.Config{Issuer: is.URL() + "/", Audiences: []string{"a"}})
+		if !errors.Is(err, oidc.ErrJWKSUnavailable) || !strings.Contains(err.Error(), "want exactly") {
+			t.Fatalf("New: got %v, want ErrJWKSUnavailable naming the issuer mismatch", err)
+		}
+	})
+	t.Run("JWKS with no usable key", func(t *testing.T) {
+		is := issuer(t)
+		is.RetireKey(is.Kid(jwks.RS256))
+		is.RetireKey(is.Kid(jwks.ES256))
+		_, err := oidc.New(ctxT(t), oidc.Config{Issuer: is.URL(), Audiences: []string{"a"}})
+		if !errors.Is(err, oidc.ErrJWKSUnavailable) {
+			t.Fatalf("New: got %v, want ErrJWKSUnavailable", err)
+		}
+	})
+}
