@@ -71,6 +71,10 @@ type Config struct {
 	ProxyAddr string
 	// Proxy is the embedded egress proxy. If nil, none is served.
 	Proxy EgressProxy
+	// ExtraEnv is handed to the job besides its secrets, e.g. the
+	// scoped-credentials endpoint's variables (sidecar/credserver Env, as
+	// handoff.Var with Secret set for the token). If nil, none.
+	ExtraEnv []handoff.Var
 	// Audit receives audit events (secret names accessed, handoffs). If
 	// nil, audit.Discard.
 	Audit audit.Emitter
@@ -264,7 +268,7 @@ func (a *Agent) setUp(ctx context.Context, g *errgroup.Group) error {
 	srv, err := handoff.Listen(handoff.ServerConfig{
 		Socket: SocketPath(c.SharedDir),
 		UID:    c.JobUID,
-		Env:    handoff.Env{Secrets: values, ProxyURL: "http://" + c.ProxyAddr},
+		Env:    handoff.Env{Secrets: values, ProxyURL: "http://" + c.ProxyAddr, Extra: c.ExtraEnv},
 		OnHandoff: func(uid, pid int) {
 			a.emit(id, "SECRETS_HANDED_OFF", audit.ResultSuccess, map[string]any{"peer_uid": uid, "peer_pid": pid, "names": names})
 		},

@@ -33,7 +33,17 @@ type message struct {
 	Version  int               `json:"version"`
 	Secrets  map[string]string `json:"secrets,omitempty"`
 	ProxyURL string            `json:"proxy_url,omitempty"`
+	Extra    []Var             `json:"extra,omitempty"`
 	Error    string            `json:"error,omitempty"`
+}
+
+// Var is an environment variable Cordon sets for the job besides its
+// secrets (e.g. the scoped-credentials endpoint); Secret ones are also
+// scrubbed from the job's output.
+type Var struct {
+	Name   string `json:"name"`
+	Value  string `json:"value"`
+	Secret bool   `json:"secret,omitempty"`
 }
 
 const protocolVersion = 1
@@ -45,6 +55,7 @@ const maxMessage = 8 << 20
 type Env struct {
 	Secrets  map[string]string
 	ProxyURL string // if empty, the wrapper's default
+	Extra    []Var
 }
 
 // ServerConfig configures a Server.
@@ -198,7 +209,7 @@ func (s *Server) handle(conn *net.UnixConn) {
 	s.env = nil // drop the server's reference: the secrets live on only in the job
 	s.mu.Unlock()
 
-	err = json.NewEncoder(conn).Encode(message{Version: protocolVersion, Secrets: env.Secrets, ProxyURL: env.ProxyURL})
+	err = json.NewEncoder(conn).Encode(message{Version: protocolVersion, Secrets: env.Secrets, ProxyURL: env.ProxyURL, Extra: env.Extra})
 	if err != nil {
 		// Handed out or not, it is not handed out again: a peer that
 		// hangs up mid-way does not get a second try.
@@ -269,5 +280,5 @@ func Fetch(ctx context.Context, socket string) (Env, error) {
 	if m.Secrets == nil {
 		m.Secrets = map[string]string{}
 	}
-	return Env{Secrets: m.Secrets, ProxyURL: m.ProxyURL}, nil
+	return Env{Secrets: m.Secrets, ProxyURL: m.ProxyURL, Extra: m.Extra}, nil
 }

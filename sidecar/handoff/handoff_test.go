@@ -41,7 +41,8 @@ func TestHandoffOnceThenRefused(t *testing.T) {
 	handoffs := 0
 	srv, stop := serve(t, ServerConfig{
 		Socket: sock, UID: os.Getuid(),
-		Env:       Env{Secrets: map[string]string{"monad_rpc_key": "v-123456"}, ProxyURL: "http://127.0.0.1:3128"},
+		Env: Env{Secrets: map[string]string{"monad_rpc_key": "v-123456"}, ProxyURL: "http://127.0.0.1:3128",
+			Extra: []Var{{Name: "AWS_CONTAINER_AUTHORIZATION_TOKEN", Value: "tok-abcdef", Secret: true}}},
 		OnHandoff: func(uid, pid int) { handoffs++ },
 		OnRefused: func(uid, pid int, reason string) { refusals = append(refusals, reason) },
 	})
@@ -62,6 +63,9 @@ func TestHandoffOnceThenRefused(t *testing.T) {
 	}
 	if env.Secrets["monad_rpc_key"] != "v-123456" || env.ProxyURL != "http://127.0.0.1:3128" {
 		t.Fatalf("got %d secrets, proxy %q; want the configured env", len(env.Secrets), env.ProxyURL)
+	}
+	if len(env.Extra) != 1 || env.Extra[0] != (Var{Name: "AWS_CONTAINER_AUTHORIZATION_TOKEN", Value: "tok-abcdef", Secret: true}) {
+		t.Fatalf("got extra %+v, want the token var", env.Extra)
 	}
 	if !srv.Served() {
 		t.Fatal("Served() = false after a handoff")

@@ -1,6 +1,8 @@
 package jobrun
 
 import (
+	"fmt"
+	"regexp"
 	"strings"
 
 	"github.com/cordon-dev/cordon/sidecar/secrets"
@@ -19,16 +21,56 @@ const DefaultNoProxy = "localhost,127.0.0.1,::1"
 // which one they read (curl reads only lower-case http_proxy).
 var proxyVars = []string{"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"}
 
+// ExtraVar is an environment variable Cordon itself gives the job besides
+// its secrets, for example the scoped-credentials endpoint of
+// sidecar/credserver (AWS_CONTAINER_CREDENTIALS_FULL_URI and
+// AWS_CONTAINER_AUTHORIZATION_TOKEN), which may use names that are removed
+// from the inherited env. Secret values are also redacted from the output.
+type ExtraVar struct {
+	Name   string
+	Value  string
+	Secret bool
+}
+
+// envNameRE is a portable environment variable name.
+var envNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// checkExtra refuses extra variables with invalid names or names that
+// collide with a secret, a proxy variable or each other.
+func checkExtra(vars []secrets.Var, extra []ExtraVar) error {
+	seen := make(map[string]bool, len(vars)+len(extra))
+	for _, v := range vars {
+		seen[v.Env] = true
+	}
+	for _, e := range extra {
+		if !envNameRE.MatchString(e.Name) {
+			return fmt.Errorf("extra env var %q: not a valid name", e.Name)
+		}
+		up := strings.ToUpper(e.Name)
+		if strings.HasSuffix(up, "_PROXY") || up == "PATH" || strings.HasPrefix(up, "LD_") {
+			return fmt.Errorf("extra env var %s: reserved", e.Name)
+		}
+		if seen[e.Name] {
+			return fmt.Errorf("extra env var %s: set twice (or also a secret)", e.Name)
+		}
+		seen[e.Name] = true
+	}
+	return nil
+}
+
 // ChildEnv builds the job's environment: base (normally the shim's own env)
 // minus the task's AWS credential variables, minus any proxy and
 // SPIFFE_ENDPOINT_SOCKET variables, plus the proxy variables pointing at
-// proxyURL (both cases) and the secrets. Later entries never shadow earlier
-// ones: every name appears once.
-func ChildEnv(base []string, vars []secrets.Var, proxyURL, noProxy string) []string {
-	env := make([]string, 0, len(base)+len(vars)+len(proxyVars))
-	secretNames := make(map[string]bool, len(vars))
+// proxyURL (both cases), the secrets and the extra variables. Every name
+// appears once: an inherited variable never doubles one Cordon sets.
+func ChildEnv(base []string, vars []secrets.Var, extra []ExtraVar, proxyURL, noProxy string) []string {
+	env := make([]string, 0, len(base)+len(vars)+len(extra)+len(proxyVars))
+	secretNames := make(map[string]bool, len(vars)+len(extra))
 	for _, v := range vars {
 		secretNames[v.Env] = true
+	}
+	for _, e := range extra {
+		secretNames[e.Name] = true
 	}
 	for _, kv := range base {
 		name, _, ok := strings.Cut(kv, "=")
@@ -46,6 +88,9 @@ func ChildEnv(base []string, vars []secrets.Var, proxyURL, noProxy string) []str
 	)
 	for _, v := range vars {
 		env = append(env, v.Env+"="+v.Value)
+	}
+	for _, e := range extra {
+		env = append(env, e.Name+"="+e.Value)
 	}
 	return env
 }

@@ -31,9 +31,16 @@ type Options struct {
 	// NewScrubber builds the scrubber for the job's secrets. If nil,
 	// ScrubberFor.
 	NewScrubber func(vars []secrets.Var) (Scrubber, error)
-	// FetchEnv fetches the secrets (and the proxy URL, "" for the default)
-	// from the agent at socket. If nil, only SecretsFile works.
-	FetchEnv func(ctx context.Context, socket string) (secrets map[string]string, proxyURL string, err error)
+	// FetchEnv fetches the job's env from the agent at socket. If nil,
+	// only SecretsFile works.
+	FetchEnv func(ctx context.Context, socket string) (AgentEnv, error)
+}
+
+// AgentEnv is what the agent hands the wrapper.
+type AgentEnv struct {
+	Secrets  map[string]string // by declared name
+	ProxyURL string            // if empty, the wrapper's default
+	Extra    []ExtraVar
 }
 
 // Validate rejects contradictory options. The scrubber is built from the
@@ -63,6 +70,7 @@ func Main(ctx context.Context, o Options) int {
 	}
 	var values map[string]string
 	var proxyURL string
+	var extra []ExtraVar
 	var err error
 	switch {
 	case o.SecretsFile != "":
@@ -75,7 +83,9 @@ func Main(ctx context.Context, o Options) int {
 		if o.FetchEnv == nil {
 			return fail(errors.New("no secrets source: pass --secrets-file FILE (this build cannot ask an agent)"))
 		}
-		values, proxyURL, err = o.FetchEnv(ctx, socket)
+		var env AgentEnv
+		env, err = o.FetchEnv(ctx, socket)
+		values, proxyURL, extra = env.Secrets, env.ProxyURL, env.Extra
 	}
 	if err != nil {
 		return fail(fmt.Errorf("job not started: %w", err))
@@ -88,7 +98,16 @@ func Main(ctx context.Context, o Options) int {
 	if newScrubber == nil {
 		newScrubber = ScrubberFor
 	}
-	scr, err := newScrubber(vars)
+	if err := checkExtra(vars, extra); err != nil {
+		return fail(fmt.Errorf("job not started: %w", err))
+	}
+	toScrub := vars
+	for _, e := range extra {
+		if e.Secret {
+			toScrub = append(toScrub[:len(toScrub):len(toScrub)], secrets.Var{Secret: e.Name, Env: e.Name, Value: e.Value})
+		}
+	}
+	scr, err := newScrubber(toScrub)
 	if err != nil {
 		return fail(fmt.Errorf("job not started: build scrubber: %w", err))
 	}
@@ -99,6 +118,7 @@ func Main(ctx context.Context, o Options) int {
 		cfg.ProxyURL = proxyURL
 	}
 	cfg.Secrets = vars
+	cfg.Extra = extra
 	cfg.Scrubber = scr
 	res, err := Run(ctx, cfg)
 	if err != nil {

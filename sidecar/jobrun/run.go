@@ -51,6 +51,9 @@ type Config struct {
 	Command []string
 	// Secrets become the job's environment variables.
 	Secrets []secrets.Var
+	// Extra are further variables Cordon sets (see ExtraVar). The Scrubber
+	// must already cover the secret ones (Main does this).
+	Extra []ExtraVar
 	// Scrubber redacts the job's output. Required: a job never runs
 	// unscrubbed.
 	Scrubber Scrubber
@@ -168,6 +171,9 @@ func (c *Config) Validate() error {
 	if len(c.Command) == 0 || c.Command[0] == "" {
 		return errors.New("no job command: pass it after --, e.g. cordon-sidecar run -- ./job --flag")
 	}
+	if err := checkExtra(c.Secrets, c.Extra); err != nil {
+		return err
+	}
 	if c.Timeout < 0 || c.Grace < 0 || c.DrainTimeout < 0 {
 		return errors.New("timeout, grace and drain timeout must not be negative")
 	}
@@ -213,7 +219,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	defer errR.Close()
 
 	cmd := exec.Command(c.Command[0], c.Command[1:]...)
-	cmd.Env = ChildEnv(c.BaseEnv, c.Secrets, c.ProxyURL, c.NoProxy)
+	cmd.Env = ChildEnv(c.BaseEnv, c.Secrets, c.Extra, c.ProxyURL, c.NoProxy)
 	cmd.Stdin = c.Stdin
 	cmd.Stdout = outW
 	cmd.Stderr = errW

@@ -87,9 +87,16 @@ func runCmd(args []string, begin time.Time) int {
 	o.Run.Begin = begin
 	// As a container's PID 1 the wrapper inherits every orphan: reap them.
 	o.Run.ReapOrphans = os.Getpid() == 1
-	o.FetchEnv = func(ctx context.Context, socket string) (map[string]string, string, error) {
+	o.FetchEnv = func(ctx context.Context, socket string) (jobrun.AgentEnv, error) {
 		env, err := handoff.Fetch(ctx, socket)
-		return env.Secrets, env.ProxyURL, err
+		if err != nil {
+			return jobrun.AgentEnv{}, err
+		}
+		out := jobrun.AgentEnv{Secrets: env.Secrets, ProxyURL: env.ProxyURL}
+		for _, v := range env.Extra {
+			out.Extra = append(out.Extra, jobrun.ExtraVar{Name: v.Name, Value: v.Value, Secret: v.Secret})
+		}
+		return out, nil
 	}
 	return jobrun.Main(context.Background(), o)
 }
