@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"bufio"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -146,5 +147,25 @@ func joinCgroup(b *testing.B, cg *JobCgroup) {
 	})
 	if err := cg.AddProc(os.Getpid()); err != nil {
 		b.Fatal(err)
+	}
+}
+
+// BenchmarkUpdate measures one policy swap (build a trie, fill it, swap it
+// in) by the number of allowed CIDRs.
+func BenchmarkUpdate(b *testing.B) {
+	for _, n := range []int{0, 100, MaxCIDRs} {
+		b.Run(fmt.Sprintf("cidrs=%d", n), func(b *testing.B) {
+			cg := newCgroup(b)
+			p := Policy{Proxy: netip.MustParseAddrPort("127.0.0.1:3128")}
+			for i := range n {
+				p.AllowCIDRs = append(p.AllowCIDRs, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24))
+			}
+			e := enforce(b, cg, p)
+			for b.Loop() {
+				if err := e.Update(p); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

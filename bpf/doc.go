@@ -38,7 +38,9 @@
 // update, so the change is atomic in this sense: every hook invocation
 // judges against exactly one policy generation, old or new, never a mix and
 // never a half-filled table; the first connect() after Update returns is
-// judged by the new policy.
+// judged by the new policy. (The kernel makes a map-in-map update from user
+// space wait an RCU grace period, so when Update returns no program is still
+// running with the old trie; that wait is most of an Update's ~10ms.)
 //
 // # What it cannot do
 //
