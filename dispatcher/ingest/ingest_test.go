@@ -1,12 +1,14 @@
 package ingest_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -63,6 +65,7 @@ func newEnv(t *testing.T, cluster *pgtest.Cluster) *env {
 
 // replica is one running dispatcher.
 type replica struct {
+	logs  *syncBuffer
 	srv   *ingest.Server
 	store *auditstore.Store
 	base  string
@@ -84,6 +87,8 @@ func (e *env) startReplica(cfg ingest.Config, wrap func(ingest.Appender) ingest.
 	cfg.TrustDomain = e.ca.TrustDomain()
 	reg := prometheus.NewRegistry()
 	cfg.Registry = reg
+	logs := &syncBuffer{}
+	cfg.Log = slog.New(slog.NewJSONHandler(logs, nil))
 	srv, err := ingest.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -96,10 +101,28 @@ func (e *env) startReplica(cfg ingest.Config, wrap func(ingest.Appender) ingest.
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &replica{srv: srv, store: store, base: "https://" + l.Addr().String(), reg: reg, done: make(chan error, 1)}
+	r := &replica{logs: logs, srv: srv, store: store, base: "https://" + l.Addr().String(), reg: reg, done: make(chan error, 1)}
 	go func() { r.done <- srv.Serve(l, ingest.ServerTLSConfig(svid, e.ca.Bundle(), e.ca.TrustDomain())) }()
 	t.Cleanup(func() { r.stop(true) })
 	return r
+}
+
+// syncBuffer is a bytes.Buffer safe for the server's concurrent logging.
+type syncBuffer struct {
+	mu sync.Mutex // guards b
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 var stopMu sync.Mutex
@@ -303,6 +326,10 @@ func TestIngestRefusesOtherOrgsAndJobsAndAuditsIt(t *testing.T) {
 				t.Errorf("got %d AUTHZ_DENIED events in acme's security chain, want %d", n, i+1)
 			}
 		})
+	}
+	logs := r.logs.String()
+	if strings.Contains(logs, "mallory@example.com") || !strings.Contains(logs, "mall***@example.com") {
+		t.Errorf("logs hold the email unmasked or not at all, want it masked:\n%s", logs)
 	}
 	if n := e.count("SELECT count(*) FROM audit_events WHERE event_type <> 'AUTHZ_DENIED'"); n != 0 {
 		t.Errorf("got %d events stored from refused batches, want 0", n)

@@ -125,6 +125,7 @@ func New(cfg Config) (*Server, error) {
 			maxBatch: cfg.MaxBatchItems,
 			timeout:  cfg.CommitTimeout,
 			m:        m,
+			log:      log,
 		},
 	}
 	s.w.start(ctx, cfg.Writers, 4096)
@@ -377,10 +378,8 @@ func (s *Server) submit(ctx context.Context, wk *work) (outcome, int) {
 		case o.err == nil:
 			return o, http.StatusOK
 		case isDataError(o.err):
-			s.log.Error("ingest batch refused by the store", "org", wk.org, "error", o.err.Error())
 			return o, http.StatusBadRequest
 		default:
-			s.log.Warn("ingest batch not committed", "org", wk.org, "error", o.err.Error())
 			return o, http.StatusServiceUnavailable
 		}
 	case <-t.C:

@@ -3,6 +3,7 @@ package ingest
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -49,6 +50,7 @@ type writers struct {
 	maxBatch int
 	timeout  time.Duration
 	m        *metrics
+	log      *slog.Logger
 
 	mu          sync.Mutex // guards the following
 	unavailable time.Time  // until when new requests are refused after a failure
@@ -172,6 +174,8 @@ func (w *writers) commitOrg(ctx context.Context, org string, ws []*work) error {
 		if isDataError(err) && len(ws) > 1 {
 			return err // commit retries them one by one
 		}
+		// One line per failed transaction, not per request.
+		w.log.Warn("ingest batch not committed", "org", org, "requests", len(ws), "items", len(events)+len(reports), "error", err.Error())
 		if !isDataError(err) {
 			w.mu.Lock()
 			w.unavailable = time.Now().Add(retryAfter)
