@@ -159,6 +159,10 @@ func (s *Server) Serve(ctx context.Context) error {
 		conn, err := s.ln.AcceptUnix()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
+				// Close may still be running in the AfterFunc goroutine;
+				// closeOnce makes this call wait for it, so the socket is
+				// gone when Serve returns.
+				s.Close()
 				s.wg.Wait()
 				return nil
 			}
