@@ -426,7 +426,7 @@ func (v *Validator) Validate(ctx context.Context, token string) (Identity, error
 	res := result(err)
 	v.m.validations.WithLabelValues(res).Inc()
 	if err != nil {
-		v.log.Info("bearer token refused", "result", res, "err", err)
+		v.log.Debug("bearer token refused", "result", res, "err", err)
 		return Identity{}, fmt.Errorf("validate token: %w", err)
 	}
 	v.log.Debug("bearer token accepted", "identity", id)
