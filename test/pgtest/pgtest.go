@@ -309,6 +309,17 @@ func (c *Cluster) tailLog() string {
 	return string(b)
 }
 
+// PID is the postmaster's process ID (from postmaster.pid), for tools that
+// account the cluster's CPU time.
+func (c *Cluster) PID() (int, error) {
+	b, err := os.ReadFile(filepath.Join(c.dataDir, "postmaster.pid"))
+	if err != nil {
+		return 0, fmt.Errorf("pgtest: read postmaster.pid: %w", err)
+	}
+	first, _, _ := strings.Cut(string(b), "\n")
+	return strconv.Atoi(strings.TrimSpace(first))
+}
+
 // Dir is the cluster's base directory (data, socket, log).
 func (c *Cluster) Dir() string { return c.baseDir }
 

@@ -18,6 +18,7 @@ import (
 	"os"
 	"runtime/pprof"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -121,6 +122,11 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 	if rate > 0 {
 		interval = time.Duration(float64(time.Second) * float64(nClients*batchSize) / float64(rate))
 	}
+	pgPID, err := cluster.PID()
+	if err != nil {
+		return err
+	}
+	cpu0 := cpuNow(pgPID)
 	deadline := time.Now().Add(duration)
 	start := time.Now()
 	for i := range nClients {
@@ -186,6 +192,7 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	cpu1 := cpuNow(pgPID)
 	if p := firstErr.Load(); p != nil {
 		return *p
 	}
@@ -207,6 +214,12 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 	fmt.Printf("| %d | %d | %d | %.1f | %.0f | %s | %s | %s | %s |\n",
 		items.Load(), requests.Load(), retries.Load(), elapsed.Seconds(), float64(items.Load())/elapsed.Seconds(),
 		ms(pct(0.50)), ms(pct(0.90)), ms(pct(0.99)), ms(pct(1)))
+
+	n := float64(items.Load())
+	self, pg := (cpu1.self - cpu0.self).Seconds(), (cpu1.pg - cpu0.pg).Seconds()
+	fmt.Printf("\nCPU: this process (dispatcher and clients) %.1fs, postgres %.1fs: %.1fus + %.1fus per item;\n"+
+		"on 2 dedicated cores that is a capacity of about %.0f items/s (the machine had %.1f cores busy on average)\n",
+		self, pg, self/n*1e6, pg/n*1e6, 2*n/(self+pg), (self+pg)/elapsed.Seconds())
 
 	srv.Shutdown(context.Background())
 	printBatches(reg)
@@ -314,4 +327,67 @@ func printStatements(ctx context.Context, adminURL, db string) {
 		}
 	}
 	_ = adminURL
+}
+
+type cpuTimes struct{ self, pg time.Duration }
+
+// cpuNow reads the CPU time used so far by this process and by the
+// postgres cluster (the postmaster, the backends it has reaped, and the
+// live ones), from /proc.
+func cpuNow(postmaster int) cpuTimes {
+	var t cpuTimes
+	t.self = procCPU("self", false)
+	t.pg = procCPU(strconv.Itoa(postmaster), true)
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		if ppid(e.Name()) == postmaster {
+			t.pg += procCPU(e.Name(), false)
+		}
+	}
+	return t
+}
+
+const clockTicks = 100 // USER_HZ on Linux
+
+func statFields(pid string) []string {
+	b, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return nil
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return nil
+	}
+	return strings.Fields(s[i+1:]) // fields from state (3rd) on
+}
+
+func ppid(pid string) int {
+	f := statFields(pid)
+	if len(f) < 2 {
+		return -1
+	}
+	n, _ := strconv.Atoi(f[1])
+	return n
+}
+
+// procCPU is utime+stime (and, with children, the reaped children's).
+func procCPU(pid string, children bool) time.Duration {
+	f := statFields(pid)
+	if len(f) < 15 {
+		return 0
+	}
+	sum := 0
+	idx := []int{11, 12} // utime, stime
+	if children {
+		idx = append(idx, 13, 14) // cutime, cstime
+	}
+	for _, i := range idx {
+		n, _ := strconv.Atoi(f[i])
+		sum += n
+	}
+	return time.Duration(sum) * time.Second / clockTicks
 }
