@@ -24,6 +24,7 @@ vet:
 # test runs every test: unit, integration (real DNS, TLS, Postgres, eBPF),
 # fuzz seed corpora, and the end-to-end suite.
 test: deps-test vet
+	./bpf/check-generated.sh
 	$(GO) test -count=1 -timeout 15m ./...
 
 demo: build

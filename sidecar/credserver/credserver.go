@@ -91,6 +91,10 @@ type Server struct {
 	requests  *prometheus.CounterVec
 	refreshes *prometheus.CounterVec
 	now       func() time.Time
+	// kick asks the refresh loop to retry now: a job that finds no valid
+	// credentials should not wait out a long backoff once the source is
+	// back. The loop honours a kick at most once per RetryInterval.
+	kick chan struct{}
 
 	mu      sync.Mutex // guards the following
 	current *Credentials
@@ -147,6 +151,7 @@ func New(cfg Config) (*Server, error) {
 			Help: "Credential fetches from the source by result (ok, error).",
 		}, []string{"result"}),
 		now:     time.Now,
+		kick:    make(chan struct{}, 1),
 		closing: make(chan struct{}),
 		served:  make(chan struct{}),
 	}
@@ -315,11 +320,25 @@ func (s *Server) refreshLoop(ctx context.Context) {
 		}
 		s.mu.Unlock()
 		t := time.NewTimer(max(wait, 0))
+		kicked := s.kick
+		if !failed {
+			kicked = nil // only a failing loop has a backoff to cut short
+		}
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return
 		case <-t.C:
+		case <-kicked:
+			t.Stop()
+			// Cut the backoff short, but no more often than the first
+			// retry interval, so a job polling in a loop cannot turn
+			// into a storm against the source.
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(s.cfg.RetryInterval):
+			}
 		}
 		if err := s.fetch(ctx); err != nil {
 			if failed {
@@ -379,6 +398,10 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 	}
 	if c == nil || !now.Before(served) {
 		s.requests.WithLabelValues("unavailable").Inc()
+		select {
+		case s.kick <- struct{}{}:
+		default:
+		}
 		w.Header().Set("Retry-After", "1")
 		writeJSON(w, http.StatusServiceUnavailable, errorBody{"CredentialsUnavailable", "no unexpired credentials for this run; the sidecar is retrying"})
 		return

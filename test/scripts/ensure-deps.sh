@@ -8,6 +8,15 @@ have() { command -v "$1" >/dev/null 2>&1; }
 case "$profile" in
   test)
     have initdb || have /usr/lib/postgresql/15/bin/initdb || need+=(postgresql)
+    # The scrubber's tests pipe secrets through real hex dumpers; the demo
+    # test drives curl and openssl.
+    have xxd || need+=(xxd)
+    have hexdump || need+=(bsdextrautils)
+    have curl || need+=(curl)
+    have openssl || need+=(openssl)
+    # make test checks that regenerating the bpf2go output changes nothing.
+    have clang || need+=(clang)
+    have llvm-strip || need+=(llvm)
     ;;
   bench)
     have squid || need+=(squid)
