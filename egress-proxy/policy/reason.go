@@ -89,7 +89,24 @@ const (
 	ReasonDialFailed Reason = "dial_failed"
 	// ReasonUpstreamError: the destination failed mid-request (502).
 	ReasonUpstreamError Reason = "upstream_error"
+	// ReasonGatewayUnreachable: the sidecar could not connect to the
+	// cordon-egress gateway, or the mTLS handshake failed (502).
+	ReasonGatewayUnreachable Reason = "gateway_unreachable"
+	// ReasonGatewayError: the gateway answered something the sidecar
+	// cannot use (no or an unknown reason code, a broken response) (502).
+	ReasonGatewayError Reason = "gateway_error"
 )
+
+// Known reports whether r is one of Reasons (a reason code read from a
+// gateway's answer is trusted only then: metric labels stay bounded).
+func (r Reason) Known() bool {
+	for _, k := range Reasons {
+		if r == k {
+			return true
+		}
+	}
+	return false
+}
 
 // Overridable reports whether report mode turns this denial into an allow
 // (recorded as would_deny). Metadata addresses, malformed or ambiguous
@@ -111,4 +128,5 @@ var Reasons = []Reason{
 	ReasonProxyLoop, ReasonClientHelloTimeout, ReasonBadIdentity, ReasonBadClientHello,
 	ReasonRateLimited, ReasonTooManyConnections, ReasonHeaderTooLarge,
 	ReasonDNSFailure, ReasonDialTimeout, ReasonDialFailed, ReasonUpstreamError,
+	ReasonGatewayUnreachable, ReasonGatewayError,
 }

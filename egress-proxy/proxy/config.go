@@ -134,4 +134,8 @@ type Config struct {
 	Observer Observer
 	// Limits are per-job limits; see each field for its zero value.
 	Limits Limits
+	// Gateway, if set, sends allowed traffic on through the cordon-egress
+	// gateway over mTLS instead of resolving and dialling destinations
+	// (see GatewayUpstream). If nil, this proxy dials destinations itself.
+	Gateway *GatewayUpstream
 }

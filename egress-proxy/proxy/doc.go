@@ -36,6 +36,11 @@
 // the limits are denied in report mode too. A denied tunnel (SNI mismatch,
 // not TLS on 443) has already been answered 200, so it is closed instead.
 //
+// With Config.Gateway (a sidecar on Fargate) the proxy checks the policy
+// and then sends what it allowed on through the cordon-egress gateway over
+// mTLS, which checks again and is the only hop that resolves and dials
+// (GatewayUpstream).
+//
 // It is not the allowlist parser (internal/allowlist), the policy
 // distribution (egress-proxy/xdsclient) or the usage reporter (sidecar/).
 package proxy

@@ -72,7 +72,11 @@ func (s *Server) forward(ctx context.Context, cc *clientConn, js *jobState, req 
 		out.Body = &countingReader{r: req.Body, n: &sent}
 	}
 
-	resp, uc, err := s.send(rctx, js.pool, chk.addrs, out, deadline)
+	addrs := chk.addrs
+	if s.cfg.Gateway != nil {
+		addrs = gatewayKey
+	}
+	resp, uc, err := s.send(rctx, js.pool, addrs, out, deadline)
 	if err != nil {
 		var de *dialError
 		switch {
@@ -86,6 +90,18 @@ func (s *Server) forward(ctx context.Context, cc *clientConn, js *jobState, req 
 		s.deny(ctx, cc, o)
 		return false
 	}
+	if s.cfg.Gateway != nil {
+		if r := gatewayRefusal(resp); r != policy.ReasonNone {
+			resp.Body.Close()
+			uc.c.Close()
+			o.decision, o.reason = decisionFor(r), r
+			s.deny(ctx, cc, o)
+			return false
+		}
+	}
+	// Only the proxy decides: a destination must not forge a refusal (a
+	// sidecar behind this gateway would take it for the gateway's).
+	resp.Header.Del(DenyReasonHeader)
 	o.addr = uc.ap
 	upstreamClose := resp.Close
 	stripHopByHop(resp.Header)

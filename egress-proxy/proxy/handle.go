@@ -148,6 +148,11 @@ func (s *Server) decide(ctx context.Context, pol *policy.Compiled, t authority.T
 		return chk, policy.ReasonNotAllowed
 	}
 	chk.rule = rule
+	if s.cfg.Gateway != nil {
+		// Two hops: the gateway resolves, classifies and dials (and checks
+		// the policy again); this proxy never touches the destination.
+		return chk, policy.ReasonNone
+	}
 	rctx, cancel := context.WithTimeout(ctx, s.lim.DialTimeout)
 	addrs, err := s.resolver.LookupNetIP(rctx, t.Name)
 	cancel()

@@ -44,7 +44,8 @@ type outcome struct {
 
 func decisionFor(r policy.Reason) string {
 	switch r {
-	case policy.ReasonDNSFailure, policy.ReasonDialFailed, policy.ReasonDialTimeout, policy.ReasonUpstreamError:
+	case policy.ReasonDNSFailure, policy.ReasonDialFailed, policy.ReasonDialTimeout, policy.ReasonUpstreamError,
+		policy.ReasonGatewayUnreachable, policy.ReasonGatewayError:
 		return decisionError
 	}
 	return decisionDeny
@@ -55,7 +56,8 @@ func statusFor(r policy.Reason) int {
 	switch r {
 	case policy.ReasonRateLimited, policy.ReasonTooManyConnections, policy.ReasonHeaderTooLarge:
 		return http.StatusTooManyRequests
-	case policy.ReasonDNSFailure, policy.ReasonDialFailed, policy.ReasonUpstreamError:
+	case policy.ReasonDNSFailure, policy.ReasonDialFailed, policy.ReasonUpstreamError,
+		policy.ReasonGatewayUnreachable, policy.ReasonGatewayError:
 		return http.StatusBadGateway
 	case policy.ReasonDialTimeout:
 		return http.StatusGatewayTimeout

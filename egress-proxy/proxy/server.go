@@ -74,6 +74,11 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("new egress proxy: unsafe-allow cidr %s is not a masked prefix", p)
 		}
 	}
+	if cfg.Gateway != nil {
+		if err := cfg.Gateway.validate(); err != nil {
+			return nil, fmt.Errorf("new egress proxy: %w", err)
+		}
+	}
 	s := &Server{
 		cfg:       cfg,
 		lim:       cfg.Limits.withDefaults(),

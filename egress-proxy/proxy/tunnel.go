@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -13,18 +14,28 @@ import (
 	"github.com/cordon-dev/cordon/egress-proxy/sni"
 )
 
-// tunnel serves an allowed CONNECT: dial the checked address, answer 200,
-// hold the client's first bytes until the SNI check passes, then splice.
+// tunnel serves an allowed CONNECT: dial the checked address (or ask the
+// gateway for a tunnel), answer 200, hold the client's first bytes until
+// the SNI check passes, then splice.
 func (s *Server) tunnel(ctx context.Context, cc *clientConn, report bool, chk checked, o *outcome) {
 	dctx, cancel := context.WithTimeout(ctx, s.lim.DialTimeout)
-	up, ap, err := s.dialChecked(dctx, chk.addrs)
+	var up net.Conn
+	var ap netip.AddrPort
+	var err error
+	if s.cfg.Gateway != nil {
+		up, err = s.connectViaGateway(dctx, chk.target)
+	} else {
+		up, ap, err = s.dialChecked(dctx, chk.addrs)
+	}
 	cancel()
 	if err != nil {
 		var de *dialError
-		o.decision, o.reason = decisionError, policy.ReasonDialFailed
+		o.reason = policy.ReasonDialFailed
 		if errors.As(err, &de) {
 			o.reason = de.reason
 		}
+		// A gateway's refusal is a denial; failures to reach are errors.
+		o.decision = decisionFor(o.reason)
 		s.deny(ctx, cc, o)
 		return
 	}

@@ -30,8 +30,11 @@ type upstreamPool struct {
 }
 
 type upConn struct {
-	c         net.Conn
-	ap        netip.AddrPort
+	c  net.Conn
+	ap netip.AddrPort
+	// proxyForm writes requests in absolute form: c is a connection to
+	// the gateway, not to the destination.
+	proxyForm bool
 	br        *bufio.Reader
 	bw        *bufio.Writer
 	idleSince time.Time
@@ -132,7 +135,11 @@ var errUpstreamStale = errors.New("reused upstream connection closed")
 // roundTrip sends out on uc and reads the response head. The response
 // body reads from uc.br.
 func roundTrip(uc *upConn, out *http.Request, reused bool) (*http.Response, error) {
-	if err := out.Write(uc.bw); err != nil {
+	write := out.Write
+	if uc.proxyForm {
+		write = out.WriteProxy
+	}
+	if err := write(uc.bw); err != nil {
 		if reused {
 			return nil, errors.Join(errUpstreamStale, err)
 		}
@@ -187,11 +194,17 @@ func (s *Server) send(ctx context.Context, pool *upstreamPool, addrs []netip.Add
 			return nil, nil, err
 		}
 	}
-	c, ap, err := s.dialChecked(ctx, addrs)
+	var c net.Conn
+	var ap netip.AddrPort
+	if s.cfg.Gateway != nil {
+		c, err = s.dialGateway(ctx)
+	} else {
+		c, ap, err = s.dialChecked(ctx, addrs)
+	}
 	if err != nil {
 		return nil, nil, err
 	}
-	uc = &upConn{c: c, ap: ap, br: bufio.NewReaderSize(c, 4096), bw: bufio.NewWriterSize(c, 4096)}
+	uc = &upConn{c: c, ap: ap, proxyForm: s.cfg.Gateway != nil, br: bufio.NewReaderSize(c, 4096), bw: bufio.NewWriterSize(c, 4096)}
 	c.SetDeadline(deadline)
 	resp, err = roundTrip(uc, out, false)
 	if err != nil {

@@ -61,6 +61,15 @@ type Config struct {
 	// ("unix:///path"). Empty: the SPIFFE_ENDPOINT_SOCKET environment
 	// variable.
 	WorkloadAPIAddr string
+	// Gateway is the cordon-egress gateway's HOST:PORT: traffic Listen
+	// allows is sent on through it over mTLS with our SVID (two hops, both
+	// check; proxy.GatewayUpstream), and this proxy never resolves or
+	// dials a destination. Only with Listen, not with TLSListen. Empty:
+	// dial destinations directly.
+	Gateway string
+	// GatewayID is the SPIFFE ID the gateway must present. Empty:
+	// spiffe://<our trust domain>/cordon/egress-gateway.
+	GatewayID string
 	// Job is "ORG/JOB", the job whose policy Listen enforces. Required
 	// with Listen and Allowlists; with XDS it defaults to the job of our
 	// SVID (spiffe://TD/org/ORG/job/JOB), and must agree with it.
@@ -111,6 +120,19 @@ func (c *Config) Validate() error {
 	if c.XDS != "" {
 		if _, _, err := net.SplitHostPort(c.XDS); err != nil {
 			return fmt.Errorf("--xds %q: want HOST:PORT", c.XDS)
+		}
+	}
+	if c.Gateway != "" {
+		if c.Listen == "" || c.TLSListen != "" {
+			return errors.New("--gateway is for sidecars: use it with --listen and without --tls-listen")
+		}
+		if _, _, err := net.SplitHostPort(c.Gateway); err != nil {
+			return fmt.Errorf("--gateway %q: want HOST:PORT", c.Gateway)
+		}
+	}
+	if c.GatewayID != "" {
+		if _, err := spiffeid.FromString(c.GatewayID); err != nil {
+			return fmt.Errorf("--gateway-id %q: %w", c.GatewayID, err)
 		}
 	}
 	if c.XDSServerID != "" {
@@ -194,7 +216,7 @@ func Run(ctx context.Context, cfg Config) error {
 	// gateway upstream authenticate with it.
 	var source *workloadapi.X509Source
 	var self spiffeid.ID
-	if cfg.XDS != "" || cfg.TLSListen != "" {
+	if cfg.XDS != "" || cfg.TLSListen != "" || cfg.Gateway != "" {
 		var err error
 		if source, err = openSource(ctx, cfg.WorkloadAPIAddr); err != nil {
 			return err
@@ -225,6 +247,17 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 		pcfg.Resolver = r
+	}
+
+	if cfg.Gateway != "" {
+		gwID, err := spiffeid.FromPath(self.TrustDomain(), "/cordon/egress-gateway")
+		if err != nil {
+			return fmt.Errorf("--gateway: %w", err)
+		}
+		if cfg.GatewayID != "" {
+			gwID = spiffeid.RequireFromString(cfg.GatewayID) // Validate parsed it
+		}
+		pcfg.Gateway = &proxy.GatewayUpstream{Addr: cfg.Gateway, TLS: proxy.GatewayClientTLSConfig(source, source, gwID)}
 	}
 
 	var tlsLn net.Listener
@@ -290,7 +323,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return l.Addr()
 	}
 	log.Info("cordon-egress serving", "listen", cfg.Listen, "tls_listen", cfg.TLSListen, "metrics", cfg.Metrics,
-		"xds", cfg.XDS, "job", pcfg.Job.String(), "jobs", store.Len())
+		"xds", cfg.XDS, "gateway", cfg.Gateway, "job", pcfg.Job.String(), "jobs", store.Len())
 
 	g, gctx := errgroup.WithContext(ctx)
 	if xc != nil {
@@ -345,7 +378,7 @@ func openSource(ctx context.Context, addr string) (*workloadapi.X509Source, erro
 	if addr != "" {
 		opts = append(opts, workloadapi.WithClientOptions(workloadapi.WithAddr(addr)))
 	} else if os.Getenv("SPIFFE_ENDPOINT_SOCKET") == "" {
-		return nil, errors.New("--xds and --tls-listen need an SVID: set SPIFFE_ENDPOINT_SOCKET to the Workload API socket")
+		return nil, errors.New("--xds, --tls-listen and --gateway need an SVID: set SPIFFE_ENDPOINT_SOCKET to the Workload API socket")
 	}
 	// NewX509Source waits for the first SVID; do not wait forever for an
 	// agent that is not there.

@@ -311,3 +311,30 @@ func TestRunXDSRefusesJobDisagreeingWithSVID(t *testing.T) {
 		t.Errorf("--job acme/other with the SVID of acme/block_follower: got %v, want an error saying they disagree", err)
 	}
 }
+
+// TestRunTwoHopOverXDS runs the Fargate setup: a sidecar and the gateway,
+// both fed by one control plane; the sidecar sends through the gateway.
+func TestRunTwoHopOverXDS(t *testing.T) {
+	e := newEnv(t)
+	e.writeAllowlist("allowed.test")
+	cpAddr := freeAddr(t)
+	e.startControlPlane(cpAddr, t.TempDir())
+	unsafe := []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32")}
+
+	gw := run(t, Config{
+		TLSListen: "127.0.0.1:0", XDS: cpAddr, XDSMaxBackoff: 100 * time.Millisecond,
+		WorkloadAPIAddr: e.workloadAPI("spiffe://cordon.test/cordon/egress-gateway"),
+		DNSServer:       e.dns.Addr, UnsafeAllowCIDRs: unsafe,
+	})
+	sc := run(t, Config{
+		Listen: "127.0.0.1:0", XDS: cpAddr, XDSMaxBackoff: 100 * time.Millisecond,
+		WorkloadAPIAddr: e.workloadAPI("spiffe://cordon.test/org/acme/job/block_follower"),
+		Gateway:         gw.tlsListen.String(),
+	})
+	defer http.DefaultClient.CloseIdleConnections()
+	px := sc.listen.String()
+	eventually(t, px, "allowed.test", e.upPort, 200, "through sidecar and gateway")
+	if code, reason := get(t, px, "allowed2.test", e.upPort); code != 403 || reason != "not_allowed" {
+		t.Errorf("host on no allowlist: got %d (%s), want 403 (not_allowed)", code, reason)
+	}
+}

@@ -18,7 +18,7 @@ import (
 
 const usage = `usage:
   cordon-egress serve --listen 127.0.0.1:3128 --allowlists DIR --job ORG/JOB
-  cordon-egress serve --listen 127.0.0.1:3128 --xds HOST:PORT [--job ORG/JOB]
+  cordon-egress serve --listen 127.0.0.1:3128 --xds HOST:PORT [--job ORG/JOB] [--gateway HOST:PORT]
   cordon-egress serve --tls-listen 0.0.0.0:3129 --xds HOST:PORT
                       [--dns-server HOST:PORT] [--unsafe-allow-cidr CIDR]...
                       [--metrics ADDR] [--tls-listen ADDR] [--trust-domain TD]
@@ -62,6 +62,8 @@ func serveCmd(args []string) int {
 	fs.StringVar(&cfg.Allowlists, "allowlists", "", "allowlist directory")
 	fs.StringVar(&cfg.XDS, "xds", "", "take policies from the control plane at HOST:PORT over xDS (needs SPIFFE_ENDPOINT_SOCKET; excludes --allowlists)")
 	fs.StringVar(&cfg.XDSServerID, "xds-server-id", "", "SPIFFE ID the control plane must present (default spiffe://TD/cordon/xds)")
+	fs.StringVar(&cfg.Gateway, "gateway", "", "send allowed traffic on through the cordon-egress gateway at HOST:PORT over mTLS (sidecar; needs SPIFFE_ENDPOINT_SOCKET)")
+	fs.StringVar(&cfg.GatewayID, "gateway-id", "", "SPIFFE ID the gateway must present (default spiffe://TD/cordon/egress-gateway)")
 	fs.StringVar(&cfg.Job, "job", "", "ORG/JOB whose policy --listen enforces (with --xds: default the SVID's job)")
 	fs.StringVar(&cfg.DNSServer, "dns-server", "", "resolve through this DNS server (HOST:PORT) instead of the system's")
 	fs.DurationVar(&cfg.DNSCacheMaxTTL, "dns-cache-max-ttl", 0, "keep --dns-server answers for their TTL, at most this long (0: no cache)")
