@@ -14,6 +14,7 @@ type jobKey struct{ org, job string }
 
 type Store struct {
 	cur atomic.Pointer[map[jobKey]*Compiled]
+	gen atomic.Uint64
 }
 
 // NewStore returns an empty store: every job is denied (ReasonNoPolicy)
@@ -43,8 +44,13 @@ func (s *Store) Apply(ps []*allowlist.JobPolicy) error {
 		next[k] = c
 	}
 	s.cur.Store(&next)
+	s.gen.Add(1)
 	return nil
 }
+
+// Generation counts successful Applies: users keeping per-job state
+// notice a new set (and drop state of jobs that left it) by comparing it.
+func (s *Store) Generation() uint64 { return s.gen.Load() }
 
 // Lookup returns the compiled policy of org/job, or false when there is
 // none (deny with ReasonNoPolicy).

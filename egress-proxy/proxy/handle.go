@@ -26,6 +26,7 @@ type checked struct {
 // another request.
 func (s *Server) handle(ctx context.Context, cc *clientConn, req *http.Request, info headInfo, start time.Time) bool {
 	o := &outcome{job: cc.job, actor: cc.actor, remote: cc.raw.RemoteAddr().String(), method: req.Method, start: start}
+	s.pruneJobs()
 	pol, ok := s.cfg.Store.Lookup(cc.job.Org, cc.job.Job)
 	if !ok {
 		o.decision, o.reason = decisionDeny, policy.ReasonNoPolicy

@@ -42,7 +42,9 @@ type Server struct {
 	readers  sync.Pool // *bufio.Reader of bufSize
 	writers  sync.Pool // *bufio.Writer
 
-	jobs       sync.Map // JobRef -> *jobState
+	jobs sync.Map // JobRef -> *jobState
+	// jobsGen is the store generation jobs was last pruned against.
+	jobsGen    atomic.Uint64
 	clientConn atomic.Int64
 	self       atomic.Pointer[[]netip.AddrPort]
 
@@ -112,6 +114,27 @@ func New(cfg Config) (*Server, error) {
 	empty := []netip.AddrPort{}
 	s.self.Store(&empty)
 	return s, nil
+}
+
+// pruneJobs drops the state (limiter, idle upstream connections) of jobs
+// that left the policy set, once per store generation: in gateway mode
+// jobs come and go, and the map must not grow with every job ever seen.
+// A request still holding a dropped state finishes with it; the next one
+// starts afresh.
+func (s *Server) pruneJobs() {
+	g := s.cfg.Store.Generation()
+	old := s.jobsGen.Load()
+	if g == old || !s.jobsGen.CompareAndSwap(old, g) {
+		return
+	}
+	s.jobs.Range(func(k, v any) bool {
+		j := k.(JobRef)
+		if _, ok := s.cfg.Store.Lookup(j.Org, j.Job); !ok {
+			s.jobs.Delete(k)
+			v.(*jobState).pool.closeIdle(true)
+		}
+		return true
+	})
 }
 
 func (s *Server) jobState(j JobRef) *jobState {

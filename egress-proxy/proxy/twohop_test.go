@@ -305,3 +305,24 @@ func TestGatewayUpstreamValidate(t *testing.T) {
 		})
 	}
 }
+
+func TestJobStatePrunedWhenJobLeavesPolicy(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	count := func() int {
+		n := 0
+		e.srv.jobs.Range(func(_, _ any) bool { n++; return true })
+		return n
+	}
+	resp, _ := e.roundTrip(get("http://allowed.test:$HP/"))
+	if resp.StatusCode != 200 || count() != 1 {
+		t.Fatalf("after an allowed request: got status %d and %d job states, want 200 and 1", resp.StatusCode, count())
+	}
+	other := &allowlist.JobPolicy{Org: "acme", Job: "other", Class: allowlist.ClassPlatform}
+	if err := e.store.Apply([]*allowlist.JobPolicy{other}); err != nil {
+		t.Fatal(err)
+	}
+	resp, _ = e.roundTrip(get("http://allowed.test:$HP/"))
+	if resp.StatusCode != 403 || count() != 0 {
+		t.Errorf("after the job left the policy: got status %d and %d job states, want 403 and 0", resp.StatusCode, count())
+	}
+}
