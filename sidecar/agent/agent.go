@@ -15,7 +15,9 @@
 package agent
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -29,11 +31,13 @@ import (
 	"sort"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/cordon-dev/cordon/internal/audit"
+	"github.com/cordon-dev/cordon/internal/usage"
 	"github.com/cordon-dev/cordon/sidecar/handoff"
 	"github.com/cordon-dev/cordon/sidecar/jobrun"
 	"github.com/cordon-dev/cordon/sidecar/secrets"
@@ -44,6 +48,11 @@ import (
 type EgressProxy interface {
 	Serve(ctx context.Context, ln net.Listener) error
 	Shutdown(ctx context.Context) error
+}
+
+// UsageSink takes usage reports for delivery to the dispatcher.
+type UsageSink interface {
+	Emit(r usage.Report)
 }
 
 // Config configures the agent.
@@ -71,6 +80,13 @@ type Config struct {
 	ProxyAddr string
 	// Proxy is the embedded egress proxy. If nil, none is served.
 	Proxy EgressProxy
+	// Usage receives the run's final usage report, built from what the
+	// wrapper measured (a spool.Spool[usage.Report] satisfies it). If nil,
+	// the report is only logged.
+	Usage UsageSink
+	// RunID labels the usage report. If empty, none (the dispatcher keys
+	// it by report ID).
+	RunID string
 	// ExtraEnv is handed to the job besides its secrets, e.g. the
 	// scoped-credentials endpoint's variables (sidecar/credserver Env, as
 	// handoff.Var with Secret set for the token). If nil, none.
@@ -275,7 +291,8 @@ func (a *Agent) setUp(ctx context.Context, g *errgroup.Group) error {
 		OnRefused: func(uid, pid int, reason string) {
 			a.emit(id, "SECRETS_HANDOFF_REFUSED", audit.ResultDenied, map[string]any{"peer_uid": uid, "peer_pid": pid, "reason": reason})
 		},
-		Logger: log,
+		OnReport: func(raw json.RawMessage) error { return a.takeUsage(id, raw) },
+		Logger:   log,
 	})
 	values = nil
 	if err != nil {
@@ -303,6 +320,43 @@ func (a *Agent) setUp(ctx context.Context, g *errgroup.Group) error {
 	debug.FreeOSMemory()
 	close(a.ready)
 	log.Info("agent ready", "shared_dir", c.SharedDir, "job_uid", c.JobUID)
+	return nil
+}
+
+// takeUsage turns the wrapper's measurements into the final usage report.
+// Egress and denials join it when the embedded proxy is wired.
+func (a *Agent) takeUsage(id JobIdentity, raw json.RawMessage) error {
+	var res jobrun.Result
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&res); err != nil {
+		return fmt.Errorf("decode usage: %w", err)
+	}
+	end := time.Now().UTC()
+	exit := res.ExitCode
+	r := usage.Report{
+		ReportID:         "usg_" + uuid.Must(uuid.NewV7()).String(),
+		Org:              id.Org,
+		Job:              id.Job,
+		RunID:            a.cfg.RunID,
+		Final:            true,
+		StartedAt:        end.Add(-time.Duration(res.WallSeconds * float64(time.Second))),
+		EndedAt:          end,
+		ExitCode:         &exit,
+		CPUUserSeconds:   res.CPUUserSeconds,
+		CPUSystemSeconds: res.CPUSystemSeconds,
+		MaxRSSBytes:      res.MaxRSSBytes,
+		WallSeconds:      res.WallSeconds,
+		Redactions:       res.Redactions,
+		StdoutBytes:      res.StdoutBytes,
+		StderrBytes:      res.StderrBytes,
+		Enforcement:      "network-only",
+	}
+	a.log.Info("job finished", "exit_code", exit, "wall_seconds", res.WallSeconds, "redactions", res.Redactions,
+		"stdout_bytes", res.StdoutBytes, "stderr_bytes", res.StderrBytes, "timed_out", res.TimedOut)
+	if a.cfg.Usage != nil {
+		a.cfg.Usage.Emit(r)
+	}
 	return nil
 }
 

@@ -17,7 +17,9 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/cordon-dev/cordon/internal/audit"
+	"github.com/cordon-dev/cordon/internal/usage"
 	"github.com/cordon-dev/cordon/sidecar/handoff"
+	"github.com/cordon-dev/cordon/sidecar/jobrun"
 	"github.com/cordon-dev/cordon/test/spiffedev"
 )
 
@@ -68,9 +70,22 @@ func (r *recorder) all() []audit.Event {
 	return append([]audit.Event(nil), r.events...)
 }
 
+// usageRecorder is a UsageSink that keeps reports.
+type usageRecorder struct {
+	mu      sync.Mutex // guards reports
+	reports []usage.Report
+}
+
+func (u *usageRecorder) Emit(r usage.Report) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.reports = append(u.reports, r)
+}
+
 type fixture struct {
 	shared, health string
 	audit          *recorder
+	usage          *usageRecorder
 	done           chan error
 	cancel         context.CancelFunc
 }
@@ -120,7 +135,7 @@ func startAgent(t *testing.T, id string, secretsJSON string, names []string) *fi
 	if err := os.WriteFile(exe, []byte("#!/bin/sh\necho i am the wrapper\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{shared: filepath.Join(dir, "shared"), health: freeAddr(t), audit: &recorder{}, done: make(chan error, 1)}
+	f := &fixture{shared: filepath.Join(dir, "shared"), health: freeAddr(t), audit: &recorder{}, usage: &usageRecorder{}, done: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	f.cancel = cancel
 	go func() {
@@ -133,6 +148,8 @@ func startAgent(t *testing.T, id string, secretsJSON string, names []string) *fi
 			HealthAddr:      f.health,
 			ProxyAddr:       "127.0.0.1:3999",
 			Audit:           f.audit,
+			Usage:           f.usage,
+			RunID:           "run-1",
 			Executable:      exe,
 		})
 	}()
@@ -186,9 +203,23 @@ func TestAgentHandsOutSecretsOnce(t *testing.T) {
 		t.Fatalf("second fetch: got %v, want ErrRefused", err)
 	}
 
+	if err := handoff.Report(ctx, SocketPath(f.shared), env.ReportToken, jobrun.Result{ExitCode: 3, WallSeconds: 2, Redactions: 5, StdoutBytes: 10}); err != nil {
+		t.Fatal(err)
+	}
 	f.cancel()
 	if err := <-f.done; err != nil {
 		t.Fatalf("Run: %v", err)
+	}
+	f.usage.mu.Lock()
+	reports := f.usage.reports
+	f.usage.mu.Unlock()
+	if len(reports) != 1 {
+		t.Fatalf("got %d usage reports, want 1", len(reports))
+	}
+	r := reports[0]
+	if r.Org != "acme" || r.Job != "block_follower" || r.RunID != "run-1" || !r.Final || r.ExitCode == nil || *r.ExitCode != 3 ||
+		r.Redactions != 5 || r.StdoutBytes != 10 || !strings.HasPrefix(r.ReportID, "usg_") || r.EndedAt.Sub(r.StartedAt) != 2*time.Second {
+		t.Fatalf("got report %+v, want acme/block_follower run-1 final exit 3, 5 redactions, 10 stdout bytes, 2s", r)
 	}
 	types := map[string]int{}
 	for _, ev := range f.audit.all() {

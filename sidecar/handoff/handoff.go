@@ -5,15 +5,26 @@
 // The socket is mode 0600 and owned by the job's uid; every connection's
 // peer uid is checked with SO_PEERCRED against that uid; the secrets are
 // handed out once, then every further request is refused (and reported),
-// and the server drops its reference to them. The protocol is one JSON
-// object per connection, server to client, then close.
+// and the server drops its reference to them.
 //
-// It is not a general secrets API: there is no request, no selection and no
-// second chance.
+// The same socket takes the wrapper's final usage report when the job
+// ends. The job runs as the wrapper's uid, so the peer check cannot tell
+// them apart: the report must carry the one-time report token handed out
+// with the env, which the wrapper keeps out of the job's environment (and,
+// being non-dumpable, out of its reach through /proc). One report is
+// accepted.
+//
+// The protocol is one JSON request line from the client, one JSON answer
+// from the server, then close. It is not a general secrets API: there is
+// no selection and no second chance.
 package handoff
 
 import (
+	"bufio"
 	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,13 +39,26 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// message is the wire format: exactly one of Secrets or Error.
+// request is what the client sends: Op "env", or Op "report" with the
+// token and the usage report.
+type request struct {
+	Op     string          `json:"op"`
+	Token  string          `json:"token,omitempty"`
+	Report json.RawMessage `json:"report,omitempty"`
+}
+
+// maxRequest bounds a request line (a usage report is a few hundred bytes).
+const maxRequest = 64 << 10
+
+// message is the server's answer: the env, an error, or (for a report) an
+// empty acknowledgement.
 type message struct {
-	Version  int               `json:"version"`
-	Secrets  map[string]string `json:"secrets,omitempty"`
-	ProxyURL string            `json:"proxy_url,omitempty"`
-	Extra    []Var             `json:"extra,omitempty"`
-	Error    string            `json:"error,omitempty"`
+	Version     int               `json:"version"`
+	ReportToken string            `json:"report_token,omitempty"`
+	Secrets     map[string]string `json:"secrets,omitempty"`
+	ProxyURL    string            `json:"proxy_url,omitempty"`
+	Extra       []Var             `json:"extra,omitempty"`
+	Error       string            `json:"error,omitempty"`
 }
 
 // Var is an environment variable Cordon sets for the job besides its
@@ -56,6 +80,9 @@ type Env struct {
 	Secrets  map[string]string
 	ProxyURL string // if empty, the wrapper's default
 	Extra    []Var
+	// ReportToken authenticates the wrapper's usage report (set by Fetch;
+	// ignored in ServerConfig, where the server makes its own).
+	ReportToken string
 }
 
 // ServerConfig configures a Server.
@@ -72,6 +99,10 @@ type ServerConfig struct {
 	// audit. They must not block.
 	OnHandoff func(uid, pid int)
 	OnRefused func(uid, pid int, reason string)
+	// OnReport, if set, receives the wrapper's usage report (JSON, as the
+	// wrapper encoded it); a report is refused when it is nil. It must not
+	// block; an error it returns is passed back to the wrapper.
+	OnReport func(report json.RawMessage) error
 	// Logger. If nil, discarded.
 	Logger *slog.Logger
 }
@@ -82,9 +113,12 @@ type Server struct {
 	log *slog.Logger
 	ln  *net.UnixListener
 
-	mu     sync.Mutex // guards env and served
-	env    *Env
-	served bool
+	token string // the one-time report token (hex)
+
+	mu       sync.Mutex // guards the following
+	env      *Env
+	served   bool
+	reported bool
 
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -140,7 +174,11 @@ func Listen(cfg ServerConfig) (*Server, error) {
 	}
 	env := cfg.Env
 	cfg.Env = Env{}
-	return &Server{cfg: cfg, log: log, ln: ln, env: &env}, nil
+	var tok [32]byte
+	if _, err := rand.Read(tok[:]); err != nil {
+		return fail(fmt.Errorf("handoff: report token: %w", err))
+	}
+	return &Server{cfg: cfg, log: log, ln: ln, env: &env, token: hex.EncodeToString(tok[:])}, nil
 }
 
 // Served reports whether the env was handed out.
@@ -193,6 +231,10 @@ func (s *Server) Close() error {
 func (s *Server) handle(conn *net.UnixConn) {
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	// Read the request before answering, whoever the peer is (bounded in
+	// size and time, parsed only after the peer check): answering and
+	// closing on unread data would reset the connection under the answer.
+	line, rerr := bufio.NewReader(io.LimitReader(conn, maxRequest)).ReadBytes('\n')
 	uid, pid, err := peerCred(conn)
 	if err != nil {
 		s.refuse(conn, -1, -1, "peer credentials unavailable")
@@ -202,6 +244,22 @@ func (s *Server) handle(conn *net.UnixConn) {
 		s.refuse(conn, uid, pid, fmt.Sprintf("peer uid %d is not the job's uid %d", uid, s.cfg.UID))
 		return
 	}
+	var req request
+	if rerr != nil || json.Unmarshal(line, &req) != nil {
+		s.refuse(conn, uid, pid, "malformed request")
+		return
+	}
+	switch req.Op {
+	case "env":
+		s.handOut(conn, uid, pid)
+	case "report":
+		s.takeReport(conn, uid, pid, req)
+	default:
+		s.refuse(conn, uid, pid, fmt.Sprintf("unknown op %.32q", req.Op))
+	}
+}
+
+func (s *Server) handOut(conn *net.UnixConn, uid, pid int) {
 	s.mu.Lock()
 	env := s.env
 	if s.served {
@@ -213,7 +271,7 @@ func (s *Server) handle(conn *net.UnixConn) {
 	s.env = nil // drop the server's reference: the secrets live on only in the job
 	s.mu.Unlock()
 
-	err = json.NewEncoder(conn).Encode(message{Version: protocolVersion, Secrets: env.Secrets, ProxyURL: env.ProxyURL, Extra: env.Extra})
+	err := json.NewEncoder(conn).Encode(message{Version: protocolVersion, Secrets: env.Secrets, ProxyURL: env.ProxyURL, Extra: env.Extra, ReportToken: s.token})
 	if err != nil {
 		// Handed out or not, it is not handed out again: a peer that
 		// hangs up mid-way does not get a second try.
@@ -224,6 +282,31 @@ func (s *Server) handle(conn *net.UnixConn) {
 	if s.cfg.OnHandoff != nil {
 		s.cfg.OnHandoff(uid, pid)
 	}
+}
+
+func (s *Server) takeReport(conn *net.UnixConn, uid, pid int, req request) {
+	if s.cfg.OnReport == nil {
+		s.refuse(conn, uid, pid, "this agent takes no usage reports")
+		return
+	}
+	if subtle.ConstantTimeCompare([]byte(req.Token), []byte(s.token)) != 1 {
+		s.refuse(conn, uid, pid, "usage report with a wrong token")
+		return
+	}
+	s.mu.Lock()
+	if s.reported {
+		s.mu.Unlock()
+		s.refuse(conn, uid, pid, "the usage report was already taken")
+		return
+	}
+	s.reported = true
+	s.mu.Unlock()
+	if err := s.cfg.OnReport(req.Report); err != nil {
+		s.refuse(conn, uid, pid, "usage report not accepted: "+err.Error())
+		return
+	}
+	_ = json.NewEncoder(conn).Encode(message{Version: protocolVersion})
+	s.log.Info("usage report taken", "peer_uid", uid, "peer_pid", pid)
 }
 
 func (s *Server) refuse(conn *net.UnixConn, uid, pid int, reason string) {
@@ -256,12 +339,37 @@ func peerCred(conn *net.UnixConn) (uid, pid int, err error) {
 var ErrRefused = errors.New("agent refused the handoff")
 
 // Fetch asks the agent at socket for the env. It fails when the agent is
-// not there, refuses, or answers with anything but one valid message.
+// not there, refuses, or answers with anything but one valid message. The
+// returned Env's ReportToken is for Report and must not reach the job.
 func Fetch(ctx context.Context, socket string) (Env, error) {
+	m, err := call(ctx, socket, request{Op: "env"})
+	if err != nil {
+		return Env{}, fmt.Errorf("ask the agent for the job's env: %w", err)
+	}
+	if m.Secrets == nil {
+		m.Secrets = map[string]string{}
+	}
+	return Env{Secrets: m.Secrets, ProxyURL: m.ProxyURL, Extra: m.Extra, ReportToken: m.ReportToken}, nil
+}
+
+// Report sends the wrapper's final usage report (any JSON value) with the
+// token Fetch returned.
+func Report(ctx context.Context, socket, token string, report any) error {
+	b, err := json.Marshal(report)
+	if err != nil {
+		return fmt.Errorf("report usage to the agent: encode: %w", err)
+	}
+	if _, err := call(ctx, socket, request{Op: "report", Token: token, Report: b}); err != nil {
+		return fmt.Errorf("report usage to the agent: %w", err)
+	}
+	return nil
+}
+
+func call(ctx context.Context, socket string, req request) (message, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", socket)
 	if err != nil {
-		return Env{}, fmt.Errorf("ask the agent for the job's env: %w (is cordon-sidecar agent running and healthy?)", err)
+		return message{}, fmt.Errorf("%w (is cordon-sidecar agent running and healthy?)", err)
 	}
 	defer conn.Close()
 	if dl, ok := ctx.Deadline(); ok {
@@ -269,20 +377,26 @@ func Fetch(ctx context.Context, socket string) (Env, error) {
 	} else {
 		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
 	}
+	b, err := json.Marshal(req)
+	if err != nil {
+		return message{}, err
+	}
+	_, werr := conn.Write(append(b, '\n'))
+	// Read the answer even if sending failed: a refusal may be waiting.
 	var m message
 	dec := json.NewDecoder(io.LimitReader(conn, maxMessage))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&m); err != nil {
-		return Env{}, fmt.Errorf("ask the agent at %s for the job's env: bad answer: %w", socket, err)
+		if werr != nil {
+			return message{}, fmt.Errorf("agent at %s: send: %w", socket, werr)
+		}
+		return message{}, fmt.Errorf("agent at %s: bad answer: %w", socket, err)
 	}
 	if m.Version != protocolVersion {
-		return Env{}, fmt.Errorf("ask the agent at %s for the job's env: protocol version %d, want %d", socket, m.Version, protocolVersion)
+		return message{}, fmt.Errorf("agent at %s: protocol version %d, want %d", socket, m.Version, protocolVersion)
 	}
 	if m.Error != "" {
-		return Env{}, fmt.Errorf("ask the agent at %s for the job's env: %w: %s", socket, ErrRefused, m.Error)
+		return message{}, fmt.Errorf("agent at %s: %w: %s", socket, ErrRefused, m.Error)
 	}
-	if m.Secrets == nil {
-		m.Secrets = map[string]string{}
-	}
-	return Env{Secrets: m.Secrets, ProxyURL: m.ProxyURL, Extra: m.Extra}, nil
+	return m, nil
 }

@@ -2,7 +2,10 @@ package handoff
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -119,5 +122,72 @@ func TestFetchNoAgent(t *testing.T) {
 	_, err := Fetch(context.Background(), filepath.Join(t.TempDir(), "none.sock"))
 	if err == nil || !strings.Contains(err.Error(), "is cordon-sidecar agent running") {
 		t.Fatalf("got %v, want an error saying the agent is not there", err)
+	}
+}
+
+func TestReportNeedsTheTokenAndIsTakenOnce(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	var mu sync.Mutex
+	var reports []string
+	_, stop := serve(t, ServerConfig{
+		Socket: sock, UID: os.Getuid(), Env: Env{Secrets: map[string]string{}},
+		OnReport: func(r json.RawMessage) error {
+			mu.Lock()
+			defer mu.Unlock()
+			reports = append(reports, string(r))
+			return nil
+		},
+	})
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+
+	// Before the env was handed out nobody knows the token.
+	if err := Report(ctx, sock, "", map[string]int{"exit_code": 0}); !errors.Is(err, ErrRefused) {
+		t.Fatalf("report without token: got %v, want ErrRefused", err)
+	}
+	env, err := Fetch(ctx, sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(env.ReportToken) != 64 {
+		t.Fatalf("report token %q, want 32 random bytes in hex", env.ReportToken)
+	}
+	if err := Report(ctx, sock, strings.Repeat("0", 64), map[string]int{"exit_code": 1}); !errors.Is(err, ErrRefused) {
+		t.Fatalf("report with a forged token: got %v, want ErrRefused", err)
+	}
+	if err := Report(ctx, sock, env.ReportToken, map[string]int{"exit_code": 3}); err != nil {
+		t.Fatal(err)
+	}
+	if err := Report(ctx, sock, env.ReportToken, map[string]int{"exit_code": 4}); !errors.Is(err, ErrRefused) {
+		t.Fatalf("second report: got %v, want ErrRefused", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(reports) != 1 || reports[0] != `{"exit_code":3}` {
+		t.Fatalf("got reports %q, want only the genuine one", reports)
+	}
+}
+
+func TestMalformedRequestRefused(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	srv, stop := serve(t, ServerConfig{Socket: sock, UID: os.Getuid(), Env: Env{Secrets: map[string]string{"k": "value-abcdef"}}})
+	defer stop()
+	for _, req := range []string{"not json\n", `{"op":"dump"}` + "\n", strings.Repeat("x", maxRequest+10)} {
+		conn, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.Write([]byte(req))
+		b, _ := io.ReadAll(conn)
+		conn.Close()
+		if !strings.Contains(string(b), `"error"`) || strings.Contains(string(b), "value-abcdef") {
+			t.Fatalf("request %.20q: answer %q, want a refusal without the secret", req, b)
+		}
+	}
+	if srv.Served() {
+		t.Fatal("a malformed request consumed the handoff")
 	}
 }

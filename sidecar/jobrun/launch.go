@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 
 	"github.com/cordon-dev/cordon/sidecar/secrets"
 )
@@ -34,6 +35,9 @@ type Options struct {
 	// FetchEnv fetches the job's env from the agent at socket. If nil,
 	// only SecretsFile works.
 	FetchEnv func(ctx context.Context, socket string) (AgentEnv, error)
+	// SendReport gives the agent the run's usage when the job got its env
+	// from the agent. If nil, the usage goes only to stderr or UsageFile.
+	SendReport func(ctx context.Context, socket, token string, res Result) error
 }
 
 // AgentEnv is what the agent hands the wrapper.
@@ -41,6 +45,9 @@ type AgentEnv struct {
 	Secrets  map[string]string // by declared name
 	ProxyURL string            // if empty, the wrapper's default
 	Extra    []ExtraVar
+	// ReportToken authenticates the final usage report (SendReport). It
+	// never reaches the job.
+	ReportToken string
 }
 
 // Validate rejects contradictory options. The scrubber is built from the
@@ -69,14 +76,14 @@ func Main(ctx context.Context, o Options) int {
 		return fail(err)
 	}
 	var values map[string]string
-	var proxyURL string
+	var proxyURL, socket, token string
 	var extra []ExtraVar
 	var err error
 	switch {
 	case o.SecretsFile != "":
 		values, err = (&secrets.File{Path: o.SecretsFile}).Fetch(ctx, nil)
 	default:
-		socket := o.AgentSocket
+		socket = o.AgentSocket
 		if socket == "" {
 			socket = DefaultAgentSocket
 		}
@@ -85,7 +92,7 @@ func Main(ctx context.Context, o Options) int {
 		}
 		var env AgentEnv
 		env, err = o.FetchEnv(ctx, socket)
-		values, proxyURL, extra = env.Secrets, env.ProxyURL, env.Extra
+		values, proxyURL, extra, token = env.Secrets, env.ProxyURL, env.Extra, env.ReportToken
 	}
 	if err != nil {
 		return fail(fmt.Errorf("job not started: %w", err))
@@ -137,6 +144,15 @@ func Main(ctx context.Context, o Options) int {
 	}
 	if err := writeUsage(o.UsageFile, stderr, res); err != nil {
 		fmt.Fprintf(stderr, "cordon-sidecar run: %v\n", err)
+	}
+	if socket != "" && o.SendReport != nil {
+		// The job's exit code is what matters to the caller; a failed
+		// report is said on stderr and the agent notices its absence.
+		rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := o.SendReport(rctx, socket, token, res); err != nil {
+			fmt.Fprintf(stderr, "cordon-sidecar run: %v\n", err)
+		}
+		cancel()
 	}
 	return res.ExitCode
 }

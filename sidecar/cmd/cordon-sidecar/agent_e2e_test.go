@@ -126,8 +126,13 @@ func TestAgentAndRunEndToEnd(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("agent did not stop on SIGTERM")
 	}
-	if l := <-logs; strings.Contains(l, rpcKey) {
+	l := <-logs
+	if strings.Contains(l, rpcKey) {
 		t.Fatalf("agent logs contain the secret value:\n%s", l)
+	}
+	// The wrapper reported the run's usage to the agent.
+	if !strings.Contains(l, `"msg":"job finished","exit_code":0`) || !strings.Contains(l, `"redactions":1`) {
+		t.Fatalf("agent logs lack the wrapper's usage report:\n%s", l)
 	}
 }
 

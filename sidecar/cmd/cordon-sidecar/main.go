@@ -92,11 +92,14 @@ func runCmd(args []string, begin time.Time) int {
 		if err != nil {
 			return jobrun.AgentEnv{}, err
 		}
-		out := jobrun.AgentEnv{Secrets: env.Secrets, ProxyURL: env.ProxyURL}
+		out := jobrun.AgentEnv{Secrets: env.Secrets, ProxyURL: env.ProxyURL, ReportToken: env.ReportToken}
 		for _, v := range env.Extra {
 			out.Extra = append(out.Extra, jobrun.ExtraVar{Name: v.Name, Value: v.Value, Secret: v.Secret})
 		}
 		return out, nil
+	}
+	o.SendReport = func(ctx context.Context, socket, token string, res jobrun.Result) error {
+		return handoff.Report(ctx, socket, token, res)
 	}
 	return jobrun.Main(context.Background(), o)
 }
