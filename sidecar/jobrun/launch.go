@@ -193,3 +193,25 @@ func (t *tailWriter) Write(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// CheckSecretsFile loads a secrets file and checks it the way run does
+// (valid, unreserved, non-colliding names; values the scrubber can redact)
+// without running anything. It writes the env var names, never a value.
+func CheckSecretsFile(ctx context.Context, path string, w io.Writer) error {
+	values, err := (&secrets.File{Path: path}).Fetch(ctx, nil)
+	if err != nil {
+		return err
+	}
+	vars, err := secrets.ToEnv(values)
+	if err != nil {
+		return err
+	}
+	if _, err := ScrubberFor(vars); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "%s: ok, %d secrets\n", path, len(vars))
+	for _, v := range vars {
+		fmt.Fprintf(w, "  %s -> %s\n", v.Secret, v.Env)
+	}
+	return nil
+}

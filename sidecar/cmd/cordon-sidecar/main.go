@@ -8,6 +8,8 @@
 //	    output scrubbed and capped, signals forwarded, exit code passed on.
 //	cordon-sidecar health [--addr 127.0.0.1:9902]
 //	    the agent container's health check (the image has no curl).
+//	cordon-sidecar check --secrets-file FILE
+//	    checks a secrets file as run would, without running anything.
 //
 // main only parses flags; the work is in sidecar/agent and sidecar/jobrun.
 package main
@@ -50,6 +52,8 @@ func main() {
 		os.Exit(agentCmd(os.Args[2:]))
 	case "health":
 		os.Exit(healthCmd(os.Args[2:]))
+	case "check":
+		os.Exit(checkCmd(os.Args[2:]))
 	case "-h", "--help", "help":
 		usage()
 	default:
@@ -63,6 +67,7 @@ func usage() {
 	fmt.Fprint(os.Stderr, `usage:
   cordon-sidecar agent --secrets NAME,... --env ENV --shared-dir DIR [flags]
   cordon-sidecar health [--addr HOST:PORT]
+  cordon-sidecar check --secrets-file FILE
   cordon-sidecar run [--secrets-file FILE | --agent-socket PATH] [flags] -- CMD ARGS...
 run "cordon-sidecar COMMAND -h" for a command's flags
 `)
@@ -158,6 +163,23 @@ func healthCmd(args []string) int {
 	defer cancel()
 	if err := agent.CheckHealth(ctx, *addr); err != nil {
 		fmt.Fprintf(os.Stderr, "cordon-sidecar health: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func checkCmd(args []string) int {
+	fs := flag.NewFlagSet("cordon-sidecar check", flag.ContinueOnError)
+	file := fs.String("secrets-file", "", `JSON file {"name": "value"} to check`)
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *file == "" {
+		fmt.Fprintln(os.Stderr, "cordon-sidecar check: pass --secrets-file FILE")
+		return 2
+	}
+	if err := jobrun.CheckSecretsFile(context.Background(), *file, os.Stdout); err != nil {
+		fmt.Fprintf(os.Stderr, "cordon-sidecar check: %v\n", err)
 		return 1
 	}
 	return 0

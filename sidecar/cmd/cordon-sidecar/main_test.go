@@ -475,3 +475,33 @@ echo done`
 		t.Fatalf("job output %q, want done", got)
 	}
 }
+
+func TestCheckCommand(t *testing.T) {
+	tests := []struct {
+		name, content string
+		wantCode      int
+		wantOut       string
+	}{
+		{name: "ok", content: `{"monad_rpc_key": "` + rpcKey + `", "db-pass": "` + dbPass + `"}`, wantCode: 0, wantOut: "db-pass -> DB_PASS"},
+		{name: "reserved", content: `{"path": "` + rpcKey + `"}`, wantCode: 1, wantOut: "reserved"},
+		{name: "short", content: `{"pin": "1234"}`, wantCode: 1, wantOut: `"PIN"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cmd := exec.Command(bin, "check", "--secrets-file", secretsFile(t, tt.content))
+			out, err := cmd.CombinedOutput()
+			code := 0
+			if ee, ok := err.(*exec.ExitError); ok {
+				code = ee.ExitCode()
+			}
+			if code != tt.wantCode || !strings.Contains(string(out), tt.wantOut) {
+				t.Fatalf("got exit %d output %q, want %d and %q", code, out, tt.wantCode, tt.wantOut)
+			}
+			for _, v := range []string{rpcKey, dbPass, "1234"} {
+				if strings.Contains(string(out), v) {
+					t.Fatalf("output %q contains a value", out)
+				}
+			}
+		})
+	}
+}
