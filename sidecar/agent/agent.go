@@ -6,9 +6,11 @@
 // `cordon-sidecar run` once over a peer-checked unix socket, and serves a
 // health endpoint that turns healthy only when all of that is done.
 //
-// Seams for what other packages provide: EgressProxy (the embedded egress
-// proxy of egress-proxy/proxy) and audit.Emitter (delivery to the
-// dispatcher). With no proxy configured the agent serves none, so the job's
+// Seams for what other packages provide: Config.NewProxy (the embedded
+// egress proxy of egress-proxy/proxy, given the live SVID source for its
+// mTLS), Config.Audit and Config.Usage (delivery to the dispatcher, e.g.
+// through sidecar/spool) and Config.ExtraEnv (sidecar/credserver's
+// variables). With no proxy configured the agent serves none, so the job's
 // HTTP_PROXY points at a closed port and its egress fails closed.
 //
 // It is not the job wrapper (sidecar/jobrun) and keeps no secret on disk.
@@ -78,8 +80,10 @@ type Config struct {
 	// ProxyAddr is where the egress proxy listens. If empty,
 	// 127.0.0.1:3128.
 	ProxyAddr string
-	// Proxy is the embedded egress proxy. If nil, none is served.
-	Proxy EgressProxy
+	// NewProxy builds the embedded egress proxy once the identity is known:
+	// the SVID source is what its xDS subscription and gateway mTLS use. If
+	// nil, no proxy is served.
+	NewProxy func(ctx context.Context, id Identity) (EgressProxy, error)
 	// Usage receives the run's final usage report, built from what the
 	// wrapper measured (a spool.Spool[usage.Report] satisfies it). If nil,
 	// the report is only logged.
@@ -98,6 +102,14 @@ type Config struct {
 	Executable string
 	// Logger. If nil, discarded.
 	Logger *slog.Logger
+}
+
+// Identity is the task's identity with the live SVID source (it follows
+// rotation; use it for every outbound mTLS, e.g. with go-spiffe's
+// tlsconfig.MTLSClientConfig).
+type Identity struct {
+	JobIdentity
+	Source *workloadapi.X509Source
 }
 
 // JobIdentity is who the task is, from its SPIFFE ID.
@@ -300,17 +312,21 @@ func (a *Agent) setUp(ctx context.Context, g *errgroup.Group) error {
 	}
 	g.Go(func() error { return srv.Serve(ctx) })
 
-	if c.Proxy != nil {
+	if c.NewProxy != nil {
+		proxy, err := c.NewProxy(ctx, Identity{JobIdentity: id, Source: src})
+		if err != nil {
+			return fmt.Errorf("agent: egress proxy: %w", err)
+		}
 		ln, err := net.Listen("tcp", c.ProxyAddr)
 		if err != nil {
 			return fmt.Errorf("agent: egress proxy: %w", err)
 		}
-		g.Go(func() error { return c.Proxy.Serve(ctx, ln) })
+		g.Go(func() error { return proxy.Serve(ctx, ln) })
 		g.Go(func() error {
 			<-ctx.Done()
 			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			return c.Proxy.Shutdown(sctx)
+			return proxy.Shutdown(sctx)
 		})
 	} else {
 		log.Warn("no egress proxy embedded: the job's egress through " + c.ProxyAddr + " fails closed")

@@ -83,11 +83,12 @@ func (u *usageRecorder) Emit(r usage.Report) {
 }
 
 type fixture struct {
-	shared, health string
-	audit          *recorder
-	usage          *usageRecorder
-	done           chan error
-	cancel         context.CancelFunc
+	shared, health, proxy string
+	audit                 *recorder
+	proxyOrg              string
+	usage                 *usageRecorder
+	done                  chan error
+	cancel                context.CancelFunc
 }
 
 func freeAddr(t *testing.T) string {
@@ -102,6 +103,18 @@ func freeAddr(t *testing.T) string {
 
 // startAgent serves a dev Workload API for id and runs the agent with a
 // secrets file.
+// fakeProxy is an EgressProxy that answers every request with 418, to see
+// that the agent serves what NewProxy built on ProxyAddr.
+type fakeProxy struct{ srv *http.Server }
+
+func (p *fakeProxy) Serve(ctx context.Context, ln net.Listener) error {
+	if err := p.srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+func (p *fakeProxy) Shutdown(ctx context.Context) error { return p.srv.Shutdown(ctx) }
+
 func startAgent(t *testing.T, id string, secretsJSON string, names []string) *fixture {
 	t.Helper()
 	dir := t.TempDir()
@@ -135,7 +148,7 @@ func startAgent(t *testing.T, id string, secretsJSON string, names []string) *fi
 	if err := os.WriteFile(exe, []byte("#!/bin/sh\necho i am the wrapper\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{shared: filepath.Join(dir, "shared"), health: freeAddr(t), audit: &recorder{}, usage: &usageRecorder{}, done: make(chan error, 1)}
+	f := &fixture{shared: filepath.Join(dir, "shared"), health: freeAddr(t), proxy: freeAddr(t), audit: &recorder{}, usage: &usageRecorder{}, done: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	f.cancel = cancel
 	go func() {
@@ -146,11 +159,20 @@ func startAgent(t *testing.T, id string, secretsJSON string, names []string) *fi
 			SharedDir:       f.shared,
 			JobUID:          -1,
 			HealthAddr:      f.health,
-			ProxyAddr:       "127.0.0.1:3999",
-			Audit:           f.audit,
-			Usage:           f.usage,
-			RunID:           "run-1",
-			Executable:      exe,
+			ProxyAddr:       f.proxy,
+			NewProxy: func(ctx context.Context, id Identity) (EgressProxy, error) {
+				if id.Source == nil {
+					return nil, errors.New("no SVID source")
+				}
+				f.proxyOrg = id.Org
+				return &fakeProxy{srv: &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					w.WriteHeader(http.StatusTeapot)
+				})}}, nil
+			},
+			Audit:      f.audit,
+			Usage:      f.usage,
+			RunID:      "run-1",
+			Executable: exe,
 		})
 	}()
 	return f
@@ -196,8 +218,16 @@ func TestAgentHandsOutSecretsOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(env.Secrets) != 1 || env.Secrets["monad_rpc_key"] != value || env.ProxyURL != "http://127.0.0.1:3999" {
+	if len(env.Secrets) != 1 || env.Secrets["monad_rpc_key"] != value || env.ProxyURL != "http://"+f.proxy {
 		t.Fatalf("got %d secrets (names %v), proxy %q; want only monad_rpc_key and the proxy", len(env.Secrets), keys(env.Secrets), env.ProxyURL)
+	}
+	if resp, err := http.Get("http://" + f.proxy + "/"); err != nil || resp.StatusCode != http.StatusTeapot {
+		t.Fatalf("proxy address: got %v, %v; want the proxy NewProxy built", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	if f.proxyOrg != "acme" {
+		t.Fatalf("NewProxy saw org %q, want acme", f.proxyOrg)
 	}
 	if _, err := handoff.Fetch(ctx, SocketPath(f.shared)); !errors.Is(err, handoff.ErrRefused) {
 		t.Fatalf("second fetch: got %v, want ErrRefused", err)
