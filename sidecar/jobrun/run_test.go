@@ -253,7 +253,7 @@ func TestRunStragglerDoesNotHang(t *testing.T) {
 	// A grandchild that leaves the process group keeps stdout open; the shim
 	// stops reading DrainTimeout after the job exits.
 	start := time.Now()
-	res, out, _, err := runSh(t, `echo hi; setsid sleep 5 & exit 0`, func(c *Config) { c.DrainTimeout = 200 * time.Millisecond })
+	res, out, _, err := runSh(t, `echo hi; setsid sleep 2 & exit 0`, func(c *Config) { c.DrainTimeout = 200 * time.Millisecond })
 	if err != nil {
 		t.Fatal(err)
 	}
