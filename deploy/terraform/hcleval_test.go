@@ -95,9 +95,9 @@ var functions = map[string]function.Function{
 // every resource's computed attributes as recognisable placeholder strings
 // ("aws_iam_role.task.arn").
 var dataFixtures = map[string]cty.Value{
-	"aws_region.current":         cty.ObjectVal(map[string]cty.Value{"region": cty.StringVal("us-east-1")}),
+	"aws_region.current":          cty.ObjectVal(map[string]cty.Value{"region": cty.StringVal("us-east-1")}),
 	"aws_caller_identity.current": cty.ObjectVal(map[string]cty.Value{"account_id": cty.StringVal("123456789012")}),
-	"aws_partition.current":      cty.ObjectVal(map[string]cty.Value{"partition": cty.StringVal("aws")}),
+	"aws_partition.current":       cty.ObjectVal(map[string]cty.Value{"partition": cty.StringVal("aws")}),
 }
 
 // evaluation is the module evaluated for one set of variable values.
