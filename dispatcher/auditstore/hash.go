@@ -77,39 +77,37 @@ const hashVersion = "cordon-audit-chain-v1"
 // with prev_hash. It covers the chain position (org, class, month, seq), so
 // a row moved or renumbered no longer matches its hash.
 func (r *row) computeHash() []byte {
-	h := sha256.New()
-	var lenBuf [4]byte
-	put := func(b []byte) {
-		binary.BigEndian.PutUint32(lenBuf[:], uint32(len(b)))
-		h.Write(lenBuf[:])
-		h.Write(b)
+	b := make([]byte, 0, 512)
+	put := func(s string) []byte {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(s)))
+		return append(b, s...)
 	}
-	str := func(s string) { put([]byte(s)) }
-	str(hashVersion)
-	str(r.org)
-	str(r.class)
-	str(r.month.Format("2006-01"))
-	str(strconv.FormatInt(r.seq, 10))
-	str(strconv.FormatInt(r.ts.UnixMicro(), 10))
-	str(r.eventType)
-	str(r.eventID)
-	str(r.actorType)
-	str(r.actorID)
-	str(r.actorIP)
-	str(r.actorUA)
-	str(r.resourceType)
-	str(r.resourceID)
-	str(r.action)
-	str(r.result)
+	b = put(hashVersion)
+	b = put(r.org)
+	b = put(r.class)
+	b = put(r.month.Format("2006-01"))
+	b = put(strconv.FormatInt(r.seq, 10))
+	b = put(strconv.FormatInt(r.ts.UnixMicro(), 10))
+	b = put(r.eventType)
+	b = put(r.eventID)
+	b = put(r.actorType)
+	b = put(r.actorID)
+	b = put(r.actorIP)
+	b = put(r.actorUA)
+	b = put(r.resourceType)
+	b = put(r.resourceID)
+	b = put(r.action)
+	b = put(r.result)
 	if r.metadata == nil {
-		h.Write([]byte{0})
+		b = append(b, 0)
 	} else {
-		h.Write([]byte{1})
-		put(r.metadata)
+		b = append(b, 1)
+		b = put(string(r.metadata))
 	}
-	str(r.requestID)
-	put(r.prevHash)
-	return h.Sum(nil)
+	b = put(r.requestID)
+	b = put(string(r.prevHash))
+	sum := sha256.Sum256(b)
+	return sum[:]
 }
 
 // genesis is the prev_hash of the first row of every chain.

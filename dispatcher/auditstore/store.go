@@ -109,7 +109,25 @@ type chainKey struct {
 // bug or tampering, not a transient fault.
 var ErrChainConflict = errors.New("audit chain conflict")
 
-// Append stores events and usage reports of one org in one transaction:
+// Record is one event to append. RawMetadata, when not nil, is the exact
+// JSON object stored and hashed (the ingest API passes the redacted bytes
+// it received, sparing a decode and re-encode); when nil, Event.Metadata is
+// encoded with encoding/json.
+type Record struct {
+	Event       audit.Event
+	RawMetadata []byte
+}
+
+// Append is AppendRecords for events whose metadata is to be encoded.
+func (s *Store) Append(ctx context.Context, org string, events []audit.Event, reports []usage.Report) (AppendResult, error) {
+	recs := make([]Record, len(events))
+	for i := range events {
+		recs[i].Event = events[i]
+	}
+	return s.AppendRecords(ctx, org, recs, reports)
+}
+
+// AppendRecords stores events and usage reports of one org in one transaction:
 // events are appended to their (org, class, month) hash chains, each chain
 // locked through its head row so replicas append one at a time; events and
 // reports already stored are skipped. When Append returns nil, everything
@@ -120,7 +138,7 @@ var ErrChainConflict = errors.New("audit chain conflict")
 // optimistically without looking for duplicates; if the insert finds any
 // (ON CONFLICT), the transaction is rolled back and redone looking them up
 // first, so that sequence numbers stay gapless.
-func (s *Store) Append(ctx context.Context, org string, events []audit.Event, reports []usage.Report) (AppendResult, error) {
+func (s *Store) AppendRecords(ctx context.Context, org string, events []Record, reports []usage.Report) (AppendResult, error) {
 	res, err := s.append(ctx, org, events, reports, true)
 	if errors.Is(err, errDuplicates) {
 		res, err = s.append(ctx, org, events, reports, false)
@@ -131,7 +149,7 @@ func (s *Store) Append(ctx context.Context, org string, events []audit.Event, re
 // errDuplicates aborts an optimistic append that met stored events.
 var errDuplicates = errors.New("batch holds events already stored")
 
-func (s *Store) append(ctx context.Context, org string, events []audit.Event, reports []usage.Report, optimistic bool) (AppendResult, error) {
+func (s *Store) append(ctx context.Context, org string, events []Record, reports []usage.Report, optimistic bool) (AppendResult, error) {
 	res := AppendResult{EventStored: make([]bool, len(events)), UsageStored: make([]bool, len(reports))}
 	rows := make([]row, len(events))
 	chains := map[chainKey][]int{} // chain -> indexes into rows of first occurrences
@@ -291,9 +309,10 @@ func (s *Store) append(ctx context.Context, org string, events []audit.Event, re
 	return res, nil
 }
 
-func newRow(org string, ev *audit.Event) (row, error) {
-	var md []byte
-	if ev.Metadata != nil {
+func newRow(org string, rec *Record) (row, error) {
+	ev := &rec.Event
+	md := rec.RawMetadata
+	if md == nil && ev.Metadata != nil {
 		var err error
 		if md, err = json.Marshal(ev.Metadata); err != nil {
 			return row{}, fmt.Errorf("encode metadata of event %s: %w", ev.EventID, err)

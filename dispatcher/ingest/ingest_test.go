@@ -502,13 +502,13 @@ type gated struct {
 	open chan struct{}
 }
 
-func (g *gated) Append(ctx context.Context, org string, evs []audit.Event, rs []usage.Report) (auditstore.AppendResult, error) {
+func (g *gated) AppendRecords(ctx context.Context, org string, evs []auditstore.Record, rs []usage.Report) (auditstore.AppendResult, error) {
 	select {
 	case <-g.open:
 	case <-ctx.Done():
 		return auditstore.AppendResult{}, ctx.Err()
 	}
-	return g.Appender.Append(ctx, org, evs, rs)
+	return g.Appender.AppendRecords(ctx, org, evs, rs)
 }
 
 func TestIngestFullQueueAnswers429(t *testing.T) {

@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"bytes"
 	"regexp"
 	"strings"
 )
@@ -84,6 +85,42 @@ func RedactString(s string) (string, int) {
 	return s, n
 }
 
+// Literals every secret pattern, secret key or URL credential contains:
+// metadata text holding none of them (and no escape sequence) has nothing
+// to redact. secretHints are matched as they are; foldHints against the
+// lowercased text.
+var (
+	secretHints = [][]byte{
+		[]byte("AKIA"), []byte("ASIA"), []byte("AGPA"), []byte("AIDA"), []byte("AROA"), []byte("ANPA"), []byte("ANVA"), []byte("AIPA"),
+		[]byte("eyJ"), []byte("PRIVATE KEY"), []byte("ghp_"), []byte("gho_"), []byte("ghu_"), []byte("ghs_"), []byte("ghr_"),
+		[]byte("github_pat_"), []byte("xox"), []byte("k_live_"), []byte("k_test_"), []byte("AIza"), []byte("://"),
+	}
+	foldHints = func() [][]byte {
+		h := [][]byte{[]byte("bearer"), []byte("basic"), []byte("secret_access_key")}
+		for _, p := range secretKeyParts {
+			h = append(h, []byte(p))
+		}
+		return h
+	}()
+)
+
+// mayHoldSecret reports whether RedactMetadata could change the JSON object
+// raw, which must hold no escape sequence.
+func mayHoldSecret(raw []byte) bool {
+	for _, h := range secretHints {
+		if bytes.Contains(raw, h) {
+			return true
+		}
+	}
+	lower := bytes.ToLower(raw)
+	for _, h := range foldHints {
+		if bytes.Contains(lower, h) {
+			return true
+		}
+	}
+	return false
+}
+
 // RedactMetadata returns a copy of m with the values of secret-named keys
 // and secret-looking strings replaced, and the number of replacements.
 func RedactMetadata(m map[string]any) (map[string]any, int) {
@@ -103,7 +140,7 @@ func redactValue(v any) (any, int) {
 		total := 0
 		for k, val := range x {
 			if isSecretKey(k) {
-				if val != nil {
+				if val != nil && val != Redacted {
 					out[k] = Redacted
 					total++
 				} else {

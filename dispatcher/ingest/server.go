@@ -24,6 +24,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cordon-dev/cordon/dispatcher/auditstore"
 	"github.com/cordon-dev/cordon/internal/audit"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -396,7 +397,7 @@ func (s *Server) submit(ctx context.Context, wk *work) (outcome, int) {
 // usage of its own org and job.
 func authorize(c caller, wk *work) (int, string) {
 	for i := range wk.events {
-		ev := &wk.events[i]
+		ev := &wk.events[i].Event
 		if ev.Resource.TenantID != c.org {
 			return i, fmt.Sprintf("event for org %q, caller is org %q", truncate(ev.Resource.TenantID), c.org)
 		}
@@ -438,7 +439,7 @@ func (s *Server) auditDenial(ctx context.Context, c caller, endpoint string, idx
 		Result:    audit.ResultDenied,
 		Metadata:  map[string]any{"endpoint": endpoint, "item": idx, "reason": reason},
 	}
-	wk := &work{org: c.org, events: []audit.Event{ev}, done: make(chan outcome, 1)}
+	wk := &work{org: c.org, events: []auditstore.Record{{Event: ev}}, done: make(chan outcome, 1)}
 	if o, code := s.submit(ctx, wk); code != http.StatusOK {
 		if o.err != nil {
 			return o.err

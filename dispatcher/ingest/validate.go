@@ -13,6 +13,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/cordon-dev/cordon/dispatcher/auditstore"
 	"github.com/cordon-dev/cordon/internal/audit"
 	"github.com/cordon-dev/cordon/internal/usage"
 )
@@ -68,8 +69,15 @@ func (e *InvalidError) Error() string {
 	return fmt.Sprintf("item %d: %s: %s", e.Index, e.Field, e.Reason)
 }
 
+// wireEvent is an audit.Event whose metadata is kept as the JSON text it
+// arrived as (the outer field shadows the embedded one).
+type wireEvent struct {
+	audit.Event
+	Metadata json.RawMessage `json:"metadata,omitempty"`
+}
+
 type eventsBody struct {
-	Events []audit.Event `json:"events"`
+	Events []wireEvent `json:"events"`
 }
 
 type usageBody struct {
@@ -106,8 +114,9 @@ func decodeStrict(r io.Reader, limit int64, v any) error {
 }
 
 // DecodeEvents reads an events request body, validates every event and
-// redacts secret-looking metadata. It returns the number of redactions.
-func DecodeEvents(r io.Reader, lim Limits, now time.Time) ([]audit.Event, int, error) {
+// redacts secret-looking metadata. It returns the events with their
+// metadata as the exact JSON to store, and the number of redactions.
+func DecodeEvents(r io.Reader, lim Limits, now time.Time) ([]auditstore.Record, int, error) {
 	lim = lim.withDefaults()
 	var body eventsBody
 	if err := decodeStrict(r, lim.MaxBodyBytes, &body); err != nil {
@@ -120,22 +129,96 @@ func DecodeEvents(r io.Reader, lim Limits, now time.Time) ([]audit.Event, int, e
 		return nil, 0, &InvalidError{Index: -1, Reason: fmt.Sprintf("%d events in one request, the limit is %d: split the batch", len(body.Events), lim.MaxItems)}
 	}
 	redactions := 0
+	recs := make([]auditstore.Record, len(body.Events))
 	for i := range body.Events {
-		ev := &body.Events[i]
-		if err := validateEvent(ev, lim, now); err != nil {
+		w := &body.Events[i]
+		rec := &recs[i]
+		rec.Event = w.Event
+		if err := validateEvent(&rec.Event, lim, now); err != nil {
 			err.Index = i
 			return nil, 0, err
 		}
-		var n int
-		ev.Metadata, n = RedactMetadata(ev.Metadata)
+		md, n, err := prepareMetadata(w.Metadata, lim)
+		if err != nil {
+			err.Index = i
+			return nil, 0, err
+		}
+		rec.RawMetadata = md
 		redactions += n
-		ev.Actor.UserAgent, n = RedactString(ev.Actor.UserAgent)
+		rec.Event.Actor.UserAgent, n = RedactString(rec.Event.Actor.UserAgent)
 		redactions += n
-		if size := encodedSize(ev.Metadata); ev.Metadata != nil && size > lim.MaxMetadataBytes {
-			return nil, 0, &InvalidError{Index: i, Field: "metadata", Reason: fmt.Sprintf("about %d bytes encoded, the limit is %d", size, lim.MaxMetadataBytes)}
+	}
+	return recs, redactions, nil
+}
+
+// prepareMetadata checks an event's metadata (a JSON object, at most
+// MaxMetadataBytes, nested at most 8 deep) and returns it compacted with
+// secret-looking values redacted. Most metadata holds nothing that could
+// be redacted: when the raw text has no escape sequence and none of the
+// literals every redaction needs (mayHoldSecret), it is stored as it came,
+// without being decoded; otherwise it is decoded, redacted and re-encoded.
+func prepareMetadata(raw json.RawMessage, lim Limits) ([]byte, int, *InvalidError) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, 0, nil
+	}
+	if raw[0] != '{' {
+		return nil, 0, invalid("metadata", "must be a JSON object")
+	}
+	if len(raw) > lim.MaxMetadataBytes {
+		return nil, 0, invalid("metadata", "%d bytes, the limit is %d", len(raw), lim.MaxMetadataBytes)
+	}
+	// Invalid UTF-8 also takes the slow path: decoding replaces it, and
+	// Postgres would refuse it.
+	if bytes.IndexByte(raw, '\\') < 0 && utf8.Valid(raw) && !mayHoldSecret(raw) {
+		if jsonDepth(raw) > 8 {
+			return nil, 0, invalid("metadata", "nested deeper than 8 levels")
+		}
+		var buf bytes.Buffer
+		if err := json.Compact(&buf, raw); err != nil {
+			return nil, 0, invalid("metadata", "is not valid JSON")
+		}
+		return buf.Bytes(), 0, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	var m map[string]any
+	if err := dec.Decode(&m); err != nil {
+		return nil, 0, invalid("metadata", "is not a valid JSON object")
+	}
+	if depth(m, 0) > 8 {
+		return nil, 0, invalid("metadata", "nested deeper than 8 levels")
+	}
+	m, n := RedactMetadata(m)
+	b, err := json.Marshal(m)
+	if err != nil {
+		return nil, 0, invalid("metadata", "cannot be encoded: %v", err)
+	}
+	if len(b) > lim.MaxMetadataBytes {
+		return nil, 0, invalid("metadata", "%d bytes once redacted, the limit is %d", len(b), lim.MaxMetadataBytes)
+	}
+	return b, n, nil
+}
+
+// jsonDepth is the nesting depth of valid JSON text without escapes (so no
+// string holds a quote).
+func jsonDepth(b []byte) int {
+	d, max, inString := 0, 0, false
+	for _, c := range b {
+		switch {
+		case c == '"':
+			inString = !inString
+		case inString:
+		case c == '{' || c == '[':
+			d++
+			if d > max {
+				max = d
+			}
+		case c == '}' || c == ']':
+			d--
 		}
 	}
-	return body.Events, redactions, nil
+	return max
 }
 
 // DecodeUsage reads a usage request body and validates every report.
@@ -308,9 +391,6 @@ func validateEvent(ev *audit.Event, lim Limits, now time.Time) *InvalidError {
 	}
 	if err := text("request_id", ev.RequestID, 128, false); err != nil {
 		return err
-	}
-	if d := depth(ev.Metadata, 0); d > 8 {
-		return invalid("metadata", "nested deeper than 8 levels")
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 var now = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
@@ -64,7 +65,7 @@ func TestDecodeKeepsExactNumbers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, _ := json.Marshal(evs[0].Metadata)
+	b := evs[0].RawMetadata
 	if !strings.Contains(string(b), "12345678901234567890") {
 		t.Errorf("got metadata %s, want the number kept exactly", b)
 	}
@@ -197,14 +198,93 @@ func FuzzDecodeEvents(f *testing.F) {
 		if err != nil {
 			return
 		}
-		for _, ev := range evs {
-			b, _ := json.Marshal(ev.Metadata)
-			if secretPatterns[0].re.Match(b) {
-				t.Errorf("accepted metadata %s still holds an AWS key", b)
+		for _, rec := range evs {
+			ev := rec.Event
+			if b := rec.RawMetadata; b != nil {
+				// What is stored holds nothing redaction would change.
+				dec := json.NewDecoder(strings.NewReader(string(b)))
+				dec.UseNumber()
+				var m map[string]any
+				if err := dec.Decode(&m); err != nil {
+					t.Fatalf("stored metadata %s is not a JSON object: %v", b, err)
+				}
+				if _, n := RedactMetadata(m); n != 0 {
+					t.Errorf("stored metadata %s still holds %d redactable values", b, n)
+				}
 			}
 			if strings.ContainsAny(ev.Actor.ID+ev.Resource.ID+ev.RequestID, "\x00\n\r") {
 				t.Errorf("accepted control characters in %+v", ev)
 			}
 		}
 	})
+}
+
+func TestPrepareMetadata(t *testing.T) {
+	cases := []struct {
+		name    string
+		raw     string
+		want    string // stored JSON, exactly
+		wantErr string
+	}{
+		{"plain is stored as sent, compacted", `{ "host" : "api.example.com", "n": 1.50 }`, `{"host":"api.example.com","n":1.50}`, ""},
+		{"null", `null`, "", ""},
+		{"secret key, any case", `{"Password":"hunter2","host":"h"}`, `{"Password":"[REDACTED]","host":"h"}`, ""},
+		{"escaped AWS key", `{"note":"key \u0041KIAIOSFODNN7EXAMPLE"}`, `{"note":"key [REDACTED]"}`, ""},
+		{"escaped URL credentials", `{"dsn":"postgres:\/\/app:pa55@db\/x"}`, `{"dsn":"postgres://[REDACTED]@db/x"}`, ""},
+		{"JWT", `{"t":["eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln"]}`, `{"t":["[REDACTED]"]}`, ""},
+		{"array", `[1]`, "", "must be a JSON object"},
+		{"string", `"x"`, "", "must be a JSON object"},
+		{"deep", `{"a":[[[[[[[[[1]]]]]]]]]}`, "", "deeper than 8"},
+		{"deep with escapes", `{"a\u0062":[[[[[[[[[1]]]]]]]]]}`, "", "deeper than 8"},
+		{"too large", `{"a":"` + strings.Repeat("x", 17<<10) + `"}`, "", "the limit is"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, _, err := prepareMetadata(json.RawMessage(tc.raw), Limits{}.withDefaults())
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Errorf("got %s, %v; want an error containing %q", got, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || string(got) != tc.want {
+				t.Errorf("got %s, %v; want %s, nil", got, err, tc.want)
+			}
+		})
+	}
+}
+
+// FuzzPrepareMetadata: whatever metadata is accepted is stored as a JSON
+// object holding nothing redaction would change, whether it took the fast
+// path or not.
+func FuzzPrepareMetadata(f *testing.F) {
+	for _, s := range []string{`{"host":"h"}`, `{"Token":"x"}`, `{"u":"s:\/\/a:b@h"}`, `{"k":"\u0041KIAIOSFODNN7EXAMPLE"}`,
+		`{"a":{"b":["Bearer abcdefghij"]}}`, `{"x":"AKIAIOSFODNN7EXAMPLE"}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		if !json.Valid(raw) {
+			return
+		}
+		out, _, err := prepareMetadata(raw, Limits{}.withDefaults())
+		if err != nil || out == nil {
+			return
+		}
+		dec := json.NewDecoder(strings.NewReader(string(out)))
+		dec.UseNumber()
+		var m map[string]any
+		if err := dec.Decode(&m); err != nil {
+			t.Fatalf("stored %s is not a JSON object: %v", out, err)
+		}
+		if _, n := RedactMetadata(m); n != 0 {
+			t.Errorf("stored %s (from %s) still holds %d redactable values", out, raw, n)
+		}
+	})
+}
+
+func TestPrepareMetadataInvalidUTF8(t *testing.T) {
+	got, _, err := prepareMetadata(json.RawMessage("{\"a\":\"\xff\"}"), Limits{}.withDefaults())
+	if err != nil || !utf8.Valid(got) {
+		t.Errorf("got %q, %v; want valid UTF-8", got, err)
+	}
 }

@@ -9,14 +9,13 @@ import (
 	"time"
 
 	"github.com/cordon-dev/cordon/dispatcher/auditstore"
-	"github.com/cordon-dev/cordon/internal/audit"
 	"github.com/cordon-dev/cordon/internal/usage"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Appender is the store the writers commit to (*auditstore.Store).
 type Appender interface {
-	Append(ctx context.Context, org string, events []audit.Event, reports []usage.Report) (auditstore.AppendResult, error)
+	AppendRecords(ctx context.Context, org string, events []auditstore.Record, reports []usage.Report) (auditstore.AppendResult, error)
 }
 
 var _ Appender = (*auditstore.Store)(nil)
@@ -24,7 +23,7 @@ var _ Appender = (*auditstore.Store)(nil)
 // work is one accepted request waiting for its commit.
 type work struct {
 	org     string
-	events  []audit.Event
+	events  []auditstore.Record
 	reports []usage.Report
 	done    chan outcome // buffered, receives exactly once
 }
@@ -158,7 +157,7 @@ func (w *writers) commit(ctx context.Context, batch []*work) {
 }
 
 func (w *writers) commitOrg(ctx context.Context, org string, ws []*work) error {
-	var events []audit.Event
+	var events []auditstore.Record
 	var reports []usage.Report
 	for _, wk := range ws {
 		events = append(events, wk.events...)
@@ -166,7 +165,7 @@ func (w *writers) commitOrg(ctx context.Context, org string, ws []*work) error {
 	}
 	tctx, cancel := context.WithTimeout(ctx, w.timeout)
 	start := time.Now()
-	res, err := w.store.Append(tctx, org, events, reports)
+	res, err := w.store.AppendRecords(tctx, org, events, reports)
 	cancel()
 	w.m.batchSeconds.Observe(time.Since(start).Seconds())
 	w.m.batchItems.Observe(float64(len(events) + len(reports)))
