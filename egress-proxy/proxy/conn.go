@@ -66,7 +66,7 @@ func (s *Server) serveConn(ctx context.Context, raw, conn net.Conn, job JobRef, 
 		conn.SetReadDeadline(start.Add(s.lim.HeaderReadTimeout))
 		info, err := s.readHead(cc.br)
 		if err != nil {
-			o := &outcome{job: job, actor: actor, remote: raw.RemoteAddr().String(), start: start, decision: decisionDeny, reason: policy.ReasonBadRequest}
+			o := &outcome{job: job, actor: actor, remote: raw.RemoteAddr(), start: start, decision: decisionDeny, reason: policy.ReasonBadRequest}
 			if errors.Is(err, errHeadTooLarge) {
 				o.reason = policy.ReasonHeaderTooLarge
 			} else if isTimeout(err) || errors.Is(err, errEOF) {
@@ -77,7 +77,7 @@ func (s *Server) serveConn(ctx context.Context, raw, conn net.Conn, job JobRef, 
 		}
 		req, err := http.ReadRequest(cc.br)
 		if err != nil {
-			s.deny(ctx, cc, &outcome{job: job, actor: actor, remote: raw.RemoteAddr().String(), start: start, decision: decisionDeny, reason: policy.ReasonBadRequest})
+			s.deny(ctx, cc, &outcome{job: job, actor: actor, remote: raw.RemoteAddr(), start: start, decision: decisionDeny, reason: policy.ReasonBadRequest})
 			return
 		}
 		conn.SetReadDeadline(start.Add(s.lim.TotalTimeout))
@@ -135,8 +135,14 @@ func headEnd(buf []byte, from int) int {
 // parses the same bytes afterwards and rejects what is malformed.
 func scanHead(head []byte) headInfo {
 	var info headInfo
-	lines := bytes.Split(head, []byte("\n"))
-	for i, line := range lines {
+	rest := head
+	for i := 0; len(rest) > 0; i++ {
+		line := rest
+		if nl := bytes.IndexByte(rest, '\n'); nl >= 0 {
+			line, rest = rest[:nl], rest[nl+1:]
+		} else {
+			rest = nil
+		}
 		if i == 0 {
 			continue // request line
 		}

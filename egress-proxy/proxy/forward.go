@@ -42,9 +42,10 @@ func stripHopByHop(h http.Header) {
 // back. Redirects are returned to the client, never followed.
 func (s *Server) forward(ctx context.Context, cc *clientConn, js *jobState, req *http.Request, chk checked, o *outcome) bool {
 	deadline := o.start.Add(s.lim.TotalTimeout)
-	rctx, cancel := context.WithDeadline(ctx, deadline)
-	defer cancel()
-	out := req.WithContext(rctx)
+	// The request is rewritten in place (it is this proxy's own, read from
+	// the client); what the client asked about its connection is kept.
+	reqClose := req.Close
+	out := req
 	out.RequestURI = ""
 	authorityStr := chk.target.String()
 	if chk.target.Port == 80 {
@@ -53,9 +54,7 @@ func (s *Server) forward(ctx context.Context, cc *clientConn, js *jobState, req 
 			authorityStr = "[" + authorityStr + "]"
 		}
 	}
-	u := *req.URL
-	u.Host = authorityStr
-	out.URL = &u
+	out.URL.Host = authorityStr
 	out.Host = authorityStr
 	expect := strings.EqualFold(out.Header.Get("Expect"), "100-continue")
 	stripHopByHop(out.Header)
@@ -68,15 +67,16 @@ func (s *Server) forward(ctx context.Context, cc *clientConn, js *jobState, req 
 		cc.conn.Write([]byte("HTTP/1.1 100 Continue\r\n\r\n"))
 	}
 	var sent atomic.Int64
-	if req.Body != nil && req.Body != http.NoBody {
-		out.Body = &countingReader{r: req.Body, n: &sent}
+	body := req.Body
+	if body != nil && body != http.NoBody {
+		out.Body = &countingReader{r: body, n: &sent}
 	}
 
 	addrs := chk.addrs
 	if s.cfg.Gateway != nil {
 		addrs = gatewayKey
 	}
-	resp, uc, err := s.send(rctx, js.pool, addrs, out, deadline)
+	resp, uc, err := s.send(ctx, js.pool, addrs, out, deadline)
 	if err != nil {
 		var de *dialError
 		switch {
@@ -107,7 +107,7 @@ func (s *Server) forward(ctx context.Context, cc *clientConn, js *jobState, req 
 	stripHopByHop(resp.Header)
 	var recv atomic.Int64
 	resp.Body = &countingReader{r: resp.Body, n: &recv}
-	keep := !req.Close && req.ProtoAtLeast(1, 1)
+	keep := !reqClose && req.ProtoAtLeast(1, 1)
 	resp.Close = !keep
 	resp.Proto, resp.ProtoMajor, resp.ProtoMinor = "HTTP/1.1", 1, 1
 	if !req.ProtoAtLeast(1, 1) && resp.ContentLength < 0 {
@@ -130,16 +130,16 @@ func (s *Server) forward(ctx context.Context, cc *clientConn, js *jobState, req 
 	}
 	o.status = resp.StatusCode
 	o.bytes = sent.Load() + recv.Load()
-	s.m.bytes.WithLabelValues("upstream").Add(float64(sent.Load()))
-	s.m.bytes.WithLabelValues("downstream").Add(float64(recv.Load()))
+	s.m.bytesUp.Add(float64(sent.Load()))
+	s.m.bytesDown.Add(float64(recv.Load()))
 	s.record(ctx, o)
 	if werr != nil {
 		return false
 	}
 	// The next request starts after this one's body: finish reading it,
 	// or close when it is too long to be worth it.
-	if req.Body != nil {
-		n, _ := io.CopyN(io.Discard, req.Body, 256<<10)
+	if body != nil {
+		n, _ := io.CopyN(io.Discard, body, 256<<10)
 		if n == 256<<10 {
 			return false
 		}

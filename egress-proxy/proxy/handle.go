@@ -25,7 +25,7 @@ type checked struct {
 // handle serves one request. It reports whether the connection may carry
 // another request.
 func (s *Server) handle(ctx context.Context, cc *clientConn, req *http.Request, info headInfo, start time.Time) bool {
-	o := &outcome{job: cc.job, actor: cc.actor, remote: cc.raw.RemoteAddr().String(), method: req.Method, start: start}
+	o := &outcome{job: cc.job, actor: cc.actor, remote: cc.raw.RemoteAddr(), method: req.Method, start: start}
 	s.pruneJobs()
 	pol, ok := s.cfg.Store.Lookup(cc.job.Org, cc.job.Job)
 	if !ok {

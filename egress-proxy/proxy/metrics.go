@@ -3,8 +3,11 @@ package proxy
 import (
 	"fmt"
 	"strings"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cordon-dev/cordon/egress-proxy/policy"
 )
 
 // metrics are the server's Prometheus collectors. Every label is bounded:
@@ -15,6 +18,29 @@ type metrics struct {
 	tunnelSeconds prometheus.Histogram
 	openConns     prometheus.Gauge
 	openTunnels   prometheus.Gauge
+
+	// Resolved children, so a request does not hash its label values:
+	// bytesUp/bytesDown are the two directions, decisions caches the
+	// requests counter per (decision, reason) as they occur.
+	bytesUp, bytesDown prometheus.Counter
+	decisions          sync.Map // decisionKey -> prometheus.Counter
+}
+
+type decisionKey struct {
+	decision string
+	reason   policy.Reason
+}
+
+// countDecision increments cordon_egress_requests_total.
+func (m *metrics) countDecision(decision string, reason policy.Reason) {
+	k := decisionKey{decision, reason}
+	if c, ok := m.decisions.Load(k); ok {
+		c.(prometheus.Counter).Inc()
+		return
+	}
+	c := m.requests.WithLabelValues(decision, string(reason))
+	m.decisions.Store(k, c)
+	c.Inc()
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -41,6 +67,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Open CONNECT tunnels.",
 		}),
 	}
+	m.bytesUp = m.bytes.WithLabelValues("upstream")
+	m.bytesDown = m.bytes.WithLabelValues("downstream")
 	for _, c := range []prometheus.Collector{m.requests, m.bytes, m.tunnelSeconds, m.openConns, m.openTunnels} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"strconv"
@@ -29,7 +30,7 @@ const DenyReasonHeader = "X-Cordon-Deny-Reason"
 type outcome struct {
 	job      JobRef
 	actor    string
-	remote   string
+	remote   net.Addr // formatted only for an audit event
 	method   string
 	host     string
 	port     uint16
@@ -100,19 +101,42 @@ func (s *Server) record(ctx context.Context, o *outcome) {
 	if o.decision == decisionDeny {
 		level = slog.LevelWarn
 	}
-	s.log.LogAttrs(ctx, level, "egress decision",
-		slog.String("job", o.job.String()),
-		slog.String("decision", o.decision),
-		slog.String("reason", string(o.reason)),
-		slog.String("host", o.host),
-		slog.Int("port", int(o.port)),
-		slog.String("addr", addr),
-		slog.String("method", o.method),
-		slog.Int64("bytes", o.bytes),
-		slog.Duration("duration", dur),
-	)
-	s.m.requests.WithLabelValues(o.decision, string(o.reason)).Inc()
+	// Build the attributes only for a handler that keeps the line: the
+	// arguments would be evaluated (and allocated) before LogAttrs itself
+	// checks.
+	if s.log.Enabled(ctx, level) {
+		s.log.LogAttrs(ctx, level, "egress decision",
+			slog.String("job", o.job.String()),
+			slog.String("decision", o.decision),
+			slog.String("reason", string(o.reason)),
+			slog.String("host", o.host),
+			slog.Int("port", int(o.port)),
+			slog.String("addr", addr),
+			slog.String("method", o.method),
+			slog.Int64("bytes", o.bytes),
+			slog.Duration("duration", dur),
+		)
+	}
+	s.m.countDecision(o.decision, o.reason)
+	if s.audit != audit.Discard {
+		s.emitAudit(o, addr, dur)
+	}
 
+	if s.cfg.Observer != nil {
+		key := o.rule
+		switch {
+		case o.decision == decisionDeny:
+			key = "denied"
+		case key == "":
+			key = "unmatched"
+		}
+		s.cfg.Observer.Observe(Observation{Job: o.job, Key: key, Bytes: o.bytes})
+	}
+}
+
+// emitAudit sends the decision's audit event (skipped, with its ID and
+// metadata map, when nobody listens).
+func (s *Server) emitAudit(o *outcome, addr string, dur time.Duration) {
 	ev := audit.Event{
 		Timestamp: o.start.UTC(),
 		EventType: "EGRESS_ALLOWED",
@@ -141,20 +165,16 @@ func (s *Server) record(ctx context.Context, o *outcome) {
 		ev.Result = audit.ResultFailure
 	}
 	s.audit.Emit(ev)
-
-	if s.cfg.Observer != nil {
-		key := o.rule
-		switch {
-		case o.decision == decisionDeny:
-			key = "denied"
-		case key == "":
-			key = "unmatched"
-		}
-		s.cfg.Observer.Observe(Observation{Job: o.job, Key: key, Bytes: o.bytes})
-	}
 }
 
-func hostOf(remote string) string {
+func hostOf(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	if t, ok := a.(*net.TCPAddr); ok {
+		return t.AddrPort().Addr().Unmap().String()
+	}
+	remote := a.String()
 	if ap, err := netip.ParseAddrPort(remote); err == nil {
 		return ap.Addr().String()
 	}

@@ -186,7 +186,7 @@ func (s *Server) ServeTLS(ctx context.Context, ln net.Listener, conf *tls.Config
 		}
 		job, id, err := JobFromPeer(tc.ConnectionState(), s.cfg.TrustDomain)
 		if err != nil {
-			s.record(ctx, &outcome{job: job, actor: id, remote: c.RemoteAddr().String(), method: "TLS",
+			s.record(ctx, &outcome{job: job, actor: id, remote: c.RemoteAddr(), method: "TLS",
 				decision: decisionDeny, reason: policy.ReasonBadIdentity, start: time.Now()})
 			return nil, JobRef{}, "", false
 		}

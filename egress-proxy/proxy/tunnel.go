@@ -98,8 +98,8 @@ func (s *Server) tunnel(ctx context.Context, cc *clientConn, report bool, chk ch
 	}
 	wg.Wait()
 	o.bytes = upBytes + down
-	s.m.bytes.WithLabelValues("upstream").Add(float64(upBytes))
-	s.m.bytes.WithLabelValues("downstream").Add(float64(down))
+	s.m.bytesUp.Add(float64(upBytes))
+	s.m.bytesDown.Add(float64(down))
 	s.m.tunnelSeconds.Observe(time.Since(o.start).Seconds())
 	s.record(ctx, o)
 }

@@ -196,11 +196,13 @@ func (s *Server) send(ctx context.Context, pool *upstreamPool, addrs []netip.Add
 	}
 	var c net.Conn
 	var ap netip.AddrPort
+	dctx, cancel := context.WithDeadline(ctx, deadline) // only a dial needs a context
 	if s.cfg.Gateway != nil {
-		c, err = s.dialGateway(ctx)
+		c, err = s.dialGateway(dctx)
 	} else {
-		c, ap, err = s.dialChecked(ctx, addrs)
+		c, ap, err = s.dialChecked(dctx, addrs)
 	}
+	cancel()
 	if err != nil {
 		return nil, nil, err
 	}
