@@ -221,7 +221,7 @@ func (s *Store) append(ctx context.Context, org string, events []Record, reports
 		}
 
 		// Number and hash the new rows of each chain.
-		var stage columns
+		stage := newColumns(len(events))
 		headOrgs, headClasses, headMonths := []string{}, []string{}, []time.Time{}
 		headSeqs, headHashes := []int64{}, [][]byte{}
 		for i, k := range keys {
@@ -339,6 +339,17 @@ type columns struct {
 	seq                                                             []int64
 	metadata                                                        []*string
 	prevHash, hash                                                  [][]byte
+}
+
+func newColumns(n int) *columns {
+	return &columns{
+		class: make([]string, 0, n), eventType: make([]string, 0, n), eventID: make([]string, 0, n),
+		actorType: make([]string, 0, n), actorID: make([]string, 0, n), actorIP: make([]string, 0, n),
+		actorUA: make([]string, 0, n), resourceType: make([]string, 0, n), resourceID: make([]string, 0, n),
+		action: make([]string, 0, n), result: make([]string, 0, n), requestID: make([]string, 0, n),
+		month: make([]time.Time, 0, n), ts: make([]time.Time, 0, n), seq: make([]int64, 0, n),
+		metadata: make([]*string, 0, n), prevHash: make([][]byte, 0, n), hash: make([][]byte, 0, n),
+	}
 }
 
 func (c *columns) add(r *row) {
