@@ -86,6 +86,7 @@ var functions = map[string]function.Function{
 	"lower":      stdlib.LowerFunc,
 	"merge":      stdlib.MergeFunc,
 	"regex":      stdlib.RegexFunc,
+	"setproduct": stdlib.SetProductFunc,
 	"toset":      stdlib.MakeToFunc(cty.Set(cty.DynamicPseudoType)),
 	"tostring":   stdlib.MakeToFunc(cty.String),
 	"upper":      stdlib.UpperFunc,

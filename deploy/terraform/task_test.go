@@ -153,6 +153,57 @@ func deref[T any](ptr *T) T {
 // credentialName matches environment names that carry credentials.
 var credentialName = regexp.MustCompile(`(?i)^AWS_|SECRET|TOKEN|PASSW|CREDENTIAL|PRIVATE|_KEY$`)
 
+// checkHardened asserts one container's isolation (seeds/000 "Container
+// Isolation"): read-only root, numeric non-root user, not privileged, every
+// capability dropped and none added, no ECS-injected secrets, no links or
+// host devices, awslogs to the module's group, essential. Port mappings
+// only where allowPorts (the gateway's listener).
+func checkHardened(c ecstypes.ContainerDefinition, allowPorts bool) problems {
+	var p problems
+	name := deref(c.Name)
+	if !deref(c.ReadonlyRootFilesystem) {
+		p.add("%s: readonlyRootFilesystem: got false, want true (seeds/000: read-only root filesystem)", name)
+	}
+	uid, gid, _ := strings.Cut(deref(c.User), ":")
+	u, errU := strconv.Atoi(uid)
+	g, errG := strconv.Atoi(gid)
+	if errU != nil || errG != nil || u <= 0 || g <= 0 {
+		p.add("%s: user: got %q, want numeric non-root uid:gid", name, deref(c.User))
+	}
+	if deref(c.Privileged) {
+		p.add("%s: privileged: got true, want false or absent (seeds/000: no privileged mode)", name)
+	}
+	if c.LinuxParameters == nil || c.LinuxParameters.Capabilities == nil {
+		p.add("%s: linuxParameters.capabilities: absent, want drop [ALL]", name)
+	} else {
+		caps := c.LinuxParameters.Capabilities
+		if !slices.Equal(caps.Drop, []string{"ALL"}) || len(caps.Add) != 0 {
+			p.add("%s: capabilities: got drop %q add %q, want drop [ALL] add []", name, caps.Drop, caps.Add)
+		}
+		if lp := c.LinuxParameters; lp.Devices != nil || lp.SharedMemorySize != nil || lp.Tmpfs != nil {
+			p.add("%s: linuxParameters: got devices/sharedMemorySize/tmpfs, want none (no host devices; Fargate refuses them)", name)
+		}
+	}
+	if len(c.Secrets) != 0 {
+		p.add("%s: secrets: got %d ECS secrets, want none: ECS would put them in the environment; the agent fetches them itself", name, len(c.Secrets))
+	}
+	if len(c.PortMappings) != 0 && !allowPorts {
+		p.add("%s: portMappings: got %v, want none (no inbound connections)", name, c.PortMappings)
+	}
+	if len(c.VolumesFrom) != 0 || len(c.Links) != 0 || len(c.DockerSecurityOptions) != 0 || len(c.SystemControls) != 0 {
+		p.add("%s: volumesFrom/links/dockerSecurityOptions/systemControls: got some, want none", name)
+	}
+	lc := c.LogConfiguration
+	if lc == nil || lc.LogDriver != ecstypes.LogDriverAwslogs ||
+		lc.Options["awslogs-group"] != "aws_cloudwatch_log_group.this.name" || lc.Options["awslogs-region"] != "us-east-1" || lc.Options["awslogs-stream-prefix"] == "" {
+		p.add("%s: logConfiguration: got %+v, want awslogs to the module's log group in the task's region", name, lc)
+	}
+	if !deref(c.Essential) {
+		p.add("%s: essential: got false, want true (either container dying ends the task)", name)
+	}
+	return p
+}
+
 // checkContainers asserts the invariants of DESIGN.md "How a task runs
 // (Fargate)" and seeds/000 "Container Isolation" on the decoded containers.
 // secretEnv are the env names the declared secrets become: they must never
@@ -175,47 +226,7 @@ func checkContainers(defs []ecstypes.ContainerDefinition, secretEnv []string) pr
 		return p
 	}
 	for _, c := range defs {
-		name := deref(c.Name)
-		if !deref(c.ReadonlyRootFilesystem) {
-			p.add("%s: readonlyRootFilesystem: got false, want true (seeds/000: read-only root filesystem)", name)
-		}
-		uid, gid, _ := strings.Cut(deref(c.User), ":")
-		u, errU := strconv.Atoi(uid)
-		g, errG := strconv.Atoi(gid)
-		if errU != nil || errG != nil || u <= 0 || g <= 0 {
-			p.add("%s: user: got %q, want numeric non-root uid:gid", name, deref(c.User))
-		}
-		if deref(c.Privileged) {
-			p.add("%s: privileged: got true, want false or absent (seeds/000: no privileged mode)", name)
-		}
-		if c.LinuxParameters == nil || c.LinuxParameters.Capabilities == nil {
-			p.add("%s: linuxParameters.capabilities: absent, want drop [ALL]", name)
-		} else {
-			caps := c.LinuxParameters.Capabilities
-			if !slices.Equal(caps.Drop, []string{"ALL"}) || len(caps.Add) != 0 {
-				p.add("%s: capabilities: got drop %q add %q, want drop [ALL] add []", name, caps.Drop, caps.Add)
-			}
-			if lp := c.LinuxParameters; lp.Devices != nil || lp.SharedMemorySize != nil || lp.Tmpfs != nil {
-				p.add("%s: linuxParameters: got devices/sharedMemorySize/tmpfs, want none (no host devices; Fargate refuses them)", name)
-			}
-		}
-		if len(c.Secrets) != 0 {
-			p.add("%s: secrets: got %d ECS secrets, want none: ECS would put them in the environment; the agent fetches them itself", name, len(c.Secrets))
-		}
-		if len(c.PortMappings) != 0 {
-			p.add("%s: portMappings: got %v, want none (no inbound connections)", name, c.PortMappings)
-		}
-		if len(c.VolumesFrom) != 0 || len(c.Links) != 0 || len(c.DockerSecurityOptions) != 0 || len(c.SystemControls) != 0 {
-			p.add("%s: volumesFrom/links/dockerSecurityOptions/systemControls: got some, want none", name)
-		}
-		lc := c.LogConfiguration
-		if lc == nil || lc.LogDriver != ecstypes.LogDriverAwslogs ||
-			lc.Options["awslogs-group"] != "aws_cloudwatch_log_group.this.name" || lc.Options["awslogs-region"] != "us-east-1" || lc.Options["awslogs-stream-prefix"] == "" {
-			p.add("%s: logConfiguration: got %+v, want awslogs to the module's log group in the task's region", name, lc)
-		}
-		if !deref(c.Essential) {
-			p.add("%s: essential: got false, want true (either container dying ends the task)", name)
-		}
+		p = append(p, checkHardened(c, false)...)
 	}
 
 	if sidecar.Command == nil || sidecar.Command[0] != "agent" || !hasFlag(sidecar.Command, "--shared-dir", "/cordon") {
