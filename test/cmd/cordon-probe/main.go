@@ -13,6 +13,7 @@
 //	                the ECS credentials endpoint, the IPv6 IMDS)
 //	secret=NAME     print env NAME in several encodings (the scrubber's test)
 //	aws-env         report which AWS credential variables the job can see
+//	parent-env      the same for its parent's (the shim's) /proc/PPID/environ
 //
 // It always exits 0 after its attempts (a refused connection is a result,
 // not a failure); 2 on a usage error. It is a test tool: never ship it.
@@ -30,7 +31,7 @@ import (
 )
 
 const usage = `usage: cordon-probe [--timeout 3s] [--ca FILE] ATTEMPT...
-attempts: http=URL direct=URL tcp=HOST:PORT udp=HOST:PORT metadata secret=NAME aws-env
+attempts: http=URL direct=URL tcp=HOST:PORT udp=HOST:PORT metadata secret=NAME aws-env parent-env
 each attempt prints one JSON line: {"probe":...,"target":...,"ok":...}
 `
 

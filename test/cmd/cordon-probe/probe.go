@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -24,7 +25,8 @@ const DenyReasonHeader = "X-Cordon-Deny-Reason"
 
 // Attempt is one thing the probe tries.
 type Attempt struct {
-	// Kind is http, direct, tcp, udp, metadata, secret or aws-env.
+	// Kind is http, direct, tcp, udp, metadata, secret, aws-env or
+	// parent-env.
 	Kind string
 	// Target is the URL, HOST:PORT or variable name; empty for metadata
 	// and aws-env.
@@ -97,7 +99,7 @@ func ParseAttempts(args []string) ([]Attempt, error) {
 	for _, a := range args {
 		kind, target, hasTarget := strings.Cut(a, "=")
 		switch kind {
-		case "metadata", "aws-env":
+		case "metadata", "aws-env", "parent-env":
 			if hasTarget {
 				return nil, fmt.Errorf("attempt %q: %s takes no target", a, kind)
 			}
@@ -115,7 +117,7 @@ func ParseAttempts(args []string) ([]Attempt, error) {
 				return nil, fmt.Errorf("attempt %q: want secret=ENV_NAME", a)
 			}
 		default:
-			return nil, fmt.Errorf("attempt %q: unknown kind %q (http, direct, tcp, udp, metadata, secret, aws-env)", a, kind)
+			return nil, fmt.Errorf("attempt %q: unknown kind %q (http, direct, tcp, udp, metadata, secret, aws-env, parent-env)", a, kind)
 		}
 		out = append(out, Attempt{Kind: kind, Target: target})
 	}
@@ -166,6 +168,8 @@ func Run(ctx context.Context, cfg Config) error {
 			err = p.secret(a.Target)
 		case "aws-env":
 			err = p.emit(p.awsEnv())
+		case "parent-env":
+			err = p.emit(p.parentEnv())
 		default:
 			err = fmt.Errorf("unknown attempt kind %q", a.Kind)
 		}
@@ -339,4 +343,28 @@ func (p *prober) awsEnv() Result {
 		}
 	}
 	return Result{Probe: "aws-env", OK: len(seen) > 0, Value: strings.Join(seen, ",")}
+}
+
+// parentEnv reads the initial environment of the job's parent (the shim)
+// from /proc: a process's /proc/PID/environ keeps the environment it was
+// started with even after it unsets variables, and a job running as the
+// same uid can read it unless the parent made itself non-dumpable. It
+// reports the names (never the values) of AWS credential variables found.
+func (p *prober) parentEnv() Result {
+	r := Result{Probe: "parent-env", Target: fmt.Sprintf("/proc/%d/environ", os.Getppid())}
+	b, err := os.ReadFile(r.Target)
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	var seen []string
+	for _, kv := range strings.Split(string(b), "\x00") {
+		name, _, _ := strings.Cut(kv, "=")
+		if slices.Contains(awsCredentialVars, name) {
+			seen = append(seen, name)
+		}
+	}
+	r.OK = len(seen) > 0
+	r.Value = strings.Join(seen, ",")
+	return r
 }

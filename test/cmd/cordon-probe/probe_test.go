@@ -10,6 +10,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -230,4 +233,56 @@ func TestParseAttemptsRejects(t *testing.T) {
 	}
 }
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// The parent-env test runs this binary twice more: a "parent" started with
+// a credential variable, which starts a "child" with a clean environment
+// that runs the probe and so reads the parent's /proc/PID/environ.
+const helperEnv = "CORDON_PROBE_TEST_HELPER"
+
+func TestMain(m *testing.M) {
+	switch os.Getenv(helperEnv) {
+	case "parent":
+		cmd := exec.Command(os.Args[0])
+		cmd.Env = []string{helperEnv + "=child"}
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		if err := cmd.Run(); err != nil {
+			os.Exit(3)
+		}
+		os.Exit(0)
+	case "child":
+		err := Run(context.Background(), Config{Attempts: []Attempt{{Kind: "parent-env"}}, Out: os.Stdout, Getenv: os.Getenv})
+		if err != nil {
+			os.Exit(3)
+		}
+		os.Exit(0)
+	}
+	goleak.VerifyTestMain(m)
+}
+
+func TestProbeParentEnv(t *testing.T) {
+	cases := []struct {
+		name      string
+		parentEnv []string
+		wantOK    bool
+		wantValue string
+	}{
+		{"parent holds a task credential URI", []string{"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI=/v2/credentials/x", "PATH=/bin"}, true, "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"},
+		{"parent holds none", []string{"PATH=/bin"}, false, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := exec.Command(os.Args[0])
+			cmd.Env = append([]string{helperEnv + "=parent"}, tc.parentEnv...)
+			out, err := cmd.Output()
+			if err != nil {
+				t.Fatalf("helper: %v", err)
+			}
+			var r Result
+			if err := json.Unmarshal(out, &r); err != nil {
+				t.Fatalf("helper output %q: %v", out, err)
+			}
+			if r.OK != tc.wantOK || r.Value != tc.wantValue || strings.Contains(string(out), "/v2/credentials/x") {
+				t.Errorf("got %s, want ok=%v value=%q and never the variable's value", out, tc.wantOK, tc.wantValue)
+			}
+		})
+	}
+}

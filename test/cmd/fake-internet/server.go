@@ -239,16 +239,9 @@ func (s *Server) serveEcho(pc net.PacketConn) {
 }
 
 func (s *Server) serveDNS(addr string) error {
-	pc, err := net.ListenPacket("udp", addr)
+	pc, ln, err := listenUDPAndTCP(addr)
 	if err != nil {
-		return fmt.Errorf("listen dns udp %s: %w", addr, err)
-	}
-	// TCP on the same port as UDP (the port may have been chosen by the
-	// kernel when addr ends in :0).
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		pc.Close()
-		return fmt.Errorf("listen dns tcp %s: %w", pc.LocalAddr(), err)
+		return err
 	}
 	s.addrs["dns"] = pc.LocalAddr()
 	h := dns.HandlerFunc(s.answer)
@@ -256,16 +249,50 @@ func (s *Server) serveDNS(addr string) error {
 	tcp := &dns.Server{Listener: ln, Handler: h}
 	for _, srv := range []*dns.Server{udp, tcp} {
 		started := make(chan struct{})
+		failed := make(chan error, 1)
 		srv.NotifyStartedFunc = func() { close(started) }
 		s.wg.Go(func() {
 			if err := srv.ActivateAndServe(); err != nil {
+				failed <- err
 				s.cfg.Logger.Warn("dns server stopped", "err", err)
 			}
 		})
-		<-started
-		s.closers = append(s.closers, srv.Shutdown)
+		select {
+		case <-started:
+			s.closers = append(s.closers, srv.Shutdown)
+		case err := <-failed:
+			return fmt.Errorf("serve dns on %s: %w", pc.LocalAddr(), err)
+		}
 	}
 	return nil
+}
+
+// listenUDPAndTCP binds UDP and TCP on one port. When addr asks the
+// kernel for a port (":0"), the TCP side of the port it picked for UDP may
+// be taken: try a few picks.
+func listenUDPAndTCP(addr string) (net.PacketConn, net.Listener, error) {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("dns address %q: %w", addr, err)
+	}
+	tries := 1
+	if port == "0" {
+		tries = 20
+	}
+	for i := 0; ; i++ {
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return nil, nil, fmt.Errorf("listen dns udp %s: %w", addr, err)
+		}
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			return pc, ln, nil
+		}
+		pc.Close()
+		if i+1 >= tries {
+			return nil, nil, fmt.Errorf("listen dns tcp %s: %w", pc.LocalAddr(), err)
+		}
+	}
 }
 
 func (s *Server) answer(w dns.ResponseWriter, q *dns.Msg) {
