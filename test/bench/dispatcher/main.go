@@ -43,7 +43,7 @@ func main() {
 	duration := flag.Duration("duration", 20*time.Second, "how long to send")
 	batch := flag.Int("batch", 100, "events per request")
 	usageEvery := flag.Int("usage-every", 10, "send a usage report every N requests")
-	rate := flag.Int("rate", 0, "paced mode: total events/s offered by all clients (0: each client sends as fast as it is answered)")
+	rate := flag.Int("rate", 0, "paced mode: requests are scheduled as if every one carried -batch events, this many events/s over all clients (every -usage-every th request carries one usage report instead, so about 90% of it is offered); 0: each client sends as fast as it is answered")
 	writers := flag.Int("writers", 4, "dispatcher writer goroutines")
 	durable := flag.Bool("durable", true, "keep fsync and synchronous_commit on in Postgres")
 	pgStat := flag.Bool("pgstat", false, "print the statements Postgres spent most time on")
