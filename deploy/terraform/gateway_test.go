@@ -114,8 +114,12 @@ func TestGateway(t *testing.T) {
 	if failed, err := m.validate(gatewayValues()); err != nil || len(failed) != 0 {
 		t.Fatalf("valid values: got failures %q (%v), want none", failed, err)
 	}
-	rules, p := checkGateway(t, m.evaluate(t, gatewayValues()))
+	e := m.evaluate(t, gatewayValues())
+	rules, p := checkGateway(t, e)
 	p.report(t)
+	var pd problems
+	_, raw := containerDefinitions(t, e, &pd)
+	checkGolden(t, "cordon-gateway.container-definitions.golden.json", raw)
 	want := []string{
 		"in sg-01010101:8443", "in sg-02020202:8443",
 		"out 0.0.0.0/0:443", "out 0.0.0.0/0:8545", "out sg-0b0b0b0b:18000",

@@ -324,7 +324,14 @@ func TestTaskContainerDefinitions(t *testing.T) {
 		t.Error("job healthCheck: got one, want none (the job's exit ends the task)")
 	}
 
-	golden := filepath.Join("testdata", "cordon-task.container-definitions.golden.json")
+	checkGolden(t, "cordon-task.container-definitions.golden.json", raw)
+}
+
+// checkGolden compares rendered JSON with testdata/name; -update rewrites
+// it (review the diff first: it is what ECS will run).
+func checkGolden(t *testing.T, name string, raw []byte) {
+	t.Helper()
+	golden := filepath.Join("testdata", name)
 	var pretty bytes.Buffer
 	if err := json.Indent(&pretty, raw, "", "  "); err != nil {
 		t.Fatal(err)
@@ -336,7 +343,7 @@ func TestTaskContainerDefinitions(t *testing.T) {
 		}
 	}
 	if want := readFile(t, golden); !bytes.Equal(pretty.Bytes(), want) {
-		t.Errorf("rendered container definitions differ from %s (review the change, then go test -run TestTaskContainerDefinitions -update):\ngot:\n%s", golden, pretty.Bytes())
+		t.Errorf("rendered container definitions differ from %s (review the change, then go test ./deploy/terraform -update):\ngot:\n%s", golden, pretty.Bytes())
 	}
 }
 
