@@ -176,10 +176,15 @@ YAML
     port=$("$lg" freeport --host "$cordon_ip")
     # 127.0.0.0/8 is treated as public only so the upstream on loopback is
     # reachable; the name still goes through resolve + classify + dial.
+    # --dns-cache-max-ttl: cache answers (capped at 30 s) like any production
+    # proxy (squid caches too) instead of one DNS query per request.
+    # --max-concurrent: the per-job connection limit must fit 10,000 idle
+    # tunnels, or the idle phase measures the limit instead of memory.
     run_proxy cordon-egress "$cordon_ip" "$port" \
       "$root/bin/cordon-egress" serve --listen "$cordon_ip:$port" \
       --allowlists "$tmp/allowlists" --job bench/load \
-      --unsafe-allow-cidr 127.0.0.0/8 --dns-server "$DNS_ADDR"
+      --unsafe-allow-cidr 127.0.0.0/8 --dns-server "$DNS_ADDR" \
+      --dns-cache-max-ttl 30s --max-concurrent 20000
   else
     skip cordon-egress "not built: ./bin/cordon-egress is missing (make build)"
   fi
