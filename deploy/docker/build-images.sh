@@ -90,12 +90,19 @@ for img in "${images[@]}"; do
 	fi
 	# Same mtime every run so an unchanged file is a cache hit.
 	touch -d @0 "$ctx"/*
+	old_id=$(docker image inspect --format '{{.Id}}' "cordon/$img:$tag" 2>/dev/null || true)
 	# The legacy builder prints a deprecation notice on every build: show
 	# docker's output only when the build fails.
 	if ! docker build --quiet -f "$dockerfile" -t "cordon/$img:$tag" "$ctx" >"$ctx_root/$img.log" 2>&1; then
 		cat "$ctx_root/$img.log" >&2
 		echo "build-images.sh: docker build of cordon/$img:$tag failed" >&2
 		exit 1
+	fi
+	# A rebuilt image leaves its predecessor untagged: remove it unless a
+	# container still uses it, so repeated builds do not fill the disk.
+	new_id=$(docker image inspect --format '{{.Id}}' "cordon/$img:$tag")
+	if [ -n "$old_id" ] && [ "$old_id" != "$new_id" ]; then
+		docker image rm "$old_id" >/dev/null 2>&1 || true
 	fi
 done
 
