@@ -103,7 +103,9 @@ func buildImages(t *testing.T, ctx context.Context) string {
 	}
 	bin := filepath.Join(cache, "cordon", "image-binaries")
 	cmd := exec.CommandContext(ctx, "./build-images.sh")
-	cmd.Env = append(os.Environ(), "TAG="+testTag, "BIN="+bin)
+	// No VCS stamp: otherwise every commit anywhere in the repository
+	// changes every binary and the test relinks and rebuilds them all.
+	cmd.Env = append(os.Environ(), "TAG="+testTag, "BIN="+bin, "GOFLAGS="+strings.TrimSpace(os.Getenv("GOFLAGS")+" -buildvcs=false"))
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("build-images.sh: %v\n%s", err, out)
