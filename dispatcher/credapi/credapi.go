@@ -48,19 +48,19 @@ const MaxBodyBytes = datasets.MaxPayloadBytes
 
 // Reasons in a refusal's body and the refused counter's label.
 const (
-	ReasonUnauthenticated   = "unauthenticated"      // no job SVID
-	ReasonBadRequest        = "bad_request"          // malformed body
-	ReasonInvalidRun        = "invalid_run"          // run ID or declaration invalid
-	ReasonNotConfined       = "not_confined"         // a dataset outside the org's roots
-	ReasonPIIGrantMissing   = "pii_grant_missing"    // a PII dataset without a grant
-	ReasonNoDatasets        = "no_datasets"          // nothing to mint
-	ReasonPolicyTooLarge    = "policy_too_large"     // the session policy exceeds STS's limit
-	ReasonSTSRefused        = "sts_refused"          // STS refused (role, policy): fix the configuration
-	ReasonUnavailable       = "unavailable"          // STS or grant lookup failed: retry
-	ReasonAuditUnavailable  = "audit_unavailable"    // the audit store did not take the event: retry
-	ReasonTooManyRequests   = "too_many_requests"    // MaxInFlight reached: retry
-	reasonMethodNotAllowed  = "method_not_allowed"   // not POST
-	reasonUnsupportedMedium = "unsupported_media"    // not JSON
+	ReasonUnauthenticated   = "unauthenticated"    // no job SVID
+	ReasonBadRequest        = "bad_request"        // malformed body
+	ReasonInvalidRun        = "invalid_run"        // run ID or declaration invalid
+	ReasonNotConfined       = "not_confined"       // a dataset outside the org's roots
+	ReasonPIIGrantMissing   = "pii_grant_missing"  // a PII dataset without a grant
+	ReasonNoDatasets        = "no_datasets"        // nothing to mint
+	ReasonPolicyTooLarge    = "policy_too_large"   // the session policy exceeds STS's limit
+	ReasonSTSRefused        = "sts_refused"        // STS refused (role, policy): fix the configuration
+	ReasonUnavailable       = "unavailable"        // STS or grant lookup failed: retry
+	ReasonAuditUnavailable  = "audit_unavailable"  // the audit store did not take the event: retry
+	ReasonTooManyRequests   = "too_many_requests"  // MaxInFlight reached: retry
+	reasonMethodNotAllowed  = "method_not_allowed" // not POST
+	reasonUnsupportedMedium = "unsupported_media"  // not JSON
 )
 
 // Appender stores audit events; *auditstore.Store satisfies it.
@@ -204,6 +204,9 @@ type ErrorResponse struct {
 	Missing []string `json:"missing,omitempty"`
 }
 
+// ErrTooLarge is DecodeRequest's error for a body over MaxBodyBytes.
+var ErrTooLarge = fmt.Errorf("request body exceeds %d bytes; declare fewer datasets", MaxBodyBytes)
+
 // DecodeRequest reads a request body strictly: one JSON object with exactly
 // the keys run_id and datasets, each once, no unknown keys (so an org or
 // job in the body is refused, not ignored), nothing after it, and a
@@ -215,7 +218,7 @@ func DecodeRequest(r io.Reader) (Request, error) {
 		return Request{}, fmt.Errorf("read request: %w", err)
 	}
 	if len(body) > MaxBodyBytes {
-		return Request{}, fmt.Errorf("request body exceeds %d bytes", MaxBodyBytes)
+		return Request{}, ErrTooLarge
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
@@ -341,7 +344,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	req, err := DecodeRequest(http.MaxBytesReader(w, r.Body, MaxBodyBytes+1))
 	if err != nil {
 		code := http.StatusBadRequest
-		if strings.Contains(err.Error(), "exceeds") {
+		if errors.Is(err, ErrTooLarge) {
 			code = http.StatusRequestEntityTooLarge
 		}
 		h.fail(w, r, code, ReasonBadRequest, err.Error(), nil)
