@@ -31,6 +31,7 @@ import (
 	"regexp"
 	"runtime/debug"
 	"sort"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -88,8 +89,21 @@ type Config struct {
 	// wrapper measured (a spool.Spool[usage.Report] satisfies it). If nil,
 	// the report is only logged.
 	Usage UsageSink
-	// RunID labels the usage report. If empty, none (the dispatcher keys
-	// it by report ID).
+	// Egress returns the embedded proxy's cumulative per-destination
+	// egress and denials (sidecar/egress Counter.Snapshot) for the usage
+	// reports. If nil, reports carry none.
+	Egress func() (map[string]usage.Egress, int64)
+	// UsageInterval is the period of the interim usage reports of a long
+	// job (cumulative counters, Final false). If zero, only the final
+	// report is sent.
+	UsageInterval time.Duration
+	// Deliver runs for the agent's life once the identity is known, e.g.
+	// sidecar/delivery's Run with an mTLS client built from id.Source. The
+	// SVID source stays open until it returns. If nil, nothing is
+	// delivered (local runs).
+	Deliver func(ctx context.Context, id Identity) error
+	// RunID labels the usage reports (the dispatcher groups a run's
+	// reports by it). If empty, a fresh UUIDv7.
 	RunID string
 	// ExtraEnv is handed to the job besides its secrets, e.g. the
 	// scoped-credentials endpoint's variables (sidecar/credserver Env, as
@@ -163,6 +177,9 @@ func (c *Config) withDefaults() (Config, error) {
 	if d.JobUID < 0 {
 		d.JobUID = os.Getuid()
 	}
+	if d.RunID == "" {
+		d.RunID = uuid.Must(uuid.NewV7()).String()
+	}
 	if d.HealthAddr == "" {
 		d.HealthAddr = "127.0.0.1:9902"
 	}
@@ -190,9 +207,11 @@ func SocketPath(sharedDir string) string { return filepath.Join(sharedDir, "run"
 
 // Agent is a running agent; see Run.
 type Agent struct {
-	cfg   Config
-	log   *slog.Logger
-	ready chan struct{}
+	cfg     Config
+	log     *slog.Logger
+	ready   chan struct{}
+	started time.Time   // when the agent started: interim reports' StartedAt
+	final   atomic.Bool // the final usage report was sent
 }
 
 // Run runs the agent until ctx is done. It returns an error, and the task
@@ -203,7 +222,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	a := &Agent{cfg: c, log: c.Logger, ready: make(chan struct{})}
+	a := &Agent{cfg: c, log: c.Logger, ready: make(chan struct{}), started: time.Now().UTC()}
 	return a.run(ctx)
 }
 
@@ -248,21 +267,37 @@ func (a *Agent) setUp(ctx context.Context, g *errgroup.Group) error {
 		return fmt.Errorf("agent: get SVID from the Workload API (SPIFFE_ENDPOINT_SOCKET): %w", err)
 	}
 	// The source follows rotation until the agent stops; the mTLS clients
-	// (xDS, dispatcher, gateway) will take their certificates from it.
+	// (xDS, dispatcher, gateway) take their certificates from it, so it
+	// outlives the delivery's final drain.
+	delivered := make(chan struct{})
 	g.Go(func() error {
 		<-ctx.Done()
+		<-delivered
 		return src.Close()
 	})
 	svid, err := src.GetX509SVID()
 	if err != nil {
+		close(delivered)
 		return fmt.Errorf("agent: read SVID: %w", err)
 	}
 	id, err := ParseJobID(svid.ID)
 	if err != nil {
+		close(delivered)
 		return fmt.Errorf("agent: %w", err)
 	}
 	log := a.log.With("spiffe_id", id.ID.String(), "org", id.Org, "job", id.Job)
 	log.Info("identity")
+	if c.Deliver != nil {
+		g.Go(func() error {
+			defer close(delivered)
+			if err := c.Deliver(ctx, Identity{JobIdentity: id, Source: src}); err != nil {
+				return fmt.Errorf("agent: delivery to the dispatcher: %w", err)
+			}
+			return nil
+		})
+	} else {
+		close(delivered)
+	}
 
 	provider, err := c.Provider(ctx, id)
 	if err != nil {
@@ -334,9 +369,62 @@ func (a *Agent) setUp(ctx context.Context, g *errgroup.Group) error {
 	// Setup garbage (the scrubber check, the SDK, TLS) is not needed again:
 	// give it back so the idle agent stays small (DESIGN: idle RSS <= 20 MB).
 	debug.FreeOSMemory()
+	releaseCodePages()
 	close(a.ready)
 	log.Info("agent ready", "shared_dir", c.SharedDir, "job_uid", c.JobUID)
+	if c.UsageInterval > 0 && c.Usage != nil {
+		g.Go(func() error { a.interimReports(ctx, id); return nil })
+	}
 	return nil
+}
+
+// interimReports sends a usage report every UsageInterval until the final
+// one: cumulative egress and denials so far (the wrapper's measurements
+// only arrive at the end).
+func (a *Agent) interimReports(ctx context.Context, id JobIdentity) {
+	t := time.NewTicker(a.cfg.UsageInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if a.final.Load() {
+			return
+		}
+		now := time.Now().UTC()
+		r := usage.Report{
+			ReportID:    newReportID(),
+			Org:         id.Org,
+			Job:         id.Job,
+			RunID:       a.cfg.RunID,
+			StartedAt:   a.started,
+			EndedAt:     now,
+			WallSeconds: now.Sub(a.started).Seconds(),
+			Enforcement: bpfLevelUnknown,
+		}
+		a.addEgress(&r)
+		a.cfg.Usage.Emit(r)
+	}
+}
+
+// bpfLevelUnknown is the enforcement of an interim report: only the
+// wrapper knows whether it confined the job, and it tells at the end.
+// Network enforcement (the proxy, and the gateway on Fargate) always holds.
+const bpfLevelUnknown = "network-only"
+
+func newReportID() string { return "usg_" + uuid.Must(uuid.NewV7()).String() }
+
+func (a *Agent) addEgress(r *usage.Report) {
+	if a.cfg.Egress == nil {
+		return
+	}
+	eg, denials := a.cfg.Egress()
+	if len(eg) > 0 {
+		r.Egress = eg
+	}
+	r.Denials = denials
 }
 
 // takeUsage turns the wrapper's measurements into the final usage report.
@@ -351,7 +439,7 @@ func (a *Agent) takeUsage(id JobIdentity, raw json.RawMessage) error {
 	end := time.Now().UTC()
 	exit := res.ExitCode
 	r := usage.Report{
-		ReportID:         "usg_" + uuid.Must(uuid.NewV7()).String(),
+		ReportID:         newReportID(),
 		Org:              id.Org,
 		Job:              id.Job,
 		RunID:            a.cfg.RunID,
@@ -366,14 +454,42 @@ func (a *Agent) takeUsage(id JobIdentity, raw json.RawMessage) error {
 		Redactions:       res.Redactions,
 		StdoutBytes:      res.StdoutBytes,
 		StderrBytes:      res.StderrBytes,
-		Enforcement:      "network-only",
+		Enforcement:      res.Enforcement,
 	}
+	if r.Enforcement == "" {
+		r.Enforcement = bpfLevelUnknown
+	}
+	a.addEgress(&r)
 	a.log.Info("job finished", "exit_code", exit, "wall_seconds", res.WallSeconds, "redactions", res.Redactions,
-		"stdout_bytes", res.StdoutBytes, "stderr_bytes", res.StderrBytes, "timed_out", res.TimedOut)
-	if a.cfg.Usage != nil {
+		"stdout_bytes", res.StdoutBytes, "stderr_bytes", res.StderrBytes, "timed_out", res.TimedOut,
+		"enforcement", r.Enforcement, "denials", r.Denials)
+	// The wrapper tells the agent nothing between the handoff and this
+	// report, so the job's start (with how it was confined) is recorded
+	// now, stamped with when it happened.
+	a.jobEvent(id, "JOB_STARTED", r.StartedAt, map[string]any{"enforcement": r.Enforcement, "run_id": a.cfg.RunID})
+	a.jobEvent(id, "JOB_FINISHED", r.EndedAt, map[string]any{"enforcement": r.Enforcement, "run_id": a.cfg.RunID,
+		"exit_code": exit, "timed_out": res.TimedOut, "denials": r.Denials, "redactions": r.Redactions})
+	if a.cfg.Usage != nil && !a.final.Swap(true) {
 		a.cfg.Usage.Emit(r)
 	}
 	return nil
+}
+
+func (a *Agent) jobEvent(id JobIdentity, typ string, at time.Time, md map[string]any) {
+	action := "START"
+	if typ == "JOB_FINISHED" {
+		action = "FINISH"
+	}
+	a.cfg.Audit.Emit(audit.Event{
+		Timestamp: at,
+		EventType: typ,
+		EventID:   audit.NewID(),
+		Actor:     audit.Actor{Type: audit.ActorJob, ID: id.ID.String()},
+		Resource:  audit.Resource{Type: "JOB", ID: id.Job, TenantID: id.Org},
+		Action:    action,
+		Result:    audit.ResultSuccess,
+		Metadata:  md,
+	})
 }
 
 func (a *Agent) auditSecrets(id JobIdentity, names []string, err error) {

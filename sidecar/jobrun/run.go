@@ -115,6 +115,16 @@ type Result struct {
 	StdoutTruncated bool  `json:"stdout_truncated"`
 	StderrTruncated bool  `json:"stderr_truncated"`
 	Redactions      int64 `json:"redactions"`
+
+	// Enforcement is how the job was confined: "cgroup-ebpf" or
+	// "network-only" (bpf.Level*). Empty from a wrapper that does not
+	// know (read as network-only).
+	Enforcement string `json:"enforcement,omitempty"`
+	// KernelEgressBytes and DeniedConnects are the job cgroup's eBPF
+	// counters (all bytes the job sent, and connects the hooks refused);
+	// zero without cgroup-ebpf.
+	KernelEgressBytes uint64 `json:"kernel_egress_bytes,omitempty"`
+	DeniedConnects    uint64 `json:"denied_connects,omitempty"`
 }
 
 // StartError is returned when the job could not be started; ExitCode is

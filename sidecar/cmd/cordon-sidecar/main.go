@@ -1,8 +1,9 @@
 // Command cordon-sidecar is Cordon's per-task sidecar (DESIGN.md "How a
 // task runs"):
 //
-//	cordon-sidecar agent --secrets NAME,... --env prod --shared-dir /cordon [flags]
-//	    the sidecar container: identity, secrets, binary copy, handoff.
+//	cordon-sidecar agent --secrets NAME,... --env prod --shared-dir /cordon (--xds HOST:PORT | --allowlists DIR) [--dispatcher URL] [flags]
+//	    the sidecar container: identity, secrets, binary copy, handoff,
+//	    the embedded egress proxy, usage and audit to the dispatcher.
 //	cordon-sidecar run [--secrets-file FILE] [flags] -- CMD ARGS...
 //	    the job container's entrypoint: runs CMD with its secrets injected,
 //	    output scrubbed and capped, signals forwarded, exit code passed on.
@@ -25,7 +26,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/cordon-dev/cordon/dispatcher/ingestclient"
 	"github.com/cordon-dev/cordon/sidecar/agent"
+	"github.com/cordon-dev/cordon/sidecar/delivery"
+	"github.com/cordon-dev/cordon/sidecar/egress"
 	"github.com/cordon-dev/cordon/sidecar/handoff"
 	"github.com/cordon-dev/cordon/sidecar/jobrun"
 )
@@ -125,6 +131,29 @@ func agentCmd(args []string) int {
 	fs.StringVar(&cfg.HealthAddr, "health-addr", "127.0.0.1:9902", "health endpoint address")
 	fs.StringVar(&cfg.ProxyAddr, "proxy-addr", "127.0.0.1:3128", "egress proxy address given to the job")
 	fs.StringVar(&cfg.WorkloadAPIAddr, "workload-api", "", "Workload API address (default $SPIFFE_ENDPOINT_SOCKET)")
+	var ec egress.Config
+	var xdsServerID, gatewayID, dispatcher, dispatcherID string
+	var dc delivery.Config
+	fs.StringVar(&ec.Allowlists, "allowlists", "", "directory of allowlist files: static egress policy (local runs; exclusive with --xds)")
+	fs.StringVar(&ec.XDS, "xds", "", "control plane HOST:PORT: egress policy over xDS with the SVID (exclusive with --allowlists)")
+	fs.StringVar(&xdsServerID, "xds-server-id", "", "SPIFFE ID the control plane must present (default spiffe://TD/cordon/xds)")
+	fs.StringVar(&ec.Gateway, "gateway", "", "cordon-egress gateway HOST:PORT: allowed traffic goes on through it over mTLS")
+	fs.StringVar(&gatewayID, "gateway-id", "", "SPIFFE ID the gateway must present (default spiffe://TD/cordon/egress-gateway)")
+	fs.StringVar(&ec.DNS, "dns", "", "DNS server HOST:PORT the proxy resolves with (default: the system resolver)")
+	fs.Func("unsafe-allow-cidr", "treat this CIDR as a public destination, repeatable: TESTS AND LOCAL RUNS ONLY (e.g. loopback upstreams)", func(v string) error {
+		p, err := egress.ParseCIDR(v)
+		if err != nil {
+			return err
+		}
+		ec.UnsafeAllowCIDRs = append(ec.UnsafeAllowCIDRs, p)
+		return nil
+	})
+	fs.StringVar(&dispatcher, "dispatcher", "", "dispatcher ingest URL https://HOST:PORT for audit events and usage (default: reporting off)")
+	fs.StringVar(&dispatcherID, "dispatcher-id", "", "SPIFFE ID the dispatcher must present (default spiffe://TD/dispatcher)")
+	fs.StringVar(&dc.Dir, "spool-dir", "/var/lib/cordon/spool", "on-disk queue of undelivered events and reports (never the shared dir: the job can write there)")
+	fs.Int64Var(&dc.MaxBytes, "spool-max-bytes", 64<<20, "bound on the spool's size on disk")
+	fs.DurationVar(&cfg.UsageInterval, "usage-interval", time.Minute, "period of interim usage reports of a long job (0: final report only)")
+	fs.StringVar(&cfg.RunID, "run-id", "", "run ID the usage reports carry (default: none)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -133,6 +162,62 @@ func agentCmd(args []string) int {
 		return 2
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	for _, v := range []struct {
+		flag, val string
+		dst       *spiffeid.ID
+	}{{"--xds-server-id", xdsServerID, &ec.XDSServerID}, {"--gateway-id", gatewayID, &ec.GatewayID}} {
+		if v.val == "" {
+			continue
+		}
+		id, err := spiffeid.FromString(v.val)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "cordon-sidecar agent: %s %q: %v\n", v.flag, v.val, err)
+			return 2
+		}
+		*v.dst = id
+	}
+	if dispatcher == "" && dispatcherID != "" {
+		fmt.Fprintln(os.Stderr, "cordon-sidecar agent: --dispatcher-id needs --dispatcher")
+		return 2
+	}
+	var counter egress.Counter
+	ec.Counter = &counter
+	ec.Logger = log
+	cfg.Egress = counter.Snapshot
+	if dispatcher != "" {
+		dc.Logger = log
+		d, err := delivery.Open(dc)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "cordon-sidecar agent: %v\n", err)
+			return 1
+		}
+		defer d.Close()
+		cfg.Audit = d.Events()
+		cfg.Usage = d.Usage()
+		cfg.Deliver = func(ctx context.Context, id agent.Identity) error {
+			server, err := spiffeid.FromPath(id.ID.TrustDomain(), "/dispatcher")
+			if err != nil {
+				return err
+			}
+			if dispatcherID != "" {
+				if server, err = spiffeid.FromString(dispatcherID); err != nil {
+					return fmt.Errorf("--dispatcher-id %q: %w", dispatcherID, err)
+				}
+			}
+			client := ingestclient.New(dispatcher, delivery.ClientTLS(id.Source, id.Source, server))
+			defer client.Close()
+			return d.Run(ctx, client)
+		}
+	} else {
+		log.Warn("reporting off: no --dispatcher, audit events and usage are only logged")
+	}
+	ec.Audit = cfg.Audit
+	newProxy, err := egress.NewProxy(ec)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "cordon-sidecar agent: %v\n", err)
+		return 2
+	}
+	cfg.NewProxy = newProxy
 	if names != "" {
 		cfg.Secrets = strings.Split(names, ",")
 	}

@@ -1,0 +1,72 @@
+package egress
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+
+	"go.uber.org/goleak"
+
+	"github.com/cordon-dev/cordon/egress-proxy/proxy"
+	"github.com/cordon-dev/cordon/internal/usage"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestValidate(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		want string // "" for valid
+	}{
+		{"static", Config{Allowlists: "d"}, ""},
+		{"xds with gateway", Config{XDS: "cp:18000", Gateway: "gw:8443"}, ""},
+		{"neither", Config{}, "pass --xds HOST:PORT"},
+		{"both", Config{Allowlists: "d", XDS: "cp:1"}, "mutually exclusive"},
+		{"gateway without port", Config{XDS: "cp:1", Gateway: "gw"}, "want HOST:PORT"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.cfg.Validate()
+			if (err == nil) != (tc.want == "") || (err != nil && !strings.Contains(err.Error(), tc.want)) {
+				t.Fatalf("got %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestCounterCountsPerRuleAndDenials(t *testing.T) {
+	var c Counter
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for range 100 {
+				c.Observe(proxy.Observation{Key: "api.example.com:443", Bytes: 10})
+				c.Observe(proxy.Observation{Key: DeniedKey, Bytes: 0})
+			}
+		})
+	}
+	wg.Wait()
+	got, denials := c.Snapshot()
+	want := map[string]usage.Egress{
+		"api.example.com:443": {BytesOut: 4000, Requests: 400},
+		DeniedKey:             {Requests: 400, Denials: 400},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) || denials != 400 {
+		t.Fatalf("got %v denials %d, want %v denials 400", got, denials, want)
+	}
+}
+
+func TestCounterIsBounded(t *testing.T) {
+	var c Counter
+	for i := range MaxKeys + 100 {
+		c.Observe(proxy.Observation{Key: fmt.Sprintf("h%d.example:443", i), Bytes: 1})
+	}
+	got, _ := c.Snapshot()
+	if len(got) != MaxKeys+1 {
+		t.Fatalf("got %d keys, want %d (MaxKeys plus %q)", len(got), MaxKeys+1, OverflowKey)
+	}
+	if o := got[OverflowKey]; o.Requests != 100 || o.BytesOut != 100 {
+		t.Fatalf("overflow bucket: got %+v, want 100 requests and bytes", o)
+	}
+}
