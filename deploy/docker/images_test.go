@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -41,18 +42,18 @@ var images = []struct {
 	wantExit int
 	wantText string
 	needsCA  bool
-	// volume is a directory the image declares as a VOLUME, owned by the
-	// image's user (the task's shared volume starts as its copy).
-	volume string
+	// volumes are the directories the image declares as VOLUMEs, owned by
+	// the image's user (a task volume mounted there starts as their copy).
+	volumes []string
 }{
-	{"sidecar", "cordon-sidecar", []string{"--help"}, 0, "cordon-sidecar agent", true, "/cordon"},
+	{"sidecar", "cordon-sidecar", []string{"--help"}, 0, "cordon-sidecar agent", true, []string{"/cordon", "/var/lib/cordon/spool"}},
 	// cordon-egress answers --help with its usage and exit code 2.
-	{"egress", "cordon-egress", []string{"--help"}, 2, "cordon-egress serve", false, ""},
-	{"xds", "cordon-xds", []string{"--help"}, 0, "usage", false, ""},
-	{"dispatcher", "cordon-dispatcher", []string{"--help"}, 0, "usage", true, ""},
-	{"devspiffe", "cordon-devspiffe", []string{"--help"}, 0, "trust-domain", false, ""},
-	{"fake-internet", "fake-internet", []string{"--help"}, 0, "ca-out", false, ""},
-	{"probe", "cordon-probe", []string{"--help"}, 0, "usage: cordon-probe", false, ""},
+	{"egress", "cordon-egress", []string{"--help"}, 2, "cordon-egress serve", false, nil},
+	{"xds", "cordon-xds", []string{"--help"}, 0, "usage", false, nil},
+	{"dispatcher", "cordon-dispatcher", []string{"--help"}, 0, "usage", true, nil},
+	{"devspiffe", "cordon-devspiffe", []string{"--help"}, 0, "trust-domain", false, nil},
+	{"fake-internet", "fake-internet", []string{"--help"}, 0, "ca-out", false, nil},
+	{"probe", "cordon-probe", []string{"--help"}, 0, "usage: cordon-probe", false, nil},
 }
 
 // hardened are the docker run flags matching the ECS task definition:
@@ -123,8 +124,8 @@ func TestImages(t *testing.T) {
 	for _, img := range images {
 		ref := "cordon/" + img.name + ":" + testTag
 		t.Run(img.name, func(t *testing.T) {
-			t.Run("config", func(t *testing.T) { checkConfig(t, ctx, ref, img.binary, img.volume) })
-			t.Run("filesystem", func(t *testing.T) { checkFilesystem(t, ctx, ref, img.binary, img.needsCA, img.volume) })
+			t.Run("config", func(t *testing.T) { checkConfig(t, ctx, ref, img.binary, img.volumes) })
+			t.Run("filesystem", func(t *testing.T) { checkFilesystem(t, ctx, ref, img.binary, img.needsCA, img.volumes) })
 			t.Run("runs hardened", func(t *testing.T) {
 				args := append(append(append([]string{}, hardened...), ref), img.help...)
 				stdout, stderr, code := docker(t, ctx, nil, args...)
@@ -152,7 +153,7 @@ type imageConfig struct {
 	RootFS struct{ Layers []string }
 }
 
-func checkConfig(t *testing.T, ctx context.Context, ref, binary, volume string) {
+func checkConfig(t *testing.T, ctx context.Context, ref, binary string, volumes []string) {
 	out, stderr, code := docker(t, ctx, nil, "image", "inspect", ref)
 	if code != 0 {
 		t.Fatalf("docker image inspect %s: exit %d: %s", ref, code, stderr)
@@ -171,16 +172,13 @@ func checkConfig(t *testing.T, ctx context.Context, ref, binary, volume string) 
 	if want := "/usr/local/bin/" + binary; len(c.Entrypoint) != 1 || c.Entrypoint[0] != want {
 		t.Errorf("Entrypoint: got %q, want [%q] (exec form, no shell)", c.Entrypoint, want)
 	}
-	var wantVolumes []string
-	if volume != "" {
-		wantVolumes = []string{volume}
-	}
 	var gotVolumes []string
 	for v := range c.Volumes {
 		gotVolumes = append(gotVolumes, v)
 	}
-	if strings.Join(gotVolumes, ",") != strings.Join(wantVolumes, ",") {
-		t.Errorf("Volumes: got %q, want %q", gotVolumes, wantVolumes)
+	slices.Sort(gotVolumes)
+	if !slices.Equal(gotVolumes, volumes) {
+		t.Errorf("Volumes: got %q, want %q", gotVolumes, volumes)
 	}
 	for _, e := range c.Env {
 		name, _, _ := strings.Cut(e, "=")
@@ -193,7 +191,7 @@ func checkConfig(t *testing.T, ctx context.Context, ref, binary, volume string) 
 // checkFilesystem exports a created (never started) container and lists
 // it: the image's files are the binary and, where needed, the CA bundle;
 // everything else is what Docker itself adds at create time.
-func checkFilesystem(t *testing.T, ctx context.Context, ref, binary string, needsCA bool, volume string) {
+func checkFilesystem(t *testing.T, ctx context.Context, ref, binary string, needsCA bool, volumes []string) {
 	idOut, stderr, code := docker(t, ctx, nil, "create", ref)
 	if code != 0 {
 		t.Fatalf("docker create %s: exit %d: %s", ref, code, stderr)
@@ -208,8 +206,8 @@ func checkFilesystem(t *testing.T, ctx context.Context, ref, binary string, need
 	if needsCA {
 		want["etc/ssl/certs/ca-certificates.crt"] = false
 	}
-	if volume != "" {
-		want[strings.TrimPrefix(volume, "/")] = false
+	for _, v := range volumes {
+		want[strings.TrimPrefix(v, "/")] = false
 	}
 	// Docker creates these in every container's writable layer.
 	dockerAdds := map[string]bool{".dockerenv": true, "etc/hostname": true, "etc/hosts": true, "etc/resolv.conf": true, "etc/mtab": true, "dev/console": true}
@@ -224,7 +222,7 @@ func checkFilesystem(t *testing.T, ctx context.Context, ref, binary string, need
 		}
 		name := strings.TrimPrefix(filepath.Clean(h.Name), "/")
 		if h.Typeflag == tar.TypeDir {
-			if volume != "" && name == strings.TrimPrefix(volume, "/") {
+			if _, isVolume := want[name]; isVolume {
 				want[name] = true
 				if h.Uid != 65532 || h.Gid != 65532 {
 					t.Errorf("%s: /%s owned by %d:%d, want 65532:65532 (the agent writes there)", ref, name, h.Uid, h.Gid)

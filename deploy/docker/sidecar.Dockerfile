@@ -9,12 +9,14 @@ FROM scratch
 COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 # Not under /cordon: the shared volume is mounted there and would hide it.
 COPY cordon-sidecar /usr/local/bin/cordon-sidecar
-# The shared volume's mount point, owned by the agent's user. On Fargate a
+# The task volumes' mount points, owned by the agent's user. On Fargate a
 # task volume mounted where the image declares a VOLUME starts as a copy of
 # that directory, ownership included; without this it would be root's 0755
 # and the non-root agent could not write its binary or socket there.
 COPY --chown=65532:65532 empty/ /cordon/
-VOLUME ["/cordon"]
+# The agent's spool of undelivered reports (--spool-dir), the same way.
+COPY --chown=65532:65532 empty/ /var/lib/cordon/spool/
+VOLUME ["/cordon", "/var/lib/cordon/spool"]
 # scratch has no /etc/passwd, so the user is numeric (distroless "nonroot").
 USER 65532:65532
 # For docker and compose; ECS uses the task definition's healthCheck.

@@ -273,6 +273,7 @@ func TestTaskChecksCatchBrokenModules(t *testing.T) {
 		{"root user", "main.tf", `user         = "${var.task_uid}:${var.task_uid}"`, `user         = "0:0"`, `user: got "0:0"`},
 		{"SYS_PTRACE added", "main.tf", "add  = []", `add  = ["SYS_PTRACE"]`, "capabilities: got"},
 		{"capabilities kept", "main.tf", `drop = ["ALL"]`, `drop = ["NET_RAW"]`, "capabilities: got"},
+		{"sidecar without the gateway", "main.tf", `"--gateway", var.gateway_address,`, ``, "want --xds and --gateway"},
 		{"job starts before the sidecar is healthy", "main.tf", `condition = "HEALTHY"`, `condition = "START"`, "dependsOn"},
 		{"job bypasses the shim", "main.tf", `entryPoint             = [local.shim, "run", "--"]`, `entryPoint             = ["/app/follow"]`, "entryPoint"},
 		{"job can write the shim", "main.tf", "containerPath = local.shared_path, readOnly = true", "containerPath = local.shared_path, readOnly = false", "job: mount /cordon"},
@@ -364,6 +365,9 @@ func TestTaskVariableValidation(t *testing.T) {
 		{"KMS alias", "secrets_kms_key_arns", list("arn:aws:kms:us-east-1:123456789012:alias/secrets")},
 		{"CIDR for the gateway", "gateway_security_group_id", str("0.0.0.0/0")},
 		{"prefix list that is a CIDR", "vpc_endpoint_prefix_list_ids", list("0.0.0.0/0")},
+		{"plain-HTTP dispatcher", "dispatcher_url", str("http://dispatcher.cordon.internal:8080")},
+		{"xds without a port", "xds_address", str("xds.cordon.internal")},
+		{"gateway address with a scheme", "gateway_address", str("https://egress.cordon.internal:8443")},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

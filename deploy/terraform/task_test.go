@@ -44,6 +44,9 @@ func taskValues() map[string]cty.Value {
 		"job_command":               cty.ListVal([]cty.Value{cty.StringVal("/app/follow"), cty.StringVal("--chain"), cty.StringVal("monad")}),
 		"secret_names":              cty.ListVal([]cty.Value{cty.StringVal("monad_rpc_key"), cty.StringVal("db_password")}),
 		"job_environment":           cty.MapVal(map[string]cty.Value{"CHAIN": cty.StringVal("monad"), "LOG_LEVEL": cty.StringVal("info")}),
+		"xds_address":               cty.StringVal("xds.cordon.internal:18000"),
+		"gateway_address":           cty.StringVal("egress.cordon.internal:8443"),
+		"dispatcher_url":            cty.StringVal("https://dispatcher.cordon.internal:8443"),
 		"vpc_id":                    cty.StringVal("vpc-0a1b2c3d"),
 		"subnet_ids":                cty.ListVal([]cty.Value{cty.StringVal("subnet-0a1b2c3d")}),
 		"gateway_security_group_id": cty.StringVal("sg-0a0a0a0a"),
@@ -232,6 +235,9 @@ func checkContainers(defs []ecstypes.ContainerDefinition, secretEnv []string) pr
 	if sidecar.Command == nil || sidecar.Command[0] != "agent" || !hasFlag(sidecar.Command, "--shared-dir", "/cordon") {
 		p.add("cordon-sidecar: command: got %q, want agent ... --shared-dir /cordon", sidecar.Command)
 	}
+	if !slices.Contains(sidecar.Command, "--gateway") || !slices.Contains(sidecar.Command, "--xds") || slices.Contains(sidecar.Command, "--allowlists") || slices.Contains(sidecar.Command, "--unsafe-allow-cidr") {
+		p.add("cordon-sidecar: command: got %q, want --xds and --gateway (on Fargate the gateway is the second check) and no local-only flags", sidecar.Command)
+	}
 	if hc := sidecar.HealthCheck; hc == nil || !slices.Equal(hc.Command, []string{"CMD", "/usr/local/bin/cordon-sidecar", "health"}) {
 		p.add("cordon-sidecar: healthCheck: got %+v, want CMD /usr/local/bin/cordon-sidecar health (exec form: the image has no shell)", hc)
 	}
@@ -301,12 +307,21 @@ func TestTaskContainerDefinitions(t *testing.T) {
 	sidecar, job := containersByName(defs)
 
 	// What the module's inputs must become, beyond the invariants.
-	wantCmd := []string{"agent", "--env", "test", "--shared-dir", "/cordon", "--job-uid", "65532", "--secrets", "monad_rpc_key,db_password"}
+	wantCmd := []string{
+		"agent", "--env", "test", "--shared-dir", "/cordon", "--job-uid", "65532",
+		"--xds", "xds.cordon.internal:18000", "--gateway", "egress.cordon.internal:8443",
+		"--spool-dir", "/var/lib/cordon/spool",
+		"--secrets", "monad_rpc_key,db_password",
+		"--dispatcher", "https://dispatcher.cordon.internal:8443",
+	}
 	if !slices.Equal(sidecar.Command, wantCmd) {
 		t.Errorf("sidecar command: got %q, want %q", sidecar.Command, wantCmd)
 	}
 	if got := envOf(sidecar)["SPIFFE_ENDPOINT_SOCKET"]; got != "unix:///run/spire/sockets/agent.sock" {
 		t.Errorf("SPIFFE_ENDPOINT_SOCKET: got %q, want unix:///run/spire/sockets/agent.sock", got)
+	}
+	if m := mount(sidecar, "/var/lib/cordon/spool"); m == nil || deref(m.ReadOnly) {
+		t.Errorf("sidecar mount /var/lib/cordon/spool: got %+v, want a writable spool volume", m)
 	}
 	if sidecar.Cpu != 128 || deref(sidecar.Memory) != 256 {
 		t.Errorf("sidecar cpu/memory: got %d/%d, want 128/256", sidecar.Cpu, deref(sidecar.Memory))
@@ -369,6 +384,15 @@ func TestTaskVariantsRender(t *testing.T) {
 			func(t *testing.T, sidecar, _ ecstypes.ContainerDefinition) {
 				if slices.Contains(sidecar.Command, "--secrets") {
 					t.Errorf("command: got %q, want no --secrets", sidecar.Command)
+				}
+			},
+		},
+		{
+			"no dispatcher: reporting off, no --dispatcher flag",
+			with(taskValues(), "dispatcher_url", cty.NullVal(cty.String)),
+			func(t *testing.T, sidecar, _ ecstypes.ContainerDefinition) {
+				if slices.Contains(sidecar.Command, "--dispatcher") {
+					t.Errorf("command: got %q, want no --dispatcher", sidecar.Command)
 				}
 			},
 		},

@@ -19,6 +19,11 @@ locals {
   shim          = "${local.shared_path}/bin/cordon-sidecar"
 
   spire_volume = "spire-agent-socket"
+
+  # The agent's on-disk queue of undelivered reports: the sidecar's alone
+  # (the job can write nothing the agent later reads).
+  spool_volume = "cordon-spool"
+  spool_path   = "/var/lib/cordon/spool"
   user         = "${var.task_uid}:${var.task_uid}"
 
   # Fargate allows adding only SYS_PTRACE; Cordon adds nothing and drops
@@ -52,8 +57,12 @@ locals {
         "--env", var.env,
         "--shared-dir", local.shared_path,
         "--job-uid", tostring(var.task_uid),
+        "--xds", var.xds_address,
+        "--gateway", var.gateway_address,
+        "--spool-dir", local.spool_path,
       ],
       length(var.secret_names) > 0 ? ["--secrets", join(",", var.secret_names)] : [],
+      var.dispatcher_url != null ? ["--dispatcher", var.dispatcher_url] : [],
     )
     user                   = local.user
     readonlyRootFilesystem = true
@@ -68,6 +77,7 @@ locals {
     mountPoints = [
       { sourceVolume = local.shared_volume, containerPath = local.shared_path, readOnly = false },
       { sourceVolume = local.spire_volume, containerPath = var.spire_socket_dir, readOnly = true },
+      { sourceVolume = local.spool_volume, containerPath = local.spool_path, readOnly = false },
     ]
     # The image has no shell or curl: the binary checks its own /healthz,
     # which answers 200 once identity, secrets, binary copy and handoff
@@ -140,6 +150,10 @@ resource "aws_ecs_task_definition" "this" {
 
   volume {
     name = local.spire_volume
+  }
+
+  volume {
+    name = local.spool_volume
   }
 
   dynamic "volume" {

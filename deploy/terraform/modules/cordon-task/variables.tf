@@ -258,6 +258,37 @@ variable "gateway_port" {
   }
 }
 
+variable "xds_address" {
+  description = "cordon-xds HOST:PORT the agent takes the job's egress policy from (ADS over mTLS with the task's SVID)."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9.-]+:[0-9]{1,5}$", var.xds_address))
+    error_message = "xds_address must be HOST:PORT."
+  }
+}
+
+variable "gateway_address" {
+  description = "cordon-egress gateway HOST:PORT (modules/cordon-gateway, e.g. its Cloud Map name): the agent forwards allowed traffic through it over mTLS, so both hops check."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9.-]+:[0-9]{1,5}$", var.gateway_address))
+    error_message = "gateway_address must be HOST:PORT."
+  }
+}
+
+variable "dispatcher_url" {
+  description = "cordon-dispatcher ingest URL (https://HOST:PORT) the agent reports usage and audit events to. Null turns reporting off (events are only logged)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.dispatcher_url == null || can(regex("^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$", var.dispatcher_url))
+    error_message = "dispatcher_url must be https://HOST[:PORT] (reports carry audit events: never plain HTTP)."
+  }
+}
+
 variable "control_plane_endpoints" {
   description = "Cordon services the sidecar calls besides the gateway, each a security group and TCP port: cordon-xds (ADS) and cordon-dispatcher (usage and audit ingest)."
   type = list(object({
