@@ -119,6 +119,12 @@ func startDispatcher(t *testing.T) *dispatcher {
 	stsSrv := httptest.NewServer(fake)
 	t.Cleanup(stsSrv.Close)
 
+	// The client cordon-dispatcher builds from --sts-endpoint.
+	stsClient, err := credapi.NewSTSClient(ctxT(t), credapi.STSConfig{Endpoint: stsSrv.URL, Region: "us-east-1",
+		Credentials: awscreds.NewStaticCredentialsProvider("AKIDDISPATCHER", "dispatcher-secret", "")})
+	if err != nil {
+		t.Fatal(err)
+	}
 	logs := &syncBuffer{}
 	reg := prometheus.NewRegistry()
 	h, err := credapi.New(credapi.Config{
@@ -126,7 +132,7 @@ func startDispatcher(t *testing.T) *dispatcher {
 			RoleARNTemplate: roleARN,
 			Confinement:     datasets.Confinement{RootTemplates: []string{datasetRoot}},
 		},
-		STS:         newSTSClient(t, stsSrv.URL),
+		STS:         stsClient,
 		Grants:      grants,
 		Audit:       store,
 		TrustDomain: ca.TrustDomain(),
