@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"errors"
-	"io"
 	"net"
 	"net/netip"
 	"sync"
@@ -59,7 +58,7 @@ func (s *Server) tunnel(ctx context.Context, cc *clientConn, report bool, chk ch
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		down, _ = io.Copy(cc.conn, up)
+		down, _ = copyTunnel(cc.conn, up, deadline)
 		closeWrite(cc.conn)
 	}()
 
@@ -78,7 +77,7 @@ func (s *Server) tunnel(ctx context.Context, cc *clientConn, report bool, chk ch
 	cc.conn.SetReadDeadline(deadline)
 
 	// Forward what the check peeked, give the buffer back, then copy
-	// between the raw connections so the kernel can splice.
+	// between the raw connections so the kernel can splice (copyTunnel).
 	var upBytes int64
 	if n := cc.br.Buffered(); n > 0 {
 		b, _ := cc.br.Peek(n)
@@ -89,7 +88,7 @@ func (s *Server) tunnel(ctx context.Context, cc *clientConn, report bool, chk ch
 		}
 	}
 	s.releaseReader(cc)
-	n, err := io.Copy(up, cc.conn)
+	n, err := copyTunnel(up, cc.conn, deadline)
 	upBytes += n
 	if err != nil {
 		up.Close() // a failed direction ends the tunnel

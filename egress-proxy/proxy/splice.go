@@ -1,0 +1,68 @@
+package proxy
+
+import (
+	"io"
+	"net"
+	"syscall"
+	"time"
+)
+
+// spliceIdle is how long a tunnel direction keeps the kernel pipe that Go
+// lends every splicing copy after its source went quiet. Go's splice holds
+// that pipe (two descriptors) for as long as the copy runs, idle or not:
+// an idle tunnel would cost six descriptors instead of two, and 10,000
+// idle tunnels would need 60,000. Releasing it after a short quiet spell
+// costs one syscall per burst.
+const spliceIdle = 5 * time.Millisecond
+
+// copyTunnel copies src to dst until src ends (nil error, like io.Copy) or
+// fails, or deadline passes. Between two TCP connections it is io.Copy's
+// splice path, cut into bursts: it waits for src to be readable without a
+// pipe, splices until src has been quiet for spliceIdle, and waits again.
+// Other connections (TLS in gateway mode) use io.Copy as is.
+func copyTunnel(dst, src net.Conn, deadline time.Time) (int64, error) {
+	d, ok := dst.(*net.TCPConn)
+	s, ok2 := src.(*net.TCPConn)
+	if !ok || !ok2 {
+		return io.Copy(dst, src)
+	}
+	rc, err := s.SyscallConn()
+	if err != nil {
+		return io.Copy(dst, src)
+	}
+	var total int64
+	for {
+		s.SetReadDeadline(deadline)
+		if err := waitReadable(rc); err != nil {
+			return total, err
+		}
+		quiet := time.Now().Add(spliceIdle)
+		if quiet.After(deadline) {
+			quiet = deadline
+		}
+		s.SetReadDeadline(quiet)
+		n, err := d.ReadFrom(s) // splice(2); the pipe is empty when a read times out
+		total += n
+		if err == nil {
+			return total, nil
+		}
+		if !isTimeout(err) || !time.Now().Before(deadline) {
+			return total, err
+		}
+	}
+}
+
+// waitReadable blocks until c has a byte, an end of stream or an error to
+// read (peeking, so nothing is consumed), or until its read deadline.
+func waitReadable(rc syscall.RawConn) error {
+	var b [1]byte
+	return rc.Read(func(fd uintptr) bool {
+		for {
+			_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+			if err == syscall.EINTR {
+				continue
+			}
+			return err != syscall.EAGAIN
+		}
+	})
+}
