@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -155,7 +157,7 @@ func startDispatcher(t *testing.T) *dispatcher {
 	mux := http.NewServeMux()
 	mux.Handle("POST "+credapi.Path, h)
 	hs := &http.Server{Handler: mux, TLSConfig: ingest.ServerTLSConfig(svid, ca.Bundle(), ca.TrustDomain()),
-		ReadHeaderTimeout: 5 * time.Second}
+		ReadHeaderTimeout: 5 * time.Second, ErrorLog: log.New(io.Discard, "", 0)}
 	done := make(chan error, 1)
 	go func() { done <- hs.ServeTLS(ln, "", "") }()
 	t.Cleanup(func() {
@@ -411,5 +413,53 @@ func TestPIIWithoutGrantDoesNotStartAndIsAudited(t *testing.T) {
 	last, _ := d.fake.LastRequest()
 	if !strings.Contains(last.Policy, "trace-data/acme/users/emails/") {
 		t.Fatalf("the granted PII prefix is not in the session policy: %s", last.Policy)
+	}
+}
+
+// TestSidecarTalksOnlyToTheDispatcher: a sidecar authorising another
+// SPIFFE ID than the server's refuses the connection (nothing is sent to
+// an impostor), and a caller from a foreign trust domain is refused by the
+// server's handshake; neither mints.
+func TestSidecarTalksOnlyToTheDispatcher(t *testing.T) {
+	d := startDispatcher(t)
+	id, _ := d.ca.JobID("acme", "alerts")
+	svid, err := d.ca.MintX509SVID(id, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	impostor := spiffeid.RequireFromSegments(d.ca.TrustDomain(), "not-the-dispatcher")
+	src, err := credsource.New(credsource.Config{URL: d.base, TLS: credsource.TLSConfig(svid, d.ca.Bundle(), impostor),
+		RunID: "run-x", Declaration: scoped})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	var unavail *credsource.UnavailableError
+	if _, err := src.Credentials(ctxT(t)); !errors.As(err, &unavail) || unavail.Status != 0 {
+		t.Fatalf("against a server with another ID: got %v, want a handshake failure", err)
+	}
+
+	foreign, err := spiffedev.NewCA("evil.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fid, _ := foreign.JobID("acme", "alerts")
+	fsvid, err := foreign.MintX509SVID(fid, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The foreign caller trusts our bundle, so only the server's check of
+	// the client certificate stands in its way.
+	fsrc, err := credsource.New(credsource.Config{URL: d.base, TLS: credsource.TLSConfig(fsvid, d.ca.Bundle(), d.serverID),
+		RunID: "run-y", Declaration: scoped})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fsrc.Close()
+	if _, err := fsrc.Credentials(ctxT(t)); !errors.As(err, &unavail) || unavail.Status != 0 {
+		t.Fatalf("from a foreign trust domain: got %v, want a handshake failure", err)
+	}
+	if n := len(d.fake.Requests()); n != 0 {
+		t.Fatalf("got %d AssumeRole calls, want none", n)
 	}
 }

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	awscreds "github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/sts"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -309,5 +311,101 @@ func TestNewRefusesIncompleteConfig(t *testing.T) {
 	}
 	if _, err := credapi.New(good()); err != nil {
 		t.Fatalf("New with a good config: %v", err)
+	}
+}
+
+// blockingSTS holds every AssumeRole until release is closed.
+type blockingSTS struct {
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (b *blockingSTS) AssumeRole(ctx context.Context, _ *sts.AssumeRoleInput, _ ...func(*sts.Options)) (*sts.AssumeRoleOutput, error) {
+	b.entered <- struct{}{}
+	select {
+	case <-b.release:
+	case <-ctx.Done():
+	}
+	return nil, errors.New("released")
+}
+
+// TestTooManyInFlightAnswers429: beyond MaxInFlight a request is answered
+// at once with 429 and Retry-After, without reaching STS.
+func TestTooManyInFlightAnswers429(t *testing.T) {
+	ca, err := spiffedev.NewCA(td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &blockingSTS{entered: make(chan struct{}, 1), release: make(chan struct{})}
+	h, err := credapi.New(credapi.Config{
+		Minter:      credentials.Config{RoleARNTemplate: roleARN, Confinement: datasets.Confinement{RootTemplates: []string{datasetRoot}}},
+		STS:         b,
+		Grants:      mapGrants{},
+		Audit:       &memAudit{events: map[string][]audit.Event{}},
+		TrustDomain: ca.TrustDomain(),
+		MaxInFlight: 1,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := peer(t, ca, spiffeid.RequireFromString("spiffe://cordon.test/org/acme/job/alerts"))
+	request := func() *httptest.ResponseRecorder {
+		r := httptest.NewRequest(http.MethodPost, credapi.Path, strings.NewReader(body("r1", scoped)))
+		r.TLS = state
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		return w
+	}
+	first := make(chan *httptest.ResponseRecorder, 1)
+	go func() { first <- request() }()
+	<-b.entered
+	w := request()
+	if w.Code != http.StatusTooManyRequests || w.Header().Get("Retry-After") == "" {
+		t.Fatalf("second request: got %d (Retry-After %q), want 429 with Retry-After", w.Code, w.Header().Get("Retry-After"))
+	}
+	close(b.release)
+	if w := <-first; w.Code != http.StatusServiceUnavailable {
+		t.Fatalf("first request: got %d, want 503 (STS failed)", w.Code)
+	}
+}
+
+// BenchmarkHandler is one issuance through the handler: strict decode,
+// minting with the real SDK client against the fake STS on loopback,
+// audit into memory.
+func BenchmarkHandler(b *testing.B) {
+	ca, err := spiffedev.NewCA(td)
+	if err != nil {
+		b.Fatal(err)
+	}
+	fake := fakeaws.NewSTS()
+	srv := httptest.NewServer(fake)
+	defer srv.Close()
+	client := sts.New(sts.Options{Region: "us-east-1", BaseEndpoint: &srv.URL,
+		Credentials: awscreds.NewStaticCredentialsProvider("AKIDDISPATCHER", "dispatcher-secret", "")})
+	h, err := credapi.New(credapi.Config{
+		Minter:      credentials.Config{RoleARNTemplate: roleARN, Confinement: datasets.Confinement{RootTemplates: []string{datasetRoot}}},
+		STS:         client,
+		Grants:      mapGrants{},
+		Audit:       &memAudit{events: map[string][]audit.Event{}},
+		TrustDomain: ca.TrustDomain(),
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	svid, err := ca.MintX509SVID(spiffeid.RequireFromString("spiffe://cordon.test/org/acme/job/alerts"), time.Hour)
+	if err != nil {
+		b.Fatal(err)
+	}
+	state := &tls.ConnectionState{PeerCertificates: svid.Certificates}
+	payload := body("r1", scoped)
+	b.ReportAllocs()
+	for b.Loop() {
+		r := httptest.NewRequest(http.MethodPost, credapi.Path, strings.NewReader(payload))
+		r.TLS = state
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if w.Code != 200 {
+			b.Fatalf("status %d: %s", w.Code, w.Body)
+		}
 	}
 }
