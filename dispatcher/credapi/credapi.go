@@ -295,14 +295,14 @@ func (h *Handler) callerOf(r *http.Request) (job, error) {
 		return job{}, fmt.Errorf("%s is not in trust domain %s", id, h.cfg.TrustDomain)
 	}
 	seg := strings.Split(strings.TrimPrefix(id.Path(), "/"), "/")
-	if len(seg) != 4 || seg[0] != "org" || seg[2] != "job" || !datasetsSlug(seg[1]) || !datasetsSlug(seg[3]) {
+	if len(seg) != 4 || seg[0] != "org" || seg[2] != "job" || !isSlug(seg[1]) || !isSlug(seg[3]) {
 		return job{}, fmt.Errorf("%s is not a job identity (spiffe://%s/org/ORG/job/JOB)", id, h.cfg.TrustDomain)
 	}
 	return job{id: id, org: seg[1], job: seg[3]}, nil
 }
 
-// datasetsSlug is the org/job slug rule shared with the schema's CHECKs.
-func datasetsSlug(s string) bool {
+// isSlug is the org and job slug rule (the schema's CHECKs, credentials.Run).
+func isSlug(s string) bool {
 	if len(s) == 0 || len(s) > 63 {
 		return false
 	}
