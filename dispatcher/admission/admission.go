@@ -40,6 +40,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Defaults. DefaultMaxConcurrentRuns is seeds/002's "max_concurrent_executions:
@@ -86,6 +87,8 @@ type Config struct {
 	// TrustDomain names the dispatcher in audit actors
 	// ("spiffe://TD/dispatcher"). If empty, "cordon".
 	TrustDomain string
+	// Registry receives the metrics. If nil, they are not registered.
+	Registry prometheus.Registerer
 	// Log receives logs. If nil, discarded.
 	Log *slog.Logger
 }
@@ -97,6 +100,7 @@ type Service struct {
 	ttl   time.Duration
 	actor audit.Actor
 	log   *slog.Logger
+	m     *metrics
 }
 
 // New returns a Service.
@@ -118,7 +122,7 @@ func New(cfg Config) (*Service, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Service{
-		db: cfg.DB, audit: cfg.Audit, ttl: cfg.LeaseTTL, log: log,
+		db: cfg.DB, audit: cfg.Audit, ttl: cfg.LeaseTTL, log: log, m: newMetrics(cfg.Registry),
 		actor: audit.Actor{Type: audit.ActorService, ID: "spiffe://" + cfg.TrustDomain + "/dispatcher"},
 	}, nil
 }
@@ -219,8 +223,9 @@ func (s *Service) Admit(ctx context.Context, org, job, runID string) (Decision, 
 	var d Decision
 	var expired [][2]string
 	var fresh bool
+	var kind string
 	err := inOrg(ctx, s.db, org, func(tx pgx.Tx) error {
-		d, expired, fresh = Decision{}, nil, false
+		d, expired, fresh, kind = Decision{}, nil, false, decisionAdmitted
 		maxConc, maxHour, err := lockQuota(ctx, tx, org)
 		if err != nil {
 			return fmt.Errorf("lock quota: %w", err)
@@ -233,6 +238,7 @@ func (s *Service) Admit(ctx context.Context, org, job, runID string) (Decision, 
 		err = tx.QueryRow(ctx, `SELECT ended_at, lease_expires_at FROM run_admissions WHERE org_id = $1 AND run_id = $2`, org, runID).Scan(&ended, &lease)
 		switch {
 		case err == nil && ended != nil:
+			kind = decisionEnded
 			d.Reason = fmt.Sprintf("run %s of org %s already ended; start the job again with a new run ID", runID, org)
 			return nil
 		case err == nil:
@@ -254,9 +260,11 @@ func (s *Service) Admit(ctx context.Context, org, job, runID string) (Decision, 
 		d.Limit = maxConc
 		switch {
 		case d.Running >= maxConc:
+			kind = decisionConcurrency
 			d.Reason = fmt.Sprintf("org %s has %d runs running, the limit is %d; retry later", org, d.Running, maxConc)
 			return nil
 		case hour >= maxHour:
+			kind = decisionHourly
 			d.Reason = fmt.Sprintf("org %s started %d runs in the last hour, the limit is %d an hour; retry later", org, hour, maxHour)
 			return nil
 		}
@@ -274,6 +282,8 @@ func (s *Service) Admit(ctx context.Context, org, job, runID string) (Decision, 
 	if err != nil {
 		return Decision{}, fmt.Errorf("admit run %s of %s/%s: %w", runID, org, job, err)
 	}
+	s.m.decisions.WithLabelValues(kind).Inc()
+	s.m.expired.Add(float64(len(expired)))
 	var evs []audit.Event
 	for _, e := range expired {
 		ev := s.event(org, e[0], EventRunLeaseExpired, "EXPIRE", audit.ResultSuccess, map[string]any{"job": e[1]})
@@ -395,6 +405,7 @@ func (s *Service) Heartbeat(ctx context.Context, org, job, runID string) (Heartb
 		return Heartbeat{}, fmt.Errorf("heartbeat of run %s of org %s: %w", runID, org, err)
 	}
 	if overLimit {
+		s.m.orders.Inc()
 		ev := s.runEvent(org, job, runID, EventRunTerminationOrdered, "TERMINATE", audit.ResultSuccess,
 			map[string]any{"job": job, "reason": reasonLeaseExpiredOverLimit, "ordered_by": "admission"})
 		if err := s.append(ctx, org, []audit.Event{ev}); err != nil {
@@ -518,6 +529,7 @@ func (s *Service) OrderTermination(ctx context.Context, org, runID, orderedBy, r
 	if !created {
 		return false, nil
 	}
+	s.m.orders.Inc()
 	md := map[string]any{"job": job, "reason": reason, "ordered_by": orderedBy}
 	for k, v := range metadata {
 		if _, taken := md[k]; !taken {

@@ -18,6 +18,7 @@ import (
 	"github.com/cordon-dev/cordon/test/spiffedev"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"go.uber.org/goleak"
@@ -49,7 +50,9 @@ func newEnv(t *testing.T) *env {
 
 // replica is one dispatcher's admission service with its own pools, as a
 // separate process would have.
-func (e *env) replica(ttl time.Duration) *admission.Service {
+func (e *env) replica(ttl time.Duration) *admission.Service { return e.replicaWith(ttl, nil) }
+
+func (e *env) replicaWith(ttl time.Duration, reg prometheus.Registerer) *admission.Service {
 	t := e.t
 	t.Helper()
 	cfg, err := pgxpool.ParseConfig(e.url)
@@ -71,7 +74,7 @@ func (e *env) replica(ttl time.Duration) *admission.Service {
 		t.Fatal(err)
 	}
 	t.Cleanup(store.Close)
-	svc, err := admission.New(admission.Config{DB: pool, Audit: store, LeaseTTL: ttl, TrustDomain: "cordon.test"})
+	svc, err := admission.New(admission.Config{DB: pool, Audit: store, LeaseTTL: ttl, TrustDomain: "cordon.test", Registry: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +165,8 @@ func TestAdmitRaceAcrossReplicas(t *testing.T) {
 
 func TestQuotaRefusal(t *testing.T) {
 	e := newEnv(t)
-	svc := e.replica(0)
+	reg := prometheus.NewRegistry()
+	svc := e.replicaWith(0, reg)
 	ctx := ctxT(t)
 	tests := []struct {
 		name             string
@@ -204,6 +208,38 @@ func TestQuotaRefusal(t *testing.T) {
 			}
 		})
 	}
+	for _, tc := range []struct {
+		decision string
+		want     float64
+	}{{"admitted", 4}, {"refused_concurrency", 2}, {"refused_hourly", 1}} {
+		got := decisionsMetric(t, reg, tc.decision)
+		if got != tc.want {
+			t.Errorf("cordon_dispatcher_admission_decisions_total{decision=%q}: got %g, want %g", tc.decision, got, tc.want)
+		}
+	}
+}
+
+// decisionsMetric reads the decisions counter of one label from reg.
+func decisionsMetric(t *testing.T, reg *prometheus.Registry, decision string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "cordon_dispatcher_admission_decisions_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "decision" && l.GetValue() == decision {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no cordon_dispatcher_admission_decisions_total{decision=%q}", decision)
+	return 0
 }
 
 func TestAdmitIdempotentAndValidation(t *testing.T) {

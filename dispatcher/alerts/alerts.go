@@ -55,6 +55,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // EventCostAlert is the audit event type of an alert.
@@ -120,6 +121,8 @@ type Config struct {
 	MaxDeliveries int
 	// TrustDomain names the dispatcher in audit actors. If empty, "cordon".
 	TrustDomain string
+	// Registry receives the metrics. If nil, they are not registered.
+	Registry prometheus.Registerer
 	// Log receives logs; secrets are never logged. If nil, discarded.
 	Log *slog.Logger
 	// Now is the clock that picks the month. If nil, time.Now.
@@ -131,6 +134,7 @@ type Alerter struct {
 	cfg   Config
 	actor audit.Actor
 	log   *slog.Logger
+	m     *metrics
 }
 
 // New returns an Alerter.
@@ -168,7 +172,7 @@ func New(cfg Config) (*Alerter, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Alerter{cfg: cfg, log: log,
+	return &Alerter{cfg: cfg, log: log, m: newMetrics(cfg.Registry),
 		actor: audit.Actor{Type: audit.ActorService, ID: "spiffe://" + cfg.TrustDomain + "/dispatcher"}}, nil
 }
 
@@ -355,6 +359,7 @@ func (a *Alerter) EvaluateOrg(ctx context.Context, org string) ([]Alert, error) 
 	if err != nil {
 		return nil, fmt.Errorf("evaluate cost alerts of org %s: %w", org, err)
 	}
+	a.m.raised.Add(float64(len(raised)))
 	for _, al := range raised {
 		a.log.Info("cost alert raised", "org", org, "threshold_pct", al.ThresholdPct, "month", al.Month)
 	}
@@ -389,4 +394,25 @@ func (a *Alerter) Evaluate(ctx context.Context) (int, error) {
 		}
 	}
 	return n, errors.Join(errs...)
+}
+
+// Run evaluates every budgeted org and delivers due alerts every interval
+// (a minute is plenty: thresholds are monthly) until ctx ends, then
+// returns nil. Errors are logged, not returned: the next round retries.
+func (a *Alerter) Run(ctx context.Context, every time.Duration) error {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		if _, err := a.Evaluate(ctx); err != nil && ctx.Err() == nil {
+			a.log.Error("cost alert evaluation failed", "error", err.Error())
+		}
+		if _, err := a.DeliverDue(ctx, 1000); err != nil && ctx.Err() == nil {
+			a.log.Error("cost alert delivery failed", "error", err.Error())
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
 }

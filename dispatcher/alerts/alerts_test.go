@@ -452,3 +452,40 @@ func TestPublicClientRefusesLoopback(t *testing.T) {
 		t.Fatalf("receiver got %d requests, want 0", n)
 	}
 }
+
+// TestRunLoop: the background loop raises and delivers an alert, and
+// returns when its context ends.
+func TestRunLoop(t *testing.T) {
+	e := newEnv(t)
+	rcv := newReceiver(t)
+	e.allow("acme", allowlist.Webhook{Host: "example.com", Port: rcv.port(), Path: "/"})
+	a := e.replica(rcv.client(), 2)
+	ctx := ctxT(t)
+	if err := a.SetBudget(ctx, "acme", 1, []int{80}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.SetWebhook(ctx, "acme", rcv.url("/hook")); err != nil {
+		t.Fatal(err)
+	}
+	e.spend("acme", 0.9)
+	loopCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- a.Run(loopCtx, 50*time.Millisecond) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(rcv.received()) == 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond) // a few more rounds: nothing more is sent
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: got %v, want nil", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return within 5s of its context ending")
+	}
+	if got := len(rcv.received()); got != 1 {
+		t.Fatalf("receiver got %d requests, want 1", got)
+	}
+}

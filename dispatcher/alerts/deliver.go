@@ -174,6 +174,7 @@ func (a *Alerter) finish(ctx context.Context, c *claimed, state string, status i
 	if msg != "" {
 		lastErr = msg
 	}
+	a.m.deliveries.WithLabelValues(state).Inc()
 	err := a.inOrg(ctx, c.org, func(tx pgx.Tx) error {
 		_, err := tx.Exec(ctx, `UPDATE alert_outbox SET webhook_state = $3, attempts = $4, last_status = $5, last_error = $6,
 			delivered_at = CASE WHEN $3 = 'delivered' THEN now() END, next_attempt_at = now() + $7::interval

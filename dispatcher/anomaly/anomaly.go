@@ -47,6 +47,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Defaults.
@@ -114,6 +115,8 @@ type Config struct {
 	Threshold float64
 	// TrustDomain names the dispatcher in audit actors. If empty, "cordon".
 	TrustDomain string
+	// Registry receives the metrics. If nil, they are not registered.
+	Registry prometheus.Registerer
 	// Log receives logs. If nil, discarded.
 	Log *slog.Logger
 }
@@ -123,6 +126,7 @@ type Detector struct {
 	cfg   Config
 	actor audit.Actor
 	log   *slog.Logger
+	flags *prometheus.CounterVec
 }
 
 // New returns a Detector.
@@ -149,7 +153,14 @@ func New(cfg Config) (*Detector, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Detector{cfg: cfg, log: log,
+	flags := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "cordon_dispatcher_anomaly_flags_total",
+		Help: "Runs flagged as anomalous (once per run and phase across replicas), by phase (live, final) and action (notify, terminate).",
+	}, []string{"phase", "action"})
+	if cfg.Registry != nil {
+		cfg.Registry.MustRegister(flags)
+	}
+	return &Detector{cfg: cfg, log: log, flags: flags,
 		actor: audit.Actor{Type: audit.ActorService, ID: "spiffe://" + cfg.TrustDomain + "/dispatcher"}}, nil
 }
 
@@ -303,6 +314,7 @@ func (d *Detector) check(ctx context.Context, org, runID, phase string, metrics 
 		return res, fmt.Errorf("check run %s of org %s for anomalies: append audit event: %w", runID, org, err)
 	}
 	d.log.Info("anomaly detected", "org", org, "run", runID, "phase", phase, "policy", policy)
+	d.flags.WithLabelValues(phase, policy).Inc()
 	if phase != "live" || policy != PolicyTerminate {
 		return res, nil
 	}
@@ -377,6 +389,71 @@ func (d *Detector) Sweep(ctx context.Context, max int) (int, error) {
 		}
 	}
 	return ordered, errors.Join(errs...)
+}
+
+// SweepFinished scores each run that ended in the last day and was not
+// scored yet, once its final usage report is in, and returns how many it
+// flagged. A run is marked scored in its org's transaction, so replicas
+// sweeping at once score a run at most a few times and flag it once.
+func (d *Detector) SweepFinished(ctx context.Context, max int) (int, error) {
+	rows, err := d.cfg.DB.Query(ctx, "SELECT org_id, run_id FROM cordon_unscored_runs($1)", max)
+	if err != nil {
+		return 0, fmt.Errorf("anomaly sweep: list finished runs: %w", err)
+	}
+	var org, run string
+	var ended [][2]string
+	if _, err := pgx.ForEachRow(rows, []any{&org, &run}, func() error { ended = append(ended, [2]string{org, run}); return nil }); err != nil {
+		return 0, fmt.Errorf("anomaly sweep: list finished runs: %w", err)
+	}
+	flagged := 0
+	var errs []error
+	for _, r := range ended {
+		res, err := d.CheckFinished(ctx, r[0], r[1])
+		if errors.Is(err, ErrNoUsage) {
+			continue // the final report may still come
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if res.NewFlag {
+			flagged++
+		}
+		err = pgx.BeginFunc(ctx, d.cfg.DB, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, "SELECT set_config('cordon.org_id', $1, true)", r[0]); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, `UPDATE run_admissions SET anomaly_scored_at = now() WHERE org_id = $1 AND run_id = $2`, r[0], r[1])
+			return err
+		})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("mark run %s of org %s scored: %w", r[1], r[0], err))
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return flagged, errors.Join(errs...)
+}
+
+// Run sweeps running and finished runs every interval until ctx ends, then
+// returns nil. Errors are logged, not returned: the next sweep retries.
+func (d *Detector) Run(ctx context.Context, every time.Duration) error {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		if _, err := d.Sweep(ctx, 10000); err != nil && ctx.Err() == nil {
+			d.log.Error("anomaly sweep of running runs failed", "error", err.Error())
+		}
+		if _, err := d.SweepFinished(ctx, 10000); err != nil && ctx.Err() == nil {
+			d.log.Error("anomaly sweep of finished runs failed", "error", err.Error())
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
 }
 
 var eventNS = uuid.MustParse("9d3f6a52-2c1b-4b7e-9a0e-5f1e2d3c4b5a")

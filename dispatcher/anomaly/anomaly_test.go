@@ -292,3 +292,63 @@ func TestTerminateRunning(t *testing.T) {
 		t.Fatalf("verify: %v, %v", err, rep.Problems)
 	}
 }
+
+// TestRunLoop: the background loop scores a run that finished (once its
+// final report is in) and stops a running one, and returns when its
+// context ends.
+func TestRunLoop(t *testing.T) {
+	e := newEnv(t)
+	det, adm := e.replica()
+	ctx := ctxT(t)
+	e.seed("acme", "etl", 12)
+	if err := det.SetPolicy(ctx, "acme", anomaly.PolicyTerminate); err != nil {
+		t.Fatal(err)
+	}
+	for _, run := range []string{"finished", "running", "no-report"} {
+		if d, err := adm.Admit(ctx, "acme", "etl", run); err != nil || !d.Admitted {
+			t.Fatalf("admit %s: %+v, %v", run, d, err)
+		}
+	}
+	e.report("acme", "etl", "finished", true, use{3000, 200 << 20, 50 << 20, 0})
+	for _, run := range []string{"finished", "no-report"} {
+		if err := adm.Finish(ctx, "acme", run, admission.FinishReport{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.report("acme", "etl", "running", false, use{1, 100 << 20, 0, 500})
+
+	loopCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- det.Run(loopCtx, 50*time.Millisecond) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		flags := e.count(`SELECT count(*) FROM audit_events WHERE event_type = 'ANOMALY_DETECTED'`)
+		orders := e.count(`SELECT count(*) FROM termination_orders WHERE run_id = 'running'`)
+		if flags == 2 && orders == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			cancel()
+			<-done
+			t.Fatalf("after 10s: got %d flags and %d orders, want 2 and 1", flags, orders)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: got %v, want nil", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return within 5s of its context ending")
+	}
+	for _, tc := range []struct {
+		run  string
+		want int
+	}{{"finished", 1}, {"no-report", 0}, {"running", 0}} {
+		if got := e.count(`SELECT count(*) FROM run_admissions WHERE run_id = $1 AND anomaly_scored_at IS NOT NULL`, tc.run); got != tc.want {
+			t.Errorf("run %s: got scored %d, want %d", tc.run, got, tc.want)
+		}
+	}
+}
