@@ -316,6 +316,21 @@ func isSlug(s string) bool {
 	return true
 }
 
+// requestID is the caller's X-Request-Id when it is 1 to 128 of
+// A-Z a-z 0-9 . _ : -, else none: it lands in the audit row.
+func requestID(h string) string {
+	if len(h) == 0 || len(h) > 128 {
+		return ""
+	}
+	for i := 0; i < len(h); i++ {
+		c := h[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == ':' || c == '-') {
+			return ""
+		}
+	}
+	return h
+}
+
 // collector keeps the events one Mint emits, for the Handler to commit.
 type collector struct{ events []audit.Event }
 
@@ -373,7 +388,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	creds, mintErr := minter.Mint(mctx, credentials.Run{
 		Org: caller.org, Job: caller.job, RunID: req.RunID,
 		Actor:       audit.Actor{Type: audit.ActorJob, ID: caller.id.String()},
-		RequestID:   r.Header.Get("X-Request-Id"),
+		RequestID:   requestID(r.Header.Get("X-Request-Id")),
 		Declaration: req.Datasets,
 	})
 	cancel()

@@ -183,6 +183,7 @@ func TestHandlerAnswers(t *testing.T) {
 			}
 			r := httptest.NewRequest(method, credapi.Path, strings.NewReader(tc.body))
 			r.TLS = peer(t, e.ca, acme)
+			r.Header.Set("X-Request-Id", "req-1")
 			if tc.tls != nil {
 				r.TLS = tc.tls(e)
 			}
@@ -232,6 +233,9 @@ func TestHandlerAnswers(t *testing.T) {
 			evs := e.audit.byOrg("acme")
 			if tc.wantAudit == "" && len(evs) != 0 || tc.wantAudit != "" && (len(evs) != 1 || evs[0].EventType != tc.wantAudit) {
 				t.Fatalf("acme audit: got %+v, want %q", evs, tc.wantAudit)
+			}
+			if len(evs) == 1 && evs[0].RequestID != "req-1" {
+				t.Errorf("audit request ID: got %q, want req-1", evs[0].RequestID)
 			}
 			for org := range e.audit.events {
 				if org != "acme" {
@@ -407,5 +411,28 @@ func BenchmarkHandler(b *testing.B) {
 		if w.Code != 200 {
 			b.Fatalf("status %d: %s", w.Code, w.Body)
 		}
+	}
+}
+
+// TestRequestIDIsBounded: a hostile X-Request-Id never reaches the audit
+// row.
+func TestRequestIDIsBounded(t *testing.T) {
+	for _, tc := range []struct{ name, header, want string }{
+		{"plain", "req_01.a:b-c", "req_01.a:b-c"},
+		{"too long", strings.Repeat("a", 129), ""},
+		{"newline", "a\nb", ""},
+		{"quote", `a"b`, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newHandlerEnv(t)
+			r := httptest.NewRequest(http.MethodPost, credapi.Path, strings.NewReader(body("r1", scoped)))
+			r.TLS = peer(t, e.ca, spiffeid.RequireFromString("spiffe://cordon.test/org/acme/job/alerts"))
+			r.Header.Set("X-Request-Id", tc.header)
+			e.h.ServeHTTP(httptest.NewRecorder(), r)
+			evs := e.audit.byOrg("acme")
+			if len(evs) != 1 || evs[0].RequestID != tc.want {
+				t.Fatalf("got %+v, want one event with request ID %q", evs, tc.want)
+			}
+		})
 	}
 }
