@@ -6,13 +6,18 @@ GO ?= go
 BIN := $(CURDIR)/bin
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build test demo deps-test vet generate bench-egress bench-xds bench-dispatcher clean
+.PHONY: all build images test demo deps-test vet generate bench-egress bench-xds bench-dispatcher clean
 
 all: build
 
 build:
 	@mkdir -p $(BIN)
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ ./egress-proxy/cmd/... ./xds/cmd/... ./sidecar/cmd/... ./dispatcher/cmd/... ./test/cmd/...
+
+# images builds one FROM scratch image per binary (cordon/<name>:dev), from
+# static binaries compiled here: no registry is needed.
+images:
+	@./deploy/docker/build-images.sh
 
 # deps-test installs what the test suite needs on a fresh Debian machine.
 deps-test:

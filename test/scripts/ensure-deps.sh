@@ -17,6 +17,7 @@ case "$profile" in
     # make test checks that regenerating the bpf2go output changes nothing.
     have clang || need+=(clang)
     have llvm-strip || need+=(llvm)
+    [ -e /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
     ;;
   bench)
     have squid || need+=(squid)
