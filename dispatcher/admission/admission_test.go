@@ -26,7 +26,7 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(pgtest.WithShared(m)) }
 
-func ctxT(t *testing.T) context.Context {
+func ctxT(t testing.TB) context.Context {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
@@ -35,11 +35,11 @@ func ctxT(t *testing.T) context.Context {
 
 // env is one migrated database.
 type env struct {
-	t   *testing.T
+	t   testing.TB
 	url string
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	url := pgtest.Shared(t).NewDatabase(t)
 	if _, err := auditstore.Migrate(ctxT(t), url, nil); err != nil {

@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"net/netip"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -137,4 +138,31 @@ func TestPublicOnly(t *testing.T) {
 			t.Errorf("isPublic(%s): got %v, want %v", tc.addr, got, tc.want)
 		}
 	}
+}
+
+func FuzzCheckWebhook(f *testing.F) {
+	file := &allowlist.File{Org: "acme", Webhooks: []allowlist.Webhook{
+		{Host: "hooks.slack.com", Port: 443, Path: "/services/T0/B0/"},
+	}}
+	f.Add("https://hooks.slack.com/services/T0/B0/XYZ")
+	f.Add("https://hooks.slack.com/services/T0/B0/%2e%2e/x")
+	f.Add("https://hooks.slack.com:443/services/T0/B0/")
+	f.Fuzz(func(t *testing.T, raw string) {
+		if CheckWebhook(file, raw) != nil {
+			return
+		}
+		// Whatever is allowed is an https URL to the listed host and port,
+		// under the listed path, with no way to climb out of it.
+		u, err := url.Parse(raw)
+		if err != nil || u.Scheme != "https" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+			t.Fatalf("allowed %q: %v %+v", raw, err, u)
+		}
+		if u.Hostname() != "hooks.slack.com" || (u.Port() != "" && u.Port() != "443") {
+			t.Fatalf("allowed %q for host %q port %q", raw, u.Hostname(), u.Port())
+		}
+		p, err := url.PathUnescape(u.EscapedPath())
+		if err != nil || !strings.HasPrefix(p, "/services/T0/B0/") || strings.Contains(p, "/..") || strings.Contains(p, "/./") {
+			t.Fatalf("allowed %q with path %q", raw, p)
+		}
+	})
 }
