@@ -82,11 +82,11 @@ func (s *Server) serveConn(ctx context.Context, raw, conn net.Conn, job JobRef, 
 		}
 		conn.SetReadDeadline(start.Add(s.lim.TotalTimeout))
 		conn.SetWriteDeadline(start.Add(s.lim.TotalTimeout))
-		keep := s.handle(ctx, cc, req, info, start)
-		if !keep {
+		// The write deadline outlives the request: nothing is written to
+		// an idle connection, and the next request sets its own.
+		if !s.handle(ctx, cc, req, info, start) {
 			return
 		}
-		conn.SetWriteDeadline(time.Time{})
 	}
 }
 

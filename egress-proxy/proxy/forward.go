@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"strings"
 	"sync/atomic"
-	"time"
 
 	"github.com/cordon-dev/cordon/egress-proxy/policy"
 )
@@ -123,7 +122,8 @@ func (s *Server) forward(ctx context.Context, cc *clientConn, js *jobState, req 
 	s.writers.Put(bw)
 	resp.Body.Close()
 	if werr == nil && !upstreamClose {
-		uc.c.SetDeadline(time.Time{})
+		// The deadline stays: nothing reads or writes an idle pooled
+		// connection, and send sets a new one before reusing it.
 		js.pool.put(uc)
 	} else {
 		uc.c.Close()

@@ -154,9 +154,7 @@ func (s *Server) decide(ctx context.Context, pol *policy.Compiled, t authority.T
 		// the policy again); this proxy never touches the destination.
 		return chk, policy.ReasonNone
 	}
-	rctx, cancel := context.WithTimeout(ctx, s.lim.DialTimeout)
-	addrs, err := s.resolver.LookupNetIP(rctx, t.Name)
-	cancel()
+	addrs, err := s.lookup(ctx, t.Name)
 	if err != nil || len(addrs) == 0 {
 		return chk, policy.ReasonDNSFailure
 	}
@@ -176,6 +174,24 @@ func (s *Server) decide(ctx context.Context, pol *policy.Compiled, t authority.T
 		chk.addrs = append(chk.addrs, ap)
 	}
 	return chk, policy.ReasonNone
+}
+
+// cacheLookuper is a Resolver that can answer from its cache without a
+// context (resolve.DNS): a cache hit then costs no timer.
+type cacheLookuper interface {
+	LookupCached(host string) ([]netip.Addr, bool)
+}
+
+// lookup resolves name, bounded by the dial timeout.
+func (s *Server) lookup(ctx context.Context, name string) ([]netip.Addr, error) {
+	if c, ok := s.resolver.(cacheLookuper); ok {
+		if addrs, ok := c.LookupCached(name); ok {
+			return addrs, nil
+		}
+	}
+	rctx, cancel := context.WithTimeout(ctx, s.lim.DialTimeout)
+	defer cancel()
+	return s.resolver.LookupNetIP(rctx, name)
 }
 
 // dialError carries the reason a dial to checked addresses failed.

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -38,6 +39,8 @@ type upConn struct {
 	br        *bufio.Reader
 	bw        *bufio.Writer
 	idleSince time.Time
+	// rc is c's raw socket for alive's peek; nil when c is not TCP.
+	rc syscall.RawConn
 }
 
 func newUpstreamPool() *upstreamPool {
@@ -69,13 +72,30 @@ func (p *upstreamPool) get(addrs []netip.AddrPort) *upConn {
 }
 
 // alive reports whether an idle connection is still open and quiet: an
-// upstream that closed it, or sent bytes nobody asked for, makes it unusable.
+// upstream that closed it, or sent bytes nobody asked for, makes it
+// unusable. On TCP it asks the kernel (one non-blocking MSG_PEEK, no
+// deadline and no allocation); other connections (TLS to a gateway) only
+// show what they buffered, and a closed one is caught by send's retry.
 func (uc *upConn) alive() bool {
-	uc.c.SetReadDeadline(time.Now())
-	_, err := uc.br.Peek(1)
-	uc.c.SetReadDeadline(time.Time{})
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
+	if uc.br.Buffered() > 0 {
+		return false
+	}
+	if uc.rc == nil {
+		return true
+	}
+	quiet := false
+	var b [1]byte
+	uc.rc.Control(func(fd uintptr) {
+		for {
+			_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+			if err == syscall.EINTR {
+				continue
+			}
+			quiet = err == syscall.EAGAIN // anything else: data, end of stream, reset
+			return
+		}
+	})
+	return quiet
 }
 
 func (p *upstreamPool) put(uc *upConn) {
@@ -207,6 +227,9 @@ func (s *Server) send(ctx context.Context, pool *upstreamPool, addrs []netip.Add
 		return nil, nil, err
 	}
 	uc = &upConn{c: c, ap: ap, proxyForm: s.cfg.Gateway != nil, br: bufio.NewReaderSize(c, 4096), bw: bufio.NewWriterSize(c, 4096)}
+	if tc, ok := c.(*net.TCPConn); ok {
+		uc.rc, _ = tc.SyscallConn()
+	}
 	c.SetDeadline(deadline)
 	resp, err = roundTrip(uc, out, false)
 	if err != nil {

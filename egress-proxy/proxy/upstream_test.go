@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"net"
@@ -115,4 +116,38 @@ func TestUpstreamPoolSweep(t *testing.T) {
 		t.Errorf("swept connection: peer read got %v, want EOF (closed)", err)
 	}
 	p.closeIdle(true)
+}
+
+// TestUpConnAlive checks the pool's liveness peek on real TCP: a quiet
+// connection is reusable; one the upstream closed, or on which it sent
+// bytes nobody asked for, is not.
+func TestUpConnAlive(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		peer func(c *net.TCPConn)
+		want bool
+	}{
+		{"quiet", func(*net.TCPConn) {}, true},
+		{"closed by the upstream", func(c *net.TCPConn) { c.Close() }, false},
+		{"unsolicited bytes", func(c *net.TCPConn) { c.Write([]byte("HTTP/1.1 200 OK\r\n")) }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ours, peer := tcpPair(t)
+			rc, err := ours.SyscallConn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			uc := &upConn{c: ours, br: bufio.NewReader(ours), rc: rc}
+			tc.peer(peer)
+			// The peer's FIN or bytes cross loopback asynchronously.
+			got := uc.alive()
+			for deadline := time.Now().Add(2 * time.Second); got != tc.want && time.Now().Before(deadline); {
+				time.Sleep(5 * time.Millisecond)
+				got = uc.alive()
+			}
+			if got != tc.want {
+				t.Errorf("alive: got %v, want %v", got, tc.want)
+			}
+		})
+	}
 }

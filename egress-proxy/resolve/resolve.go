@@ -70,11 +70,8 @@ func NewDNS(server string, opts DNSOptions) (*DNS, error) {
 // The returned slice is shared with the cache: do not modify it.
 func (d *DNS) LookupNetIP(ctx context.Context, host string) ([]netip.Addr, error) {
 	now := time.Now()
-	d.mu.Lock()
-	c, ok := d.cache[host]
-	d.mu.Unlock()
-	if ok && now.Before(c.expires) {
-		return c.addrs, nil
+	if addrs, ok := d.cachedAt(host, now); ok {
+		return addrs, nil
 	}
 	type result struct {
 		addrs []netip.Addr
@@ -116,6 +113,23 @@ func (d *DNS) LookupNetIP(ctx context.Context, host string) ([]netip.Addr, error
 		d.mu.Unlock()
 	}
 	return addrs, nil
+}
+
+// LookupCached returns host's cached, unexpired answer, if there is one,
+// without querying. The returned slice is shared with the cache: do not
+// modify it.
+func (d *DNS) LookupCached(host string) ([]netip.Addr, bool) {
+	return d.cachedAt(host, time.Now())
+}
+
+func (d *DNS) cachedAt(host string, now time.Time) ([]netip.Addr, bool) {
+	d.mu.Lock()
+	c, ok := d.cache[host]
+	d.mu.Unlock()
+	if ok && now.Before(c.expires) {
+		return c.addrs, true
+	}
+	return nil, false
 }
 
 // query returns the addresses of one type and the smallest TTL among them.

@@ -77,6 +77,14 @@ func TestDNSCache(t *testing.T) {
 	if n := srv.Queries("cached.test"); n != 1 {
 		t.Errorf("TTL 60 queries: got %d, want 1 (cached)", n)
 	}
+	if got, ok := r.LookupCached("cached.test"); !ok || len(got) != 1 || got[0].String() != "127.0.0.3" {
+		t.Errorf("LookupCached(cached.test): got %v, %v, want [127.0.0.3], true", got, ok)
+	}
+	for _, host := range []string{"zero.test", "never-asked.test"} {
+		if got, ok := r.LookupCached(host); ok {
+			t.Errorf("LookupCached(%s): got %v, true, want nothing (not cached)", host, got)
+		}
+	}
 	off, _ := NewDNS(srv.Addr, DNSOptions{Timeout: time.Second})
 	for range 2 {
 		off.LookupNetIP(context.Background(), "cached.test")
