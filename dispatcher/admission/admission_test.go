@@ -2,10 +2,13 @@ package admission_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -444,4 +447,106 @@ func TestHTTP(t *testing.T) {
 		t.Fatalf("admit after the slot freed: got %+v, %v", a, err)
 	}
 	e.verifyChains()
+}
+
+// TestHandlerRefusesNonJobCallers: the caller's identity comes only from a
+// job SVID of the configured trust domain.
+func TestHandlerRefusesNonJobCallers(t *testing.T) {
+	e := newEnv(t)
+	svc := e.replica(0)
+	ours, err := spiffedev.NewCA("cordon.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	theirs, err := spiffedev.NewCA("other.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := admission.NewHandler(svc, ours.TrustDomain(), nil)
+	certOf := func(ca *spiffedev.CA, id spiffeid.ID) *tls.ConnectionState {
+		s, err := ca.MintX509SVID(id, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &tls.ConnectionState{PeerCertificates: s.Certificates}
+	}
+	job, _ := theirs.JobID("acme", "etl")
+	tests := []struct {
+		name  string
+		state *tls.ConnectionState
+		want  int
+	}{
+		{"no TLS", nil, http.StatusForbidden},
+		{"no client certificate", &tls.ConnectionState{}, http.StatusForbidden},
+		{"other trust domain", certOf(theirs, job), http.StatusForbidden},
+		{"dispatcher, not a job", certOf(ours, spiffeid.RequireFromSegments(ours.TrustDomain(), "dispatcher")), http.StatusForbidden},
+		{"job path with extra segment", certOf(ours, spiffeid.RequireFromSegments(ours.TrustDomain(), "org", "acme", "job", "etl", "x")), http.StatusForbidden},
+		{"job", certOf(ours, spiffeid.RequireFromSegments(ours.TrustDomain(), "org", "acme", "job", "etl")), http.StatusOK},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			req := httptest.NewRequest(http.MethodPost, admission.AdmitPath, strings.NewReader(`{"run_id":"r1"}`))
+			req.TLS = tc.state
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			if rec.Code != tc.want {
+				t.Fatalf("got %d (%s), want %d", rec.Code, rec.Body, tc.want)
+			}
+		})
+	}
+	ok := certOf(ours, spiffeid.RequireFromSegments(ours.TrustDomain(), "org", "acme", "job", "etl"))
+	for _, body := range []string{`{"run_id":"r2","org":"evil"}`, `{"run_id":`, strings.Repeat(" ", 5000) + `{"run_id":"r3"}`} {
+		req := httptest.NewRequest(http.MethodPost, admission.AdmitPath, strings.NewReader(body))
+		req.TLS = ok
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != http.StatusBadRequest {
+			t.Errorf("body %.40q: got %d, want 400", body, rec.Code)
+		}
+	}
+}
+
+// TestRowLevelSecurity: as the service role, one org's transaction sees
+// none of another org's runs or termination orders.
+func TestRowLevelSecurity(t *testing.T) {
+	e := newEnv(t)
+	svc := e.replica(0)
+	ctx := ctxT(t)
+	if d, err := svc.Admit(ctx, "acme", "etl", "r1"); err != nil || !d.Admitted {
+		t.Fatalf("%+v, %v", d, err)
+	}
+	if _, err := svc.OrderTermination(ctx, "acme", "r1", "test", "stop", nil); err != nil {
+		t.Fatal(err)
+	}
+	c, err := pgx.Connect(ctx, e.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	for _, table := range []string{"run_admissions", "termination_orders", "org_quotas"} {
+		for _, org := range []string{"acme", "evil", ""} {
+			var n int
+			err := pgx.BeginFunc(ctx, c, func(tx pgx.Tx) error {
+				if _, err := tx.Exec(ctx, "SET LOCAL ROLE cordon_service"); err != nil {
+					return err
+				}
+				if _, err := tx.Exec(ctx, "SELECT set_config('cordon.org_id', $1, true)", org); err != nil {
+					return err
+				}
+				return tx.QueryRow(ctx, "SELECT count(*) FROM "+table).Scan(&n)
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := 0; (org == "acme") != (n > 0) {
+				if org == "acme" {
+					want = 1
+				}
+				t.Errorf("%s as org %q: got %d rows, want %d", table, org, n, want)
+			}
+		}
+	}
+	if _, err := svc.Heartbeat(ctx, "evil", "", "r1"); !errors.Is(err, admission.ErrUnknownRun) {
+		t.Fatalf("heartbeat of acme's run as evil: got %v, want ErrUnknownRun", err)
+	}
 }

@@ -489,3 +489,48 @@ func TestRunLoop(t *testing.T) {
 		t.Fatalf("receiver got %d requests, want 1", got)
 	}
 }
+
+// TestRowLevelSecurity: as the service role, another org's transaction sees
+// none of an org's budget, webhook (and its secret), alerts or outbox.
+func TestRowLevelSecurity(t *testing.T) {
+	e := newEnv(t)
+	rcv := newReceiver(t)
+	e.allow("acme", allowlist.Webhook{Host: "example.com", Port: rcv.port(), Path: "/"})
+	a := e.replica(rcv.client(), 1)
+	ctx := ctxT(t)
+	if err := a.SetBudget(ctx, "acme", 1, []int{10}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.SetWebhook(ctx, "acme", rcv.url("/hook")); err != nil {
+		t.Fatal(err)
+	}
+	e.spend("acme", 0.5)
+	if got, err := a.EvaluateOrg(ctx, "acme"); err != nil || len(got) != 1 {
+		t.Fatalf("got %v, %v", got, err)
+	}
+	c, err := pgx.Connect(ctx, e.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	for _, table := range []string{"org_budgets", "org_webhooks", "cost_alerts", "alert_outbox"} {
+		for _, org := range []string{"acme", "evil", ""} {
+			var n int
+			err := pgx.BeginFunc(ctx, c, func(tx pgx.Tx) error {
+				if _, err := tx.Exec(ctx, "SET LOCAL ROLE cordon_service"); err != nil {
+					return err
+				}
+				if _, err := tx.Exec(ctx, "SELECT set_config('cordon.org_id', $1, true)", org); err != nil {
+					return err
+				}
+				return tx.QueryRow(ctx, "SELECT count(*) FROM "+table).Scan(&n)
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := map[bool]int{true: 1, false: 0}[org == "acme"]; n != want {
+				t.Errorf("%s as org %q: got %d rows, want %d", table, org, n, want)
+			}
+		}
+	}
+}
