@@ -241,6 +241,7 @@ type page struct {
 	Usage       userapi.Usage
 	Chart       chart
 	BucketLabel string
+	Job         string
 
 	Query   userapi.AuditQuery
 	Results []string
@@ -305,7 +306,8 @@ func (u *UI) overview(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p.Chart = newChart(p.Denials)
-	p.BucketLabel = (time.Duration(p.Denials.BucketSeconds) * time.Second).String()
+	p.BucketLabel = bucketLabel(time.Duration(p.Denials.BucketSeconds) * time.Second)
+	p.Job = q.Job
 	u.render(w, http.StatusOK, "overview", p)
 }
 
@@ -349,6 +351,19 @@ func (u *UI) allowlists(w http.ResponseWriter, r *http.Request) {
 	}
 	p.Allowlists = u.api.AllowlistsOf(org, "")
 	u.render(w, http.StatusOK, "allowlists", p)
+}
+
+// bucketLabel writes a bucket width as the bucket parameter takes it:
+// "1h", "15m", "1h30m".
+func bucketLabel(d time.Duration) string {
+	s := d.String() // whole minutes: "1h0m0s", "10m0s", "1h30m0s"
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 func firstKey(v url.Values) string {

@@ -20,6 +20,7 @@ import (
 	"github.com/cordon-dev/cordon/dispatcher/userapi"
 	"github.com/cordon-dev/cordon/internal/allowlist"
 	"github.com/cordon-dev/cordon/internal/audit"
+	"github.com/cordon-dev/cordon/internal/usage"
 	"github.com/cordon-dev/cordon/test/jwks"
 	"github.com/cordon-dev/cordon/test/pgtest"
 	"github.com/jackc/pgx/v5"
@@ -81,7 +82,12 @@ func newEnv(t *testing.T) *env {
 	found := ev("acme", "JOB_STARTED", "block_follower", "run-1", 10*time.Minute)
 	found.Result = audit.ResultSuccess
 	acme = append(acme, found)
-	if _, err := store.Append(ctx, "acme", acme, nil); err != nil {
+	exit := 0
+	rep := usage.Report{ReportID: "usg_1", Org: "acme", Job: "block_follower", RunID: "run-1", Final: true,
+		StartedAt: now.Add(-3 * time.Hour), EndedAt: now.Add(-2 * time.Hour), ExitCode: &exit,
+		CPUUserSeconds: 12.5, WallSeconds: 3600, MaxRSSBytes: 64 << 20, Denials: 14, Enforcement: "network-only",
+		Egress: map[string]usage.Egress{"api.example.com:443": {BytesOut: 5 << 20, BytesIn: 80 << 20, Requests: 40}}}
+	if _, err := store.Append(ctx, "acme", acme, []usage.Report{rep}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := store.Append(ctx, "globex", []audit.Event{ev("globex", "EGRESS_DENIED", "globex_job", "globex-secret.example:443", time.Hour)}, nil); err != nil {
@@ -285,7 +291,7 @@ func TestInBrowser(t *testing.T) {
 		})
 	}
 	var dots, topRows int
-	var topText, xssText, auditText, allowText string
+	var topText, xssText, auditText, allowText, usageText string
 	var xss bool
 	err = chromedp.Run(bctx,
 		chromedp.Navigate(e.srv.URL+"/ui/"),
@@ -297,6 +303,7 @@ func TestInBrowser(t *testing.T) {
 		chromedp.Evaluate(`document.querySelectorAll("svg.chart circle").length`, &dots),
 		chromedp.Evaluate(`document.querySelectorAll("#top-destinations tr").length - 1`, &topRows),
 		chromedp.Text("#top-destinations", &topText, chromedp.ByQuery),
+		chromedp.Text("#usage", &usageText, chromedp.ByQuery),
 		chromedp.Evaluate(`window.__xss !== undefined || document.querySelector("#top-destinations img, #top-destinations script") !== null`, &xss),
 		shot("overview"),
 		// The search form, as a person would use it.
@@ -327,6 +334,9 @@ func TestInBrowser(t *testing.T) {
 	if topRows != 3 || !strings.Contains(topText, "evil.example:443") || !strings.Contains(topText, "pastebin.example:443") {
 		t.Errorf("top destinations: got %d rows %q, want 3 with evil.example:443 and pastebin.example:443", topRows, topText)
 	}
+	if !strings.Contains(usageText, "block_follower") || !strings.Contains(usageText, "80.0 MiB") {
+		t.Errorf("usage per job: got %q, want block_follower with 80.0 MiB in", usageText)
+	}
 	if xss {
 		t.Error("the XSS payload in a host or job name ran or became markup")
 	}
@@ -347,4 +357,18 @@ func TestInBrowser(t *testing.T) {
 		t.Logf("close the browser: %v", err)
 	}
 	acancel()
+}
+
+func TestBucketLabel(t *testing.T) {
+	for _, tc := range []struct {
+		in   time.Duration
+		want string
+	}{{time.Hour, "1h"}, {10 * time.Minute, "10m"}, {90 * time.Minute, "1h30m"}, {20 * time.Hour, "20h"}, {time.Minute, "1m"}} {
+		if got := bucketLabel(tc.in); got != tc.want {
+			t.Errorf("bucketLabel(%s): got %q, want %q", tc.in, got, tc.want)
+		}
+		if d, err := time.ParseDuration(bucketLabel(tc.in)); err != nil || d != tc.in {
+			t.Errorf("bucketLabel(%s) = %q does not parse back: %v, %v", tc.in, bucketLabel(tc.in), d, err)
+		}
+	}
 }
