@@ -244,7 +244,9 @@ func (s *Service) Admit(ctx context.Context, org, job, runID string) (Decision, 
 		case err == nil:
 			err = tx.QueryRow(ctx, `UPDATE run_admissions SET lease_expires_at = now() + $3::interval
 				WHERE org_id = $1 AND run_id = $2 RETURNING lease_expires_at`, org, runID, s.ttl).Scan(&d.LeaseExpiresAt)
-			d.Admitted = err == nil
+			// A retry after a lost answer: the audit event is re-sent too, in
+			// case the first append failed (its event ID makes it stored once).
+			d.Admitted, fresh = err == nil, err == nil
 			return err
 		case !errors.Is(err, pgx.ErrNoRows):
 			return fmt.Errorf("look up run: %w", err)
