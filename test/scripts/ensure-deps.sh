@@ -18,6 +18,8 @@ case "$profile" in
     have clang || need+=(clang)
     have llvm-strip || need+=(llvm)
     [ -e /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
+    # dispatcher/webui's browser test drives headless Chromium.
+    have chromium || need+=(chromium)
     ;;
   bench)
     have squid || need+=(squid)
