@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/cordon-dev/cordon/egress-proxy/policy"
@@ -46,20 +47,20 @@ var errHeadTooLarge = errors.New("request head too large")
 
 // serveConn reads requests from one client connection until it closes,
 // fails, or a tunnel takes it over.
-func (s *Server) serveConn(ctx context.Context, raw, conn net.Conn, job JobRef, actor string) {
+func (s *Server) serveConn(ctx context.Context, raw, conn net.Conn, idle *atomic.Bool, job JobRef, actor string) {
 	cc := &clientConn{raw: raw, conn: conn, job: job, actor: actor}
 	cc.br = s.readers.Get().(*bufio.Reader)
 	cc.br.Reset(conn)
 	defer s.releaseReader(cc)
 	for {
-		if !s.setIdle(raw, true) {
+		if !s.setIdle(idle, true) {
 			return
 		}
 		conn.SetReadDeadline(time.Now().Add(s.lim.IdleTimeout))
 		if _, err := cc.br.Peek(1); err != nil {
 			return
 		}
-		if !s.setIdle(raw, false) {
+		if !s.setIdle(idle, false) {
 			return
 		}
 		start := time.Now()

@@ -12,26 +12,30 @@ import (
 	"github.com/cordon-dev/cordon/egress-proxy/policy"
 )
 
-// hopByHop are the headers that describe one connection, not the message
-// (RFC 9110 section 7.6.1), plus the proxy's own.
-var hopByHop = []string{
-	"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate",
-	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+// isHopByHop reports whether a canonical header name describes one
+// connection, not the message (RFC 9110 section 7.6.1: Connection,
+// Keep-Alive, TE, Trailer, Transfer-Encoding, Upgrade), or is the
+// proxy's own (every Proxy-* field).
+func isHopByHop(name string) bool {
+	switch name {
+	case "Connection", "Keep-Alive", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
+		return true
+	}
+	return strings.HasPrefix(name, "Proxy-")
 }
 
+// stripHopByHop deletes the hop-by-hop fields of h and those its
+// Connection fields name. It walks h once and allocates nothing.
 func stripHopByHop(h http.Header) {
-	for _, f := range h.Values("Connection") {
-		for _, name := range strings.Split(f, ",") {
+	for _, f := range h["Connection"] {
+		for name := range strings.SplitSeq(f, ",") {
 			if name = strings.TrimSpace(name); name != "" {
 				h.Del(name)
 			}
 		}
 	}
-	for _, name := range hopByHop {
-		h.Del(name)
-	}
 	for name := range h {
-		if strings.HasPrefix(name, "Proxy-") {
+		if isHopByHop(name) {
 			delete(h, name)
 		}
 	}

@@ -105,7 +105,14 @@ func parseTarget(req *http.Request, info headInfo) (authority.Target, policy.Rea
 			return authority.Target{}, policy.ReasonBadRequest
 		}
 	}
+	named := req.RequestURI // the authority the target was parsed from
+	if req.Method != http.MethodConnect {
+		named = req.URL.Host
+	}
 	for _, h := range info.hosts {
+		if string(h) == named {
+			continue // the same bytes parse to the same target
+		}
 		ht, err := authority.ParseHostPort(string(h), target.Port)
 		if err != nil {
 			return authority.Target{}, policy.ReasonHostMismatch

@@ -50,10 +50,14 @@ type Server struct {
 
 	wg sync.WaitGroup // every connection goroutine
 
+	// shutting mirrors closed for the per-request check in setIdle,
+	// which must not take mu.
+	shutting atomic.Bool
+
 	mu        sync.Mutex // guards the following
 	closed    bool
 	listeners map[net.Listener]struct{}
-	conns     map[net.Conn]bool // value: idle (waiting for a request)
+	conns     map[net.Conn]*atomic.Bool // value: idle (waiting for a request)
 }
 
 // jobState is one job's limiter, concurrency count and upstream pool.
@@ -88,7 +92,7 @@ func New(cfg Config) (*Server, error) {
 		audit:     cfg.Audit,
 		resolver:  cfg.Resolver,
 		listeners: map[net.Listener]struct{}{},
-		conns:     map[net.Conn]bool{},
+		conns:     map[net.Conn]*atomic.Bool{},
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -275,7 +279,8 @@ func (s *Server) serve(ctx context.Context, ln net.Listener, accept acceptFunc) 
 			c.Close()
 			continue
 		}
-		if !s.track(c) {
+		idle, ok := s.track(c)
+		if !ok {
 			s.clientConn.Add(-1)
 			c.Close()
 			continue
@@ -294,21 +299,23 @@ func (s *Server) serve(ctx context.Context, ln net.Listener, accept acceptFunc) 
 			if conn != c {
 				defer conn.Close()
 			}
-			s.serveConn(ctx, c, conn, job, actor)
+			s.serveConn(ctx, c, conn, idle, job, actor)
 		}()
 	}
 }
 
 // track registers c and adds it to the WaitGroup; false after Shutdown.
-func (s *Server) track(c net.Conn) bool {
+// It returns c's idle flag for setIdle.
+func (s *Server) track(c net.Conn) (*atomic.Bool, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return false
+		return nil, false
 	}
-	s.conns[c] = false
+	idle := new(atomic.Bool)
+	s.conns[c] = idle
 	s.wg.Add(1)
-	return true
+	return idle, true
 }
 
 func (s *Server) untrack(c net.Conn) {
@@ -317,16 +324,14 @@ func (s *Server) untrack(c net.Conn) {
 	s.mu.Unlock()
 }
 
-// setIdle marks c idle (between requests) or busy. It returns false when
-// the server is shutting down and c should close.
-func (s *Server) setIdle(c net.Conn, idle bool) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return false
-	}
-	s.conns[c] = idle
-	return true
+// setIdle marks a connection idle (between requests) or busy through its
+// flag from track. It returns false when the server is shutting down and
+// the connection should close. No lock: Shutdown sets shutting before it
+// reads the flags, so either it sees a connection busy (and leaves it to
+// finish its request) or the connection sees shutting (and closes).
+func (s *Server) setIdle(flag *atomic.Bool, idle bool) bool {
+	flag.Store(idle)
+	return !s.shutting.Load()
 }
 
 // Shutdown stops accepting, closes idle connections, waits for requests
@@ -335,11 +340,12 @@ func (s *Server) setIdle(c net.Conn, idle bool) bool {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closed = true
+	s.shutting.Store(true)
 	for ln := range s.listeners {
 		ln.Close()
 	}
 	for c, idle := range s.conns {
-		if idle {
+		if idle.Load() {
 			c.Close()
 		}
 	}
@@ -361,7 +367,7 @@ wait:
 		case <-t.C:
 			s.mu.Lock()
 			for c, idle := range s.conns {
-				if idle {
+				if idle.Load() {
 					c.Close()
 				}
 			}
