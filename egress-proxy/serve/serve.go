@@ -447,6 +447,10 @@ func registerPolicyMetrics(reg prometheus.Registerer, xc *xdsclient.Client, stor
 			}
 			return 0
 		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "cordon_egress_policy_nacks_total",
+			Help: "Policies from the control plane this proxy rejected (NACKed); the previous policy stayed in force each time.",
+		}, func() float64 { return float64(xc.NACKs()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "cordon_egress_policy_jobs",
 			Help: "Jobs with a policy in force.",

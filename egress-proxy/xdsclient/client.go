@@ -97,6 +97,7 @@ type Client struct {
 	// lastNACK is the reason of the latest NACK, "" when the latest
 	// response was applied.
 	lastNACK string
+	nacks    uint64        // rejected responses since start
 	applied  chan struct{} // closed and replaced on every apply
 }
 
@@ -151,6 +152,13 @@ func (c *Client) Applied() <-chan struct{} {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.applied
+}
+
+// NACKs is how many responses the client has rejected since it started.
+func (c *Client) NACKs() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.nacks
 }
 
 // LastNACK is the reason of the latest rejected response, or "" when the
@@ -263,6 +271,7 @@ func (c *Client) handle(resp *discoveryv3.DiscoveryResponse) error {
 	defer c.mu.Unlock()
 	if err != nil {
 		c.lastNACK = err.Error()
+		c.nacks++
 		return err
 	}
 	c.version, c.lastNACK = resp.GetVersionInfo(), ""

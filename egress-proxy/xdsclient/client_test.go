@@ -268,6 +268,9 @@ func TestNACKKeepsLastGood(t *testing.T) {
 	if got := c.Version(); got != "v1" {
 		t.Errorf("got applied version %q, want v1 kept", got)
 	}
+	if got := c.NACKs(); got != 2 {
+		t.Errorf("got %d NACKs counted by the client, want 2", got)
+	}
 	if calls := a.snapshot(); len(calls) != 1 {
 		t.Errorf("got %d Apply calls, want 1 (nothing after the NACKs)", len(calls))
 	}
