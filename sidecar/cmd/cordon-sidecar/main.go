@@ -152,6 +152,7 @@ func agentCmd(args []string) int {
 	fs.StringVar(&dispatcherID, "dispatcher-id", "", "SPIFFE ID the dispatcher must present (default spiffe://TD/dispatcher)")
 	fs.StringVar(&dc.Dir, "spool-dir", "/var/lib/cordon/spool", "on-disk queue of undelivered events and reports (never the shared dir: the job can write there)")
 	fs.Int64Var(&dc.MaxBytes, "spool-max-bytes", 64<<20, "bound on the spool's size on disk")
+	fs.DurationVar(&dc.MaxBackoff, "retry-max-backoff", time.Minute, "longest wait between deliveries while the dispatcher is unreachable")
 	fs.DurationVar(&cfg.UsageInterval, "usage-interval", time.Minute, "period of interim usage reports of a long job (0: final report only)")
 	fs.StringVar(&cfg.RunID, "run-id", "", "run ID the usage reports carry (default: none)")
 	if err := fs.Parse(args); err != nil {
@@ -204,7 +205,9 @@ func agentCmd(args []string) int {
 					return fmt.Errorf("--dispatcher-id %q: %w", dispatcherID, err)
 				}
 			}
-			client := ingestclient.New(dispatcher, delivery.ClientTLS(id.Source, id.Source, server))
+			// A request that hangs (a dispatcher mid-restart) is abandoned and
+			// retried well before the spool notices nothing moves.
+			client := ingestclient.New(dispatcher, delivery.ClientTLS(id.Source, id.Source, server), ingestclient.WithTimeout(10*time.Second))
 			defer client.Close()
 			return d.Run(ctx, client)
 		}
