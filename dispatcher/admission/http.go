@@ -7,11 +7,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"strings"
 	"time"
 
+	"github.com/cordon-dev/cordon/internal/jobid"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
 // Endpoints of the sidecar API. {id} is the run ID.
@@ -104,22 +103,14 @@ type caller struct {
 	org, job string
 }
 
+// callerOf reads the org and job from the client SVID's SPIFFE ID
+// spiffe://TD/org/ORG/job/JOB (internal/jobid).
 func (h *Handler) callerOf(r *http.Request) (caller, error) {
-	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
-		return caller{}, errors.New("no client certificate")
-	}
-	id, err := x509svid.IDFromCert(r.TLS.PeerCertificates[0])
+	j, err := jobid.FromPeer(r, h.td)
 	if err != nil {
-		return caller{}, fmt.Errorf("client certificate has no SPIFFE ID: %w", err)
+		return caller{}, err
 	}
-	if !id.MemberOf(h.td) {
-		return caller{}, fmt.Errorf("%s is not in trust domain %s", id, h.td)
-	}
-	seg := strings.Split(strings.TrimPrefix(id.Path(), "/"), "/")
-	if len(seg) != 4 || seg[0] != "org" || seg[2] != "job" || !slugRE.MatchString(seg[1]) || !slugRE.MatchString(seg[3]) {
-		return caller{}, fmt.Errorf("%s is not a job identity (spiffe://%s/org/ORG/job/JOB)", id, h.td)
-	}
-	return caller{id: id, org: seg[1], job: seg[3]}, nil
+	return caller{id: j.ID, org: j.Org, job: j.Job}, nil
 }
 
 func (h *Handler) reply(w http.ResponseWriter, code int, body any) {

@@ -29,9 +29,9 @@ import (
 	"time"
 
 	"github.com/aws/smithy-go"
+	"github.com/cordon-dev/cordon/internal/jobid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/cordon-dev/cordon/dispatcher/auditstore"
 	"github.com/cordon-dev/cordon/dispatcher/credentials"
@@ -281,39 +281,14 @@ type job struct {
 	org, job string
 }
 
-// callerOf reads org and job from the client SVID's SPIFFE ID. (The same
-// rule as dispatcher/ingest, whose helper is unexported.)
+// callerOf reads org and job from the client SVID's SPIFFE ID
+// spiffe://TD/org/ORG/job/JOB (internal/jobid).
 func (h *Handler) callerOf(r *http.Request) (job, error) {
-	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
-		return job{}, errors.New("no client certificate: call over mTLS with the sidecar's SVID")
-	}
-	id, err := x509svid.IDFromCert(r.TLS.PeerCertificates[0])
+	j, err := jobid.FromPeer(r, h.cfg.TrustDomain)
 	if err != nil {
-		return job{}, fmt.Errorf("client certificate has no SPIFFE ID: %w", err)
+		return job{}, err
 	}
-	if !id.MemberOf(h.cfg.TrustDomain) {
-		return job{}, fmt.Errorf("%s is not in trust domain %s", id, h.cfg.TrustDomain)
-	}
-	seg := strings.Split(strings.TrimPrefix(id.Path(), "/"), "/")
-	if len(seg) != 4 || seg[0] != "org" || seg[2] != "job" || !isSlug(seg[1]) || !isSlug(seg[3]) {
-		return job{}, fmt.Errorf("%s is not a job identity (spiffe://%s/org/ORG/job/JOB)", id, h.cfg.TrustDomain)
-	}
-	return job{id: id, org: seg[1], job: seg[3]}, nil
-}
-
-// isSlug is the org and job slug rule (the schema's CHECKs, credentials.Run).
-func isSlug(s string) bool {
-	if len(s) == 0 || len(s) > 63 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		ok := c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || (c == '-' || c == '_') && i > 0 && i < len(s)-1
-		if !ok {
-			return false
-		}
-	}
-	return true
+	return job{id: j.ID, org: j.Org, job: j.Job}, nil
 }
 
 // requestID is the caller's X-Request-Id when it is 1 to 128 of

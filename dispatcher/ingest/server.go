@@ -20,12 +20,12 @@ import (
 	"net"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/cordon-dev/cordon/dispatcher/auditstore"
 	"github.com/cordon-dev/cordon/internal/audit"
+	"github.com/cordon-dev/cordon/internal/jobid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -224,23 +224,13 @@ type caller struct {
 }
 
 // callerOf reads the org and job from the client SVID's SPIFFE ID
-// spiffe://TD/org/ORG/job/JOB.
+// spiffe://TD/org/ORG/job/JOB (internal/jobid).
 func (s *Server) callerOf(r *http.Request) (caller, error) {
-	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
-		return caller{}, errors.New("no client certificate")
-	}
-	id, err := x509svid.IDFromCert(r.TLS.PeerCertificates[0])
+	j, err := jobid.FromPeer(r, s.cfg.TrustDomain)
 	if err != nil {
-		return caller{}, fmt.Errorf("client certificate has no SPIFFE ID: %w", err)
+		return caller{}, err
 	}
-	if !id.MemberOf(s.cfg.TrustDomain) {
-		return caller{}, fmt.Errorf("%s is not in trust domain %s", id, s.cfg.TrustDomain)
-	}
-	seg := strings.Split(strings.TrimPrefix(id.Path(), "/"), "/")
-	if len(seg) != 4 || seg[0] != "org" || seg[2] != "job" || !isSlug(seg[1]) || !isSlug(seg[3]) {
-		return caller{}, fmt.Errorf("%s is not a job identity (spiffe://%s/org/ORG/job/JOB)", id, s.cfg.TrustDomain)
-	}
-	return caller{id: id, org: seg[1], job: seg[3]}, nil
+	return caller{id: j.ID, org: j.Org, job: j.Job}, nil
 }
 
 // Response is the body of a 200 answer.
