@@ -1,0 +1,313 @@
+// Package e2e runs Cordon end to end in containers: the compose stack of
+// deploy/compose (the Fargate topology: job and sidecar sharing a network
+// namespace on an internal network with no route out, the cordon-egress
+// gateway the only service on both that network and the outside one,
+// cordon-xds and cordon-dispatcher alongside, Postgres on the host),
+// with cordon-probe as a hostile job and fake-internet as the internet.
+//
+// It checks what a job and an operator would see: allowed egress through
+// sidecar and gateway, denials with their reason, no other way out, the
+// secrets in the job's env and never in its logs, usage and audit rows in
+// Postgres, allowlist edits live within seconds, no report lost while the
+// dispatcher is down, and enforcement holding while the control plane is
+// down. It needs a Docker Engine and skips only when the daemon is
+// unreachable. It is not a test of any component's internals; each
+// component's own package tests those.
+package e2e
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// allowlist is the org's allowlist file: block_follower may reach the fake
+// RPC node; grantExfil adds exfil.example, the edit the test makes live.
+func allowlist(grantExfil bool) []byte {
+	extra, allow := "", "[monad_rpc]"
+	if grantExfil {
+		extra = `
+  exfil_grant:
+    entries:
+      - host: exfil.example
+        ports: [8545]
+`
+		allow = "[monad_rpc, exfil_grant]"
+	}
+	return fmt.Appendf(nil, `version: 1
+org: acme
+
+endpoint_sets:
+  monad_rpc:
+    platform_only: true
+    entries:
+      - host: rpc.monad.example
+        ports: [8545]
+%s
+jobs:
+  block_follower:
+    class: platform
+    allow: %s
+`, extra, allow)
+}
+
+// TestStack brings one stack up and walks through the scenarios in order
+// (each leaves the stack as the next expects: the last one stops the
+// control plane).
+func TestStack(t *testing.T) {
+	requireDocker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	root := repoRoot(t)
+	buildImages(t, ctx, root)
+
+	secrets := map[string]string{
+		"monad_rpc_key": "rpc-key-" + randHex(8),
+		"db_password":   "db-pass-" + randHex(8),
+	}
+	s := startStack(t, ctx, root, allowlist(false), secrets)
+	s.waitHealthy(ctx)
+
+	t.Run("job", func(t *testing.T) { testJob(t, ctx, s) })
+	if t.Failed() {
+		return
+	}
+	t.Run("allowlist edit", func(t *testing.T) { testAllowlistEdit(t, ctx, s) })
+	t.Run("dispatcher outage", func(t *testing.T) { testDispatcherOutage(t, ctx, s) })
+	t.Run("control plane down", func(t *testing.T) { testControlPlaneDown(t, ctx, s) })
+}
+
+// testJob runs a hostile job through the shim and checks its egress, its
+// env, its logs and the rows the dispatcher stored.
+func testJob(t *testing.T, ctx context.Context, s *stack) {
+	nonce := randHex(4)
+	allowedPath, deniedPath, directPath := "/allowed-"+nonce, "/denied-"+nonce, "/direct-"+nonce
+	code, logs := s.runJob(ctx,
+		"secret=MONAD_RPC_KEY", "secret=DB_PASSWORD", "aws-env", "parent-env",
+		"http=http://rpc.monad.example:8545"+allowedPath,
+		"http=http://exfil.example:8545"+deniedPath,
+		// Ignoring HTTP_PROXY: by name (no DNS for the outside), by the
+		// fake internet's address (no route), UDP, IPv6, metadata.
+		"direct=http://rpc.monad.example:8545"+directPath,
+		"tcp="+s.fakeIPv4+":8545",
+		"udp="+s.fakeIPv4+":9999",
+		"tcp=[2001:db8::1]:8545",
+		"metadata",
+	)
+	if code != 0 {
+		t.Fatalf("job: got exit %d, want 0\n%s", code, logs)
+	}
+
+	// Scrubbed: no secret in the container logs in any encoding the probe
+	// prints, nor the task credentials the shim must strip.
+	for name, v := range s.secrets {
+		for form, enc := range map[string]string{
+			"raw": v, "base64": base64.StdEncoding.EncodeToString([]byte(v)),
+			"base64url": base64.URLEncoding.EncodeToString([]byte(v)), "hex": hex.EncodeToString([]byte(v)),
+			"url": url.QueryEscape(v),
+		} {
+			if strings.Contains(logs, enc) {
+				t.Errorf("docker logs of the job hold secret %s (%s form %q): want it scrubbed", name, form, enc)
+			}
+		}
+	}
+	for _, v := range []string{"task-role-token", "task-guid"} {
+		if strings.Contains(logs, v) {
+			t.Errorf("docker logs of the job hold the task credential %q: want it never given to the job", v)
+		}
+	}
+
+	results := parseProbe(t, logs)
+	secretSeen := map[string]int{}
+	for _, r := range results {
+		switch {
+		case r.Probe == "secret":
+			if r.OK {
+				secretSeen[r.Target]++
+			}
+		case r.Probe == "aws-env" || r.Probe == "parent-env":
+			if r.OK {
+				t.Errorf("%s: the job sees task credential variables %q", r.Probe, r.Value)
+			}
+		case r.Probe == "http" && strings.HasSuffix(r.Target, allowedPath):
+			if !r.OK || r.Status != 200 {
+				t.Errorf("allowed %s: got ok=%v status=%d reason=%q error=%q, want ok status 200", r.Target, r.OK, r.Status, r.Reason, r.Error)
+			}
+		case r.Probe == "http" && strings.HasSuffix(r.Target, deniedPath):
+			if r.OK || r.Status != 403 || r.Reason != "not_allowed" {
+				t.Errorf("denied %s: got ok=%v status=%d reason=%q, want status 403 reason not_allowed", r.Target, r.OK, r.Status, r.Reason)
+			}
+		default: // direct, tcp, udp, metadata: every other way out
+			if r.OK {
+				t.Errorf("%s %s: the job got through (status %d), want no way out but the proxy", r.Probe, r.Target, r.Status)
+			}
+		}
+	}
+	if len(results) != 23 {
+		t.Errorf("probe results: got %d lines, want 23 (one per attempt; 6 per secret, 3 for metadata)\n%s", len(results), logs)
+	}
+	for _, env := range []string{"MONAD_RPC_KEY", "DB_PASSWORD"} {
+		if secretSeen[env] != 6 {
+			t.Errorf("secret %s: visible in %d of 6 forms, want 6 (the job gets its secrets as env vars)", env, secretSeen[env])
+		}
+	}
+	if !s.fakeInternetSaw(ctx, allowedPath) {
+		t.Errorf("fake internet: no request for %s, want the allowed request to arrive through the gateway", allowedPath)
+	}
+	for _, p := range []string{deniedPath, directPath} {
+		if s.fakeInternetSaw(ctx, p) {
+			t.Errorf("fake internet: got a request for %s, want none", p)
+		}
+	}
+
+	// The dispatcher's rows: the final usage report and the audit events,
+	// under the org and job of the sidecar's SVID.
+	db := s.db(ctx)
+	waitRows(t, ctx, 20*time.Second, func() string {
+		var n, denials int
+		db.QueryRow(ctx, `SELECT count(*), coalesce(max(denials), 0) FROM usage_reports
+			WHERE org_id = 'acme' AND job_id = 'block_follower' AND run_id = $1 AND final`, s.runID).Scan(&n, &denials)
+		if n != 1 || denials != 1 {
+			return fmt.Sprintf("final usage reports of run %s: got %d with %d denials, want 1 with 1 denial", s.runID, n, denials)
+		}
+		var started, finished, denied, secretsRead int
+		db.QueryRow(ctx, `SELECT
+				count(*) FILTER (WHERE event_type = 'JOB_STARTED' AND metadata->>'run_id' = $1),
+				count(*) FILTER (WHERE event_type = 'JOB_FINISHED' AND metadata->>'run_id' = $1),
+				count(*) FILTER (WHERE event_type = 'EGRESS_DENIED' AND resource_id = 'exfil.example:8545'),
+				count(*) FILTER (WHERE event_type = 'SECRETS_ACCESSED')
+			FROM audit_events WHERE org_id = 'acme' AND actor_id = 'spiffe://cordon.test/org/acme/job/block_follower'`,
+			s.runID).Scan(&started, &finished, &denied, &secretsRead)
+		if started != 1 || finished != 1 || denied != 1 || secretsRead != 1 {
+			return fmt.Sprintf("audit rows of org acme: got JOB_STARTED %d, JOB_FINISHED %d, EGRESS_DENIED exfil.example:8545 %d, SECRETS_ACCESSED %d; want 1 each",
+				started, finished, denied, secretsRead)
+		}
+		return ""
+	})
+}
+
+// testAllowlistEdit edits the allowlist on the control plane's side and
+// watches the running task's next request change, both ways: a grant
+// must pass sidecar and gateway, a revocation must stop it again.
+func testAllowlistEdit(t *testing.T, ctx context.Context, s *stack) {
+	target := "http=http://exfil.example:8545/edit-" + randHex(4)
+	if r := s.probeInTask(ctx, target); len(r) != 1 || r[0].Status != 403 {
+		t.Fatalf("before the edit: got %+v, want 403", r)
+	}
+	for _, step := range []struct {
+		name  string
+		grant bool
+	}{{"grant", true}, {"revoke", false}} {
+		s.writeAllowlist(allowlist(step.grant))
+		start := time.Now()
+		for {
+			r := s.probeInTask(ctx, target)
+			if len(r) != 1 {
+				t.Fatalf("%s: got %d probe results, want 1", step.name, len(r))
+			}
+			if r[0].OK == step.grant {
+				t.Logf("%s: the next request's decision changed %s after the edit", step.name, time.Since(start).Round(10*time.Millisecond))
+				if !step.grant && (r[0].Status != 403 || r[0].Reason != "not_allowed") {
+					t.Errorf("after revoking: got status %d reason %q, want 403 not_allowed", r[0].Status, r[0].Reason)
+				}
+				break
+			}
+			if time.Since(start) > 15*time.Second {
+				t.Fatalf("%s: still ok=%v (status %d, reason %q) 15s after the edit, want the decision changed within seconds", step.name, r[0].OK, r[0].Status, r[0].Reason)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+}
+
+// testDispatcherOutage runs a whole task while the dispatcher is stopped:
+// its reports wait in the sidecar's spool and arrive, each exactly once,
+// when the dispatcher is back, and the audit chains still verify.
+func testDispatcherOutage(t *testing.T, ctx context.Context, s *stack) {
+	s.mustCompose(ctx, "stop", "-t", "5", "dispatcher")
+	s.newTask(ctx)
+	deniedHost := "exfil.example"
+	code, logs := s.runJob(ctx, "http=http://rpc.monad.example:8545/outage-"+randHex(4), "http=http://"+deniedHost+":8545/outage")
+	if code != 0 {
+		t.Fatalf("job during the outage: got exit %d, want 0\n%s", code, logs)
+	}
+	db := s.db(ctx)
+	var before int
+	db.QueryRow(ctx, `SELECT count(*) FROM usage_reports WHERE run_id = $1`, s.runID).Scan(&before)
+	if before != 0 {
+		t.Fatalf("usage reports of run %s while the dispatcher is down: got %d, want 0 (is it really stopped?)", s.runID, before)
+	}
+	deniedBefore := countDenied(ctx, db)
+
+	s.mustCompose(ctx, "start", "dispatcher")
+	waitRows(t, ctx, 30*time.Second, func() string {
+		var n int
+		db.QueryRow(ctx, `SELECT count(*) FROM usage_reports WHERE org_id = 'acme' AND job_id = 'block_follower' AND run_id = $1 AND final`, s.runID).Scan(&n)
+		var started, finished int
+		db.QueryRow(ctx, `SELECT
+				count(*) FILTER (WHERE event_type = 'JOB_STARTED'),
+				count(*) FILTER (WHERE event_type = 'JOB_FINISHED')
+			FROM audit_events WHERE org_id = 'acme' AND metadata->>'run_id' = $1`, s.runID).Scan(&started, &finished)
+		denied := countDenied(ctx, db) - deniedBefore
+		if n != 1 || started != 1 || finished != 1 || denied != 1 {
+			return fmt.Sprintf("rows of run %s after the outage: got final usage %d, JOB_STARTED %d, JOB_FINISHED %d, new EGRESS_DENIED %d; want 1 each", s.runID, n, started, finished, denied)
+		}
+		return ""
+	})
+
+	out, errOut, code := s.compose(ctx, "run", "-T", "--rm", "--no-deps", "migrate", "verify", "--db", "postgres://postgres@/cordon?host=/run/postgresql")
+	if code != 0 {
+		t.Errorf("cordon-dispatcher verify: got exit %d, want 0 (every audit chain intact)\n%s%s", code, out, errOut)
+	}
+}
+
+func countDenied(ctx context.Context, db *pgx.Conn) int {
+	var n int
+	db.QueryRow(ctx, `SELECT count(*) FROM audit_events WHERE org_id = 'acme' AND event_type = 'EGRESS_DENIED' AND resource_id = 'exfil.example:8545'`).Scan(&n)
+	return n
+}
+
+// testControlPlaneDown stops cordon-xds: the sidecar and the gateway keep
+// enforcing the last policy they received, allowing and denying as before.
+func testControlPlaneDown(t *testing.T, ctx context.Context, s *stack) {
+	s.mustCompose(ctx, "stop", "-t", "5", "xds")
+	time.Sleep(time.Second) // let both clients notice the stream is gone
+	path := "/no-xds-" + randHex(4)
+	r := s.probeInTask(ctx, "http=http://rpc.monad.example:8545"+path, "http=http://exfil.example:8545"+path)
+	if len(r) != 2 {
+		t.Fatalf("got %d probe results, want 2", len(r))
+	}
+	if !r[0].OK || r[0].Status != 200 {
+		t.Errorf("allowed host with the control plane down: got ok=%v status=%d reason=%q, want 200 (last policy still enforced, not fail-all)", r[0].OK, r[0].Status, r[0].Reason)
+	}
+	if r[1].OK || r[1].Status != 403 || r[1].Reason != "not_allowed" {
+		t.Errorf("denied host with the control plane down: got ok=%v status=%d reason=%q, want 403 not_allowed", r[1].OK, r[1].Status, r[1].Reason)
+	}
+	if !s.fakeInternetSaw(ctx, path) {
+		t.Errorf("fake internet: no request for %s, want the allowed request through the gateway", path)
+	}
+}
+
+// waitRows polls check until it returns "" or limit passes; the last
+// message is the failure.
+func waitRows(t *testing.T, ctx context.Context, limit time.Duration, check func() string) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		msg := check()
+		if msg == "" {
+			return
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			t.Fatal(msg)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+}
