@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"time"
 
 	"github.com/cordon-dev/cordon/sidecar/secrets"
@@ -38,6 +39,10 @@ type Options struct {
 	// SendReport gives the agent the run's usage when the job got its env
 	// from the agent. If nil, the usage goes only to stderr or UsageFile.
 	SendReport func(ctx context.Context, socket, token string, res Result) error
+	// Confiner confines the job beyond its env (sidecar/confine: a cgroup
+	// with eBPF hooks, no CAP_NET_RAW). If nil, none, and the result's
+	// Enforcement stays empty.
+	Confiner Confiner
 }
 
 // AgentEnv is what the agent hands the wrapper.
@@ -57,6 +62,16 @@ func (o *Options) Validate() error {
 		return errors.New("--secrets-file and --agent-socket are mutually exclusive: pass one")
 	}
 	return o.Run.Validate()
+}
+
+// Confiner confines a job: Setup once its proxy is known (an error means
+// the job must not start), Apply to its command just before it starts (an
+// error means the same), Finish after it exited, recording the
+// enforcement level and counters in the result and releasing everything.
+type Confiner interface {
+	Setup(proxyURL string) error
+	Apply(cmd *exec.Cmd) error
+	Finish(res *Result)
 }
 
 // Main runs `cordon-sidecar run` and returns the process exit code: the
@@ -127,7 +142,21 @@ func Main(ctx context.Context, o Options) int {
 	cfg.Secrets = vars
 	cfg.Extra = extra
 	cfg.Scrubber = scr
+	if o.Confiner != nil {
+		proxy := cfg.ProxyURL
+		if proxy == "" {
+			proxy = DefaultProxyURL
+		}
+		if err := o.Confiner.Setup(proxy); err != nil {
+			o.Confiner.Finish(&Result{})
+			return fail(fmt.Errorf("job not started: %w", err))
+		}
+		cfg.Prepare = o.Confiner.Apply
+	}
 	res, err := Run(ctx, cfg)
+	if o.Confiner != nil {
+		o.Confiner.Finish(&res)
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "cordon-sidecar run: %v\n", err)
 		var se *StartError

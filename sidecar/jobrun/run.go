@@ -94,6 +94,9 @@ type Config struct {
 	// without an init): it reaps children it did not start. If false, only
 	// the job is waited for.
 	ReapOrphans bool
+	// Prepare is called with the job's command just before it starts
+	// (Confiner.Apply); an error means it does not start. If nil, none.
+	Prepare func(cmd *exec.Cmd) error
 }
 
 // Result is what Run measured. Field names follow usage.Report.
@@ -235,6 +238,13 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	cmd.Stderr = errW
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.WaitDelay = c.DrainTimeout // bounds copying a Stdin that is not a file
+	if c.Prepare != nil {
+		if err := c.Prepare(cmd); err != nil {
+			outW.Close()
+			errW.Close()
+			return Result{ExitCode: ExitShimFailed}, &StartError{ExitCode: ExitShimFailed, Err: err}
+		}
+	}
 	startErr := cmd.Start()
 	started := time.Now()
 	outW.Close()

@@ -20,6 +20,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -30,6 +31,7 @@ import (
 
 	"github.com/cordon-dev/cordon/dispatcher/ingestclient"
 	"github.com/cordon-dev/cordon/sidecar/agent"
+	"github.com/cordon-dev/cordon/sidecar/confine"
 	"github.com/cordon-dev/cordon/sidecar/delivery"
 	"github.com/cordon-dev/cordon/sidecar/egress"
 	"github.com/cordon-dev/cordon/sidecar/handoff"
@@ -91,9 +93,28 @@ func runCmd(args []string, begin time.Time) int {
 	fs.DurationVar(&o.Run.Grace, "grace", 10*time.Second, "time between SIGTERM and SIGKILL after a timeout")
 	fs.Int64Var(&o.Run.MaxStdoutBytes, "max-stdout-bytes", jobrun.DefaultMaxOutputBytes, "cap on the job's stdout (negative: none)")
 	fs.Int64Var(&o.Run.MaxStderrBytes, "max-stderr-bytes", jobrun.DefaultMaxOutputBytes, "cap on the job's stderr (negative: none)")
+	var cc confine.Config
+	fs.StringVar(&cc.Mode, "enforce", confine.ModeAuto, "eBPF confinement of the job: auto (where the host allows it), require (refuse to run without), off")
+	fs.StringVar(&cc.CgroupParent, "cgroup-parent", "", "cgroup v2 directory the job's cgroup is made in (default: the cgroup2 root, mounted if missing)")
+	fs.Func("dns", "the one DNS resolver IP:PORT the job may query (default: the first nameserver of /etc/resolv.conf)", func(v string) error {
+		ap, err := netip.ParseAddrPort(v)
+		if err != nil {
+			return fmt.Errorf("want IP:PORT: %w", err)
+		}
+		cc.DNS = ap
+		return nil
+	})
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	// Warnings (no eBPF here) go to stderr with the job's, as text.
+	cc.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	confiner, err := confine.New(cc)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "cordon-sidecar run: %v\n", err)
+		return 2
+	}
+	o.Confiner = confiner
 	o.Run.Command = fs.Args()
 	o.Run.Begin = begin
 	// As a container's PID 1 the wrapper inherits every orphan: reap them.

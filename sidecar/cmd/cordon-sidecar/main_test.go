@@ -358,20 +358,34 @@ func TestRunHugeLineStreams(t *testing.T) {
 // median of several runs keeps one slow scheduling from failing it.
 func TestRunStartOverhead(t *testing.T) {
 	file := secretsFile(t, fmt.Sprintf(`{"monad_rpc_key": %q, "db_password": %q}`, rpcKey, dbPass))
-	var got []float64
-	for range 7 {
-		res := run(t, nil, "run", "--secrets-file", file, "--", "/bin/true")
-		s, ok := res.usage["start_overhead_seconds"].(float64)
-		if !ok {
-			t.Fatalf("no start_overhead_seconds in usage %v", res.usage)
-		}
-		got = append(got, s)
-	}
-	sort.Float64s(got)
-	median := got[len(got)/2]
-	t.Logf("start overhead: median %.2f ms, min %.2f ms, max %.2f ms", median*1e3, got[0]*1e3, got[len(got)-1]*1e3)
-	if median > 0.020 {
-		t.Fatalf("median start overhead %.1f ms, want <= 20 ms", median*1e3)
+	for _, tc := range []struct {
+		name    string
+		enforce string
+		max     float64 // seconds, median
+	}{
+		// The issue's budget: secrets, scrubber, env, fork and exec.
+		{"network-only", "off", 0.020},
+		// Plus making a cgroup and loading five programs through the
+		// verifier (about 15 ms here): a regression bound, not the budget.
+		{"cgroup-ebpf where supported", "auto", 0.060},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []float64
+			for range 7 {
+				res := run(t, nil, "run", "--enforce", tc.enforce, "--secrets-file", file, "--", "/bin/true")
+				s, ok := res.usage["start_overhead_seconds"].(float64)
+				if !ok {
+					t.Fatalf("no start_overhead_seconds in usage %v", res.usage)
+				}
+				got = append(got, s)
+			}
+			sort.Float64s(got)
+			median := got[len(got)/2]
+			t.Logf("start overhead: median %.2f ms, min %.2f ms, max %.2f ms", median*1e3, got[0]*1e3, got[len(got)-1]*1e3)
+			if median > tc.max {
+				t.Fatalf("median start overhead %.1f ms, want <= %.0f ms", median*1e3, tc.max*1e3)
+			}
+		})
 	}
 }
 
