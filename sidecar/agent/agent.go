@@ -85,9 +85,10 @@ type Config struct {
 	// the SVID source is what its xDS subscription and gateway mTLS use. If
 	// nil, no proxy is served.
 	NewProxy func(ctx context.Context, id Identity) (EgressProxy, error)
-	// Usage receives the run's final usage report, built from what the
-	// wrapper measured (a spool.Spool[usage.Report] satisfies it). If nil,
-	// the report is only logged.
+	// Usage receives the run's usage reports: interim ones every
+	// UsageInterval and the final one, built from what the wrapper
+	// measured (sidecar/delivery's Usage satisfies it). If nil, the final
+	// report is only logged.
 	Usage UsageSink
 	// Egress returns the embedded proxy's cumulative per-destination
 	// egress and denials (sidecar/egress Counter.Snapshot) for the usage
@@ -427,8 +428,8 @@ func (a *Agent) addEgress(r *usage.Report) {
 	r.Denials = denials
 }
 
-// takeUsage turns the wrapper's measurements into the final usage report.
-// Egress and denials join it when the embedded proxy is wired.
+// takeUsage turns the wrapper's measurements into the final usage report,
+// with the embedded proxy's egress and denials (Config.Egress).
 func (a *Agent) takeUsage(id JobIdentity, raw json.RawMessage) error {
 	var res jobrun.Result
 	dec := json.NewDecoder(bytes.NewReader(raw))

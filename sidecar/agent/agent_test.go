@@ -115,7 +115,7 @@ func (p *fakeProxy) Serve(ctx context.Context, ln net.Listener) error {
 }
 func (p *fakeProxy) Shutdown(ctx context.Context) error { return p.srv.Shutdown(ctx) }
 
-func startAgent(t *testing.T, id string, secretsJSON string, names []string) *fixture {
+func startAgent(t *testing.T, id string, secretsJSON string, names []string, opts ...func(*Config)) *fixture {
 	t.Helper()
 	dir := t.TempDir()
 	ca, err := spiffedev.NewCA("cordon.test")
@@ -151,30 +151,32 @@ func startAgent(t *testing.T, id string, secretsJSON string, names []string) *fi
 	f := &fixture{shared: filepath.Join(dir, "shared"), health: freeAddr(t), proxy: freeAddr(t), audit: &recorder{}, usage: &usageRecorder{}, done: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	f.cancel = cancel
-	go func() {
-		f.done <- Run(ctx, Config{
-			WorkloadAPIAddr: "unix://" + sock,
-			Secrets:         names,
-			Provider:        provider,
-			SharedDir:       f.shared,
-			JobUID:          -1,
-			HealthAddr:      f.health,
-			ProxyAddr:       f.proxy,
-			NewProxy: func(ctx context.Context, id Identity) (EgressProxy, error) {
-				if id.Source == nil {
-					return nil, errors.New("no SVID source")
-				}
-				f.proxyOrg = id.Org
-				return &fakeProxy{srv: &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-					w.WriteHeader(http.StatusTeapot)
-				})}}, nil
-			},
-			Audit:      f.audit,
-			Usage:      f.usage,
-			RunID:      "run-1",
-			Executable: exe,
-		})
-	}()
+	cfg := Config{
+		WorkloadAPIAddr: "unix://" + sock,
+		Secrets:         names,
+		Provider:        provider,
+		SharedDir:       f.shared,
+		JobUID:          -1,
+		HealthAddr:      f.health,
+		ProxyAddr:       f.proxy,
+		NewProxy: func(ctx context.Context, id Identity) (EgressProxy, error) {
+			if id.Source == nil {
+				return nil, errors.New("no SVID source")
+			}
+			f.proxyOrg = id.Org
+			return &fakeProxy{srv: &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.WriteHeader(http.StatusTeapot)
+			})}}, nil
+		},
+		Audit:      f.audit,
+		Usage:      f.usage,
+		RunID:      "run-1",
+		Executable: exe,
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	go func() { f.done <- Run(ctx, cfg) }()
 	return f
 }
 
@@ -316,4 +318,76 @@ func keys(m map[string]string) []string {
 func leakCheck(t *testing.T) {
 	opt := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
+}
+
+// TestAgentUsageReports: interim reports carry the proxy's counters so
+// far and stop at the final one, which merges them with the wrapper's
+// measurements and its enforcement level; the job's start and end are
+// audited with that level.
+func TestAgentUsageReports(t *testing.T) {
+	leakCheck(t)
+	var mu sync.Mutex
+	denials := int64(1)
+	f := startAgent(t, "spiffe://cordon.test/org/acme/job/block_follower", `{}`, nil, func(c *Config) {
+		c.UsageInterval = 20 * time.Millisecond
+		c.Egress = func() (map[string]usage.Egress, int64) {
+			mu.Lock()
+			defer mu.Unlock()
+			return map[string]usage.Egress{"api.example.com:443": {BytesOut: 100, Requests: 2}, "denied": {Requests: denials, Denials: denials}}, denials
+		}
+	})
+	reports := func() []usage.Report {
+		f.usage.mu.Lock()
+		defer f.usage.mu.Unlock()
+		return append([]usage.Report(nil), f.usage.reports...)
+	}
+	for deadline := time.Now().Add(10 * time.Second); len(reports()) < 2; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("got %d interim reports in 10s, want 2", len(reports()))
+		}
+	}
+	mu.Lock()
+	denials = 3
+	mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	env, err := handoff.Fetch(ctx, SocketPath(f.shared))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := handoff.Report(ctx, SocketPath(f.shared), env.ReportToken, jobrun.Result{ExitCode: 0, WallSeconds: 1, Enforcement: "cgroup-ebpf"}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // interim reports would come now
+	f.cancel()
+	if err := <-f.done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	all := reports()
+	last := all[len(all)-1]
+	ids := map[string]bool{}
+	for i, r := range all {
+		if ids[r.ReportID] {
+			t.Errorf("report %d: ID %s reused", i, r.ReportID)
+		}
+		ids[r.ReportID] = true
+		if r.Final != (i == len(all)-1) {
+			t.Errorf("report %d of %d: final %v, want only the last final", i+1, len(all), r.Final)
+		}
+		if r.RunID != "run-1" || r.Egress["api.example.com:443"].BytesOut != 100 {
+			t.Errorf("report %d: run %q egress %v, want run-1 and the proxy's counters", i, r.RunID, r.Egress)
+		}
+	}
+	if last.Denials != 3 || last.Enforcement != "cgroup-ebpf" || last.ExitCode == nil {
+		t.Fatalf("final report: denials %d enforcement %q exit %v, want 3, cgroup-ebpf, 0", last.Denials, last.Enforcement, last.ExitCode)
+	}
+	levels := map[string]any{}
+	for _, ev := range f.audit.all() {
+		if ev.Resource.Type == "JOB" {
+			levels[ev.EventType] = ev.Metadata["enforcement"]
+		}
+	}
+	if levels["JOB_STARTED"] != "cgroup-ebpf" || levels["JOB_FINISHED"] != "cgroup-ebpf" {
+		t.Fatalf("job events' enforcement: %v, want cgroup-ebpf on JOB_STARTED and JOB_FINISHED", levels)
+	}
 }
