@@ -391,3 +391,44 @@ func TestAgentUsageReports(t *testing.T) {
 		t.Fatalf("job events' enforcement: %v, want cgroup-ebpf on JOB_STARTED and JOB_FINISHED", levels)
 	}
 }
+
+// TestAgentUnhealthyUntilProxyListens: the job container starts when the
+// agent is healthy, so health must wait for the egress proxy.
+func TestAgentUnhealthyUntilProxyListens(t *testing.T) {
+	leakCheck(t)
+	release := make(chan struct{})
+	building := make(chan struct{})
+	f := startAgent(t, "spiffe://cordon.test/org/acme/job/block_follower", `{}`, nil, func(c *Config) {
+		next := c.NewProxy
+		c.NewProxy = func(ctx context.Context, id Identity) (EgressProxy, error) {
+			close(building)
+			<-release
+			return next(ctx, id)
+		}
+	})
+	select {
+	case <-building:
+	case err := <-f.done:
+		t.Fatalf("agent stopped: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("agent did not build its proxy in 10s")
+	}
+	if got := healthStatus(f.health); got != http.StatusServiceUnavailable {
+		t.Fatalf("health while the proxy is being built: got %d, want 503", got)
+	}
+	close(release)
+	for deadline := time.Now().Add(10 * time.Second); healthStatus(f.health) != http.StatusOK; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("agent not healthy in 10s after its proxy was built")
+		}
+	}
+	if resp, err := http.Get("http://" + f.proxy + "/"); err != nil || resp.StatusCode != http.StatusTeapot {
+		t.Fatalf("proxy once healthy: got %v, %v; want it listening", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	f.cancel()
+	if err := <-f.done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
