@@ -73,10 +73,10 @@ func main() {
 
 func usage() {
 	fmt.Fprint(os.Stderr, `usage:
-  cordon-sidecar agent --secrets NAME,... --env ENV --shared-dir DIR [flags]
+  cordon-sidecar agent --secrets NAME,... --env ENV --shared-dir DIR (--xds HOST:PORT | --allowlists DIR) [--dispatcher URL] [flags]
   cordon-sidecar health [--addr HOST:PORT]
   cordon-sidecar check --secrets-file FILE
-  cordon-sidecar run [--secrets-file FILE | --agent-socket PATH] [flags] -- CMD ARGS...
+  cordon-sidecar run [--secrets-file FILE | --agent-socket PATH] [--enforce auto|require|off] [flags] -- CMD ARGS...
 run "cordon-sidecar COMMAND -h" for a command's flags
 `)
 }
