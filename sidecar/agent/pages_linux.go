@@ -3,6 +3,7 @@ package agent
 import (
 	"bufio"
 	"bytes"
+	"debug/elf"
 	"os"
 	"strconv"
 	"strings"
@@ -16,10 +17,14 @@ import (
 // the page cache) leaves most of the binary resident, ~20 MB; the idle
 // agent needs a small part of it, which faults back in from the page
 // cache on use. Writable mappings are never touched: for them
-// MADV_DONTNEED would discard data. It reports how many bytes it released.
+// MADV_DONTNEED would discard data. Nor is a binary that was relocated at
+// load time (PIE, or dynamically linked: its RELRO pages are written by
+// the loader, then made read-only, and would revert to the file); only a
+// static, position-dependent executable (the shipped CGO_ENABLED=0
+// build) qualifies. It reports how many bytes it released.
 func releaseCodePages() int64 {
 	exe, err := os.Readlink("/proc/self/exe")
-	if err != nil {
+	if err != nil || !staticExec(exe) {
 		return 0
 	}
 	maps, err := os.ReadFile("/proc/self/maps")
@@ -48,4 +53,23 @@ func releaseCodePages() int64 {
 		}
 	}
 	return released
+}
+
+// staticExec reports whether path is an ELF executable loaded as is: not
+// position-independent, no interpreter, no dynamic section.
+func staticExec(path string) bool {
+	f, err := elf.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if f.Type != elf.ET_EXEC {
+		return false
+	}
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP || p.Type == elf.PT_DYNAMIC || p.Type == elf.PT_GNU_RELRO {
+			return false
+		}
+	}
+	return true
 }
