@@ -368,9 +368,8 @@ func (a *Agent) setUp(ctx context.Context, g *errgroup.Group) error {
 		log.Warn("no egress proxy embedded: the job's egress through " + c.ProxyAddr + " fails closed")
 	}
 	// Setup garbage (the scrubber check, the SDK, TLS) is not needed again:
-	// give it back so the idle agent stays small (DESIGN: idle RSS <= 20 MB).
+	// give it back so the idle agent stays small.
 	debug.FreeOSMemory()
-	releaseCodePages()
 	close(a.ready)
 	log.Info("agent ready", "shared_dir", c.SharedDir, "job_uid", c.JobUID)
 	if c.UsageInterval > 0 && c.Usage != nil {

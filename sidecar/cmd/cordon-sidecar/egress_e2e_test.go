@@ -82,8 +82,8 @@ func TestAgentEmbedsEgressProxy(t *testing.T) {
 			}
 		})
 	}
-	if rss := vmRSS(t, a.cmd.Process.Pid); rss > 0 {
-		t.Logf("agent RSS after proxying: %.1f MiB", float64(rss)/(1<<20))
+	if m := memOf(t, a.cmd.Process.Pid); m.rss > 0 {
+		t.Logf("agent after proxying: RSS %.1f MiB = anon %.1f MiB + file %.1f MiB", mib(m.rss), mib(m.anon), mib(m.file))
 	}
 	if err := a.stop(); err != nil {
 		t.Fatalf("agent exit: %v\n%s", err, a.Logs())
