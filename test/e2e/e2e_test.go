@@ -75,6 +75,7 @@ func TestStack(t *testing.T) {
 	s := startStack(t, ctx, root, allowlist(false), secrets)
 	s.waitHealthy(ctx)
 
+	t.Run("topology", func(t *testing.T) { testTopology(t, ctx, s) })
 	t.Run("job", func(t *testing.T) { testJob(t, ctx, s) })
 	if t.Failed() {
 		return
@@ -84,12 +85,51 @@ func TestStack(t *testing.T) {
 	t.Run("control plane down", func(t *testing.T) { testControlPlaneDown(t, ctx, s) })
 }
 
+// testTopology checks the stack is the Fargate topology the other tests
+// rely on: only the gateway on both networks, the internal one with no
+// route out, and every container hardened.
+func testTopology(t *testing.T, ctx context.Context, s *stack) {
+	out, errOut, code := run(t, ctx, "", nil, "docker", "network", "inspect", "--format", "{{.Internal}}", s.project+"_internal")
+	if code != 0 || strings.TrimSpace(out) != "true" {
+		t.Errorf("network %s_internal: got Internal=%q (%s), want true (no route out)", s.project, strings.TrimSpace(out), errOut)
+	}
+	for _, tc := range []struct {
+		service  string
+		networks string
+	}{
+		{"sidecar", "internal"},
+		{"xds", "internal"},
+		{"dispatcher", "internal"},
+		{"gateway", "internal outside"},
+		{"fake-internet", "outside"},
+		{"devspiffe", ""},
+	} {
+		id := s.containerID(ctx, tc.service)
+		out, _, _ := run(t, ctx, "", nil, "docker", "inspect", "--format",
+			`{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}|{{.Config.User}}|{{.HostConfig.ReadonlyRootfs}}|{{.HostConfig.CapDrop}}|{{.HostConfig.SecurityOpt}}`, id)
+		nets, rest, _ := strings.Cut(strings.TrimSpace(out), "|")
+		var got []string
+		for _, n := range strings.Fields(nets) {
+			if n == "none" {
+				continue
+			}
+			got = append(got, strings.TrimPrefix(n, s.project+"_"))
+		}
+		if strings.Join(got, " ") != tc.networks {
+			t.Errorf("%s: got networks %q, want %q", tc.service, strings.Join(got, " "), tc.networks)
+		}
+		if want := "65532:65532|true|[ALL]|[no-new-privileges:true]"; rest != want {
+			t.Errorf("%s: got user|read-only|cap-drop|security-opt %q, want %q", tc.service, rest, want)
+		}
+	}
+}
+
 // testJob runs a hostile job through the shim and checks its egress, its
 // env, its logs and the rows the dispatcher stored.
 func testJob(t *testing.T, ctx context.Context, s *stack) {
 	nonce := randHex(4)
 	allowedPath, deniedPath, directPath := "/allowed-"+nonce, "/denied-"+nonce, "/direct-"+nonce
-	code, logs := s.runJob(ctx,
+	name := s.startJob(ctx,
 		"secret=MONAD_RPC_KEY", "secret=DB_PASSWORD", "aws-env", "parent-env",
 		"http=http://rpc.monad.example:8545"+allowedPath,
 		"http=http://exfil.example:8545"+deniedPath,
@@ -101,6 +141,14 @@ func testJob(t *testing.T, ctx context.Context, s *stack) {
 		"tcp=[2001:db8::1]:8545",
 		"metadata",
 	)
+	// The job container: the sidecar's network namespace, hardened.
+	out, _, _ := run(t, ctx, "", nil, "docker", "inspect", "--format",
+		"{{.HostConfig.NetworkMode}}|{{.Config.User}}|{{.HostConfig.ReadonlyRootfs}}|{{.HostConfig.CapDrop}}|{{.HostConfig.SecurityOpt}}", name)
+	sidecar := s.containerID(ctx, "sidecar")
+	if want := "container:" + sidecar + "|65532:65532|true|[ALL]|[no-new-privileges:true]"; strings.TrimSpace(out) != want {
+		t.Errorf("job container: got network|user|read-only|cap-drop|security-opt %q, want %q", strings.TrimSpace(out), want)
+	}
+	code, logs := s.waitJob(ctx, name)
 	if code != 0 {
 		t.Fatalf("job: got exit %d, want 0\n%s", code, logs)
 	}
@@ -227,24 +275,31 @@ func testAllowlistEdit(t *testing.T, ctx context.Context, s *stack) {
 	}
 }
 
-// testDispatcherOutage runs a whole task while the dispatcher is stopped:
-// its reports wait in the sidecar's spool and arrive, each exactly once,
-// when the dispatcher is back, and the audit chains still verify.
+// testDispatcherOutage kills the dispatcher (SIGKILL: whatever it was
+// receiving is cut off) while a job runs and starts it again after the
+// job ended: the sidecar's reports wait in its spool, arrive exactly once
+// each (event IDs make delivery idempotent), and the audit chains verify.
 func testDispatcherOutage(t *testing.T, ctx context.Context, s *stack) {
-	s.mustCompose(ctx, "stop", "-t", "5", "dispatcher")
 	s.newTask(ctx)
-	deniedHost := "exfil.example"
-	code, logs := s.runJob(ctx, "http=http://rpc.monad.example:8545/outage-"+randHex(4), "http=http://"+deniedHost+":8545/outage")
+	db := s.db(ctx)
+	deniedBefore := countDenied(ctx, db)
+	// Denied before and after the kill; the metadata attempts (three
+	// timeouts) keep the job running while the dispatcher goes away.
+	name := s.startJob(ctx, "http=http://exfil.example:8545/outage-1", "metadata", "http=http://exfil.example:8545/outage-2", "http=http://rpc.monad.example:8545/outage-"+randHex(4))
+	time.Sleep(time.Second)
+	s.mustCompose(ctx, "kill", "-s", "SIGKILL", "dispatcher")
+	code, logs := s.waitJob(ctx, name)
 	if code != 0 {
 		t.Fatalf("job during the outage: got exit %d, want 0\n%s", code, logs)
 	}
-	db := s.db(ctx)
-	var before int
-	db.QueryRow(ctx, `SELECT count(*) FROM usage_reports WHERE run_id = $1`, s.runID).Scan(&before)
-	if before != 0 {
-		t.Fatalf("usage reports of run %s while the dispatcher is down: got %d, want 0 (is it really stopped?)", s.runID, before)
+	// The job is over and its final report was taken: nothing of its end
+	// can have been stored while the dispatcher is down.
+	s.waitLog(ctx, "sidecar", "usage report taken", 10*time.Second)
+	var stored int
+	db.QueryRow(ctx, `SELECT count(*) FROM usage_reports WHERE run_id = $1`, s.runID).Scan(&stored)
+	if stored != 0 {
+		t.Fatalf("usage reports of run %s while the dispatcher is down: got %d, want 0 (is it really down?)", s.runID, stored)
 	}
-	deniedBefore := countDenied(ctx, db)
 
 	s.mustCompose(ctx, "start", "dispatcher")
 	waitRows(t, ctx, 30*time.Second, func() string {
@@ -256,11 +311,16 @@ func testDispatcherOutage(t *testing.T, ctx context.Context, s *stack) {
 				count(*) FILTER (WHERE event_type = 'JOB_FINISHED')
 			FROM audit_events WHERE org_id = 'acme' AND metadata->>'run_id' = $1`, s.runID).Scan(&started, &finished)
 		denied := countDenied(ctx, db) - deniedBefore
-		if n != 1 || started != 1 || finished != 1 || denied != 1 {
-			return fmt.Sprintf("rows of run %s after the outage: got final usage %d, JOB_STARTED %d, JOB_FINISHED %d, new EGRESS_DENIED %d; want 1 each", s.runID, n, started, finished, denied)
+		if n != 1 || started != 1 || finished != 1 || denied != 2 {
+			return fmt.Sprintf("rows of run %s after the outage: got final usage %d, JOB_STARTED %d, JOB_FINISHED %d, new EGRESS_DENIED %d; want 1, 1, 1, 2", s.runID, n, started, finished, denied)
 		}
 		return ""
 	})
+	// Let the spool drain fully, then look for duplicates once more.
+	time.Sleep(3 * time.Second)
+	if denied := countDenied(ctx, db) - deniedBefore; denied != 2 {
+		t.Errorf("EGRESS_DENIED rows of run %s after the spool drained: got %d, want 2 (each event stored once)", s.runID, denied)
+	}
 
 	out, errOut, code := s.compose(ctx, "run", "-T", "--rm", "--no-deps", "migrate", "verify", "--db", "postgres://postgres@/cordon?host=/run/postgresql")
 	if code != 0 {

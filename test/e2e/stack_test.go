@@ -274,17 +274,32 @@ func (s *stack) waitHealthy(ctx context.Context) {
 // container logs, which is where the task's output goes.
 func (s *stack) runJob(ctx context.Context, attempts ...string) (code int, logs string) {
 	s.t.Helper()
+	return s.waitJob(ctx, s.startJob(ctx, attempts...))
+}
+
+// startJob starts the job service detached and returns its container name.
+func (s *stack) startJob(ctx context.Context, attempts ...string) string {
+	s.t.Helper()
 	name := s.project + "-job-" + randHex(3)
 	s.t.Cleanup(func() {
 		run(s.t, context.Background(), "", nil, "docker", "rm", "-f", name)
 	})
 	args := append([]string{"run", "-d", "-T", "--no-deps", "--name", name, "job", "/usr/local/bin/cordon-probe", "--timeout", "2s"}, attempts...)
 	s.mustCompose(ctx, args...)
+	return name
+}
+
+// waitJob waits for a job container to exit and returns its exit code and
+// logs.
+func (s *stack) waitJob(ctx context.Context, name string) (code int, logs string) {
+	s.t.Helper()
 	out, errOut, c := run(s.t, ctx, "", nil, "docker", "wait", name)
 	if c != 0 {
 		s.t.Fatalf("docker wait %s: %s", name, errOut)
 	}
-	fmt.Sscan(strings.TrimSpace(out), &code)
+	if _, err := fmt.Sscan(strings.TrimSpace(out), &code); err != nil {
+		s.t.Fatalf("docker wait %s: exit code %q: %v", name, out, err)
+	}
 	stdout, stderr, c := run(s.t, ctx, "", nil, "docker", "logs", name)
 	if c != 0 {
 		s.t.Fatalf("docker logs %s: %s", name, stderr)
