@@ -13,19 +13,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/cordon-dev/cordon/dispatcher/auditstore"
-	"github.com/cordon-dev/cordon/dispatcher/ingest"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/workloadapi"
 )
 
 // Exit codes.
@@ -43,8 +34,10 @@ const usage = `usage: cordon-dispatcher COMMAND [flags]
 
 commands:
   migrate    --db URL                          apply schema migrations (as a superuser)
-  serve      --db URL --listen ADDR [--metrics ADDR] [--trust-domain TD] [--workload-api ADDR]
-                                               serve the ingest API over mTLS
+  serve      --db URL [flags]                   serve the sidecar API (ingest, admission,
+                                               credentials) over mTLS, the user API and
+                                               web UI, and run anomaly and cost alerts
+                                               (cordon-dispatcher serve -h lists the flags)
   verify     --db URL [--org ORG]              check the audit hash chains (exit 1 if broken)
   retention  --db URL [--now RFC3339] [--dry-run]
                                                drop audit partitions past retention
@@ -87,15 +80,10 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			code, err = runRetention(ctx, *db, *nowFlag, *dry, stdout)
 		}
 	case "serve":
-		var cfg ServeConfig
-		fs.StringVar(&cfg.Listen, "listen", ":8443", "address of the mTLS ingest API")
-		fs.StringVar(&cfg.Metrics, "metrics", "", "address of the plain-HTTP /metrics endpoint (off if empty)")
-		fs.StringVar(&cfg.TrustDomain, "trust-domain", "cordon.internal", "trust domain whose jobs may write")
-		fs.StringVar(&cfg.WorkloadAPI, "workload-api", "", "SPIFFE Workload API address (default $SPIFFE_ENDPOINT_SOCKET)")
-		fs.IntVar(&cfg.Writers, "writers", 0, "writer goroutines (default 4)")
+		cfg := ServeConfig{Log: log}
+		cfg.flags(fs)
 		if err = parse(fs, args, db); err == nil {
 			cfg.Database = *db
-			cfg.Log = log
 			err = Serve(ctx, cfg)
 		}
 	case "help", "-h", "--help":
@@ -165,134 +153,4 @@ func runRetention(ctx context.Context, db, nowFlag string, dry bool, out io.Writ
 	}
 	fmt.Fprintf(out, "%s %d partitions\n", verb, len(dropped))
 	return ExitOK, nil
-}
-
-// ServeConfig configures Serve.
-type ServeConfig struct {
-	// Database is the Postgres URL. Required; its login role must be able
-	// to SET ROLE cordon_service.
-	Database string
-	// Listen is the ingest API's address. Required.
-	Listen string
-	// Metrics is the plain-HTTP /metrics address. If empty, not served.
-	Metrics string
-	// TrustDomain is the only trust domain whose jobs may write. Required.
-	TrustDomain string
-	// WorkloadAPI is the Workload API address (unix:///path). If empty,
-	// $SPIFFE_ENDPOINT_SOCKET.
-	WorkloadAPI string
-	// Writers is the number of writer goroutines. If zero, 4.
-	Writers int
-	// Log receives logs. If nil, discarded.
-	Log *slog.Logger
-	// Ready, if set, receives the ingest API's address once it listens.
-	Ready func(addr string)
-}
-
-// Serve runs the ingest API until ctx is done, then drains in-flight
-// requests (bounded to 30s) and returns.
-func Serve(ctx context.Context, cfg ServeConfig) error {
-	log := cfg.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
-	if err != nil {
-		return fmt.Errorf("--trust-domain %q: %w", cfg.TrustDomain, err)
-	}
-	var srcOpts []workloadapi.X509SourceOption
-	if cfg.WorkloadAPI != "" {
-		srcOpts = append(srcOpts, workloadapi.WithClientOptions(workloadapi.WithAddr(cfg.WorkloadAPI)))
-	}
-	srcCtx, cancelSrc := context.WithTimeout(ctx, 30*time.Second)
-	source, err := workloadapi.NewX509Source(srcCtx, srcOpts...)
-	cancelSrc()
-	if err != nil {
-		return fmt.Errorf("fetch the dispatcher's SVID from the Workload API: %w", err)
-	}
-	defer source.Close()
-
-	store, err := auditstore.Open(ctx, cfg.Database, auditstore.Options{Log: log})
-	if err != nil {
-		return err
-	}
-	defer store.Close()
-	if n, err := store.EnsurePartitions(ctx, time.Now()); err != nil {
-		log.Warn("audit partitions not ensured", "error", err.Error())
-	} else if n > 0 {
-		log.Info("audit partitions created", "count", n)
-	}
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	srv, err := ingest.New(ingest.Config{Store: store, TrustDomain: td, Writers: cfg.Writers, Registry: reg, Log: log})
-	if err != nil {
-		return err
-	}
-	l, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		srv.Close()
-		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
-	}
-	var wg sync.WaitGroup
-	errs := make(chan error, 2)
-	var metricsSrv *http.Server
-	if cfg.Metrics != "" {
-		ml, err := net.Listen("tcp", cfg.Metrics)
-		if err != nil {
-			l.Close()
-			srv.Close()
-			return fmt.Errorf("listen %s: %w", cfg.Metrics, err)
-		}
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		wg.Go(func() {
-			if err := metricsSrv.Serve(ml); !errors.Is(err, http.ErrServerClosed) {
-				errs <- fmt.Errorf("metrics server: %w", err)
-			}
-		})
-	}
-	wg.Go(func() {
-		if err := srv.Serve(l, ingest.ServerTLSConfig(source, source, td)); !errors.Is(err, http.ErrServerClosed) {
-			errs <- fmt.Errorf("ingest server: %w", err)
-		}
-	})
-	// Keep partitions ahead for as long as we run.
-	maintCtx, stopMaint := context.WithCancel(ctx)
-	wg.Go(func() {
-		t := time.NewTicker(12 * time.Hour)
-		defer t.Stop()
-		for {
-			select {
-			case <-maintCtx.Done():
-				return
-			case <-t.C:
-				if _, err := store.EnsurePartitions(maintCtx, time.Now()); err != nil {
-					log.Warn("audit partitions not ensured", "error", err.Error())
-				}
-			}
-		}
-	})
-	log.Info("dispatcher serving", "listen", l.Addr().String(), "trust_domain", td.String())
-	if cfg.Ready != nil {
-		cfg.Ready(l.Addr().String())
-	}
-	var runErr error
-	select {
-	case <-ctx.Done():
-	case runErr = <-errs:
-	}
-	log.Info("dispatcher shutting down")
-	stopMaint()
-	shutCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(shutCtx); err != nil {
-		log.Warn("ingest shutdown", "error", err.Error())
-	}
-	if metricsSrv != nil {
-		metricsSrv.Shutdown(shutCtx)
-	}
-	wg.Wait()
-	return runErr
 }

@@ -85,7 +85,7 @@ func TestServeVerifyRetention(t *testing.T) {
 	go func() {
 		serveDone <- cli.Serve(ctx, cli.ServeConfig{
 			Database: db, Listen: "127.0.0.1:0", TrustDomain: "cordon.test", WorkloadAPI: "unix://" + sock,
-			Ready: func(addr string) { ready <- addr },
+			Ready: func(a cli.Addrs) { ready <- a.Sidecar },
 		})
 	}()
 	var addr string
