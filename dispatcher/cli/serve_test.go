@@ -126,7 +126,9 @@ func TestServeEverything(t *testing.T) {
 	}
 	// A config per client: an HTTP/2 transport adds "h2" to the
 	// config's NextProtos, which would break an HTTP/1 client sharing it.
-	tlsc := func() *tls.Config { return tlsconfig.MTLSClientConfig(svid, ca.Bundle(), tlsconfig.AuthorizeID(dispatcherID)) }
+	tlsc := func() *tls.Config {
+		return tlsconfig.MTLSClientConfig(svid, ca.Bundle(), tlsconfig.AuthorizeID(dispatcherID))
+	}
 	base := "https://" + addrs.Sidecar
 	const runID = "run-everything-1"
 
