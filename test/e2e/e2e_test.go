@@ -75,14 +75,14 @@ func TestStack(t *testing.T) {
 	s := startStack(t, ctx, root, allowlist(false), secrets)
 	s.waitHealthy(ctx)
 
-	t.Run("topology", func(t *testing.T) { testTopology(t, ctx, s) })
-	t.Run("job", func(t *testing.T) { testJob(t, ctx, s) })
+	t.Run("topology", func(t *testing.T) { testTopology(t, ctx, s.with(t)) })
+	t.Run("job", func(t *testing.T) { testJob(t, ctx, s.with(t)) })
 	if t.Failed() {
 		return
 	}
-	t.Run("allowlist edit", func(t *testing.T) { testAllowlistEdit(t, ctx, s) })
-	t.Run("dispatcher outage", func(t *testing.T) { testDispatcherOutage(t, ctx, s) })
-	t.Run("control plane down", func(t *testing.T) { testControlPlaneDown(t, ctx, s) })
+	t.Run("allowlist edit", func(t *testing.T) { testAllowlistEdit(t, ctx, s.with(t)) })
+	t.Run("dispatcher outage", func(t *testing.T) { testDispatcherOutage(t, ctx, s.with(t)) })
+	t.Run("control plane down", func(t *testing.T) { testControlPlaneDown(t, ctx, s.with(t)) })
 }
 
 // testTopology checks the stack is the Fargate topology the other tests
@@ -242,12 +242,17 @@ func testJob(t *testing.T, ctx context.Context, s *stack) {
 }
 
 // testAllowlistEdit edits the allowlist on the control plane's side and
-// watches the running task's next request change, both ways: a grant
-// must pass sidecar and gateway, a revocation must stop it again.
+// watches the next request's decision change, both ways (a grant, then
+// its revocation), at the running sidecar and, on its own, at the
+// gateway: a rogue sidecar whose static allowlist always grants the host
+// gets through only while the control plane's policy allows it.
 func testAllowlistEdit(t *testing.T, ctx context.Context, s *stack) {
+	rogue := s.startRogueSidecar(ctx, allowlist(true))
 	target := "http=http://exfil.example:8545/edit-" + randHex(4)
-	if r := s.probeInTask(ctx, target); len(r) != 1 || r[0].Status != 403 {
-		t.Fatalf("before the edit: got %+v, want 403", r)
+	for _, via := range []struct{ name, container string }{{"sidecar", s.containerID(ctx, "sidecar")}, {"rogue sidecar", rogue}} {
+		if r := s.probeVia(ctx, via.container, target); len(r) != 1 || r[0].OK || r[0].Status != 403 {
+			t.Fatalf("before the edit, via the %s: got %+v, want 403 (the gateway checks on its own)", via.name, r)
+		}
 	}
 	for _, step := range []struct {
 		name  string
@@ -255,22 +260,25 @@ func testAllowlistEdit(t *testing.T, ctx context.Context, s *stack) {
 	}{{"grant", true}, {"revoke", false}} {
 		s.writeAllowlist(allowlist(step.grant))
 		start := time.Now()
-		for {
-			r := s.probeInTask(ctx, target)
-			if len(r) != 1 {
-				t.Fatalf("%s: got %d probe results, want 1", step.name, len(r))
-			}
-			if r[0].OK == step.grant {
-				t.Logf("%s: the next request's decision changed %s after the edit", step.name, time.Since(start).Round(10*time.Millisecond))
-				if !step.grant && (r[0].Status != 403 || r[0].Reason != "not_allowed") {
-					t.Errorf("after revoking: got status %d reason %q, want 403 not_allowed", r[0].Status, r[0].Reason)
+		for _, via := range []struct{ name, container string }{{"sidecar", s.containerID(ctx, "sidecar")}, {"gateway (rogue sidecar)", rogue}} {
+			for {
+				r := s.probeVia(ctx, via.container, target)
+				if len(r) != 1 {
+					t.Fatalf("%s via the %s: got %d probe results, want 1", step.name, via.name, len(r))
 				}
-				break
+				if r[0].OK == step.grant {
+					t.Logf("%s: the %s's decision changed %s after the edit", step.name, via.name, time.Since(start).Round(10*time.Millisecond))
+					if !step.grant && r[0].Status != 403 {
+						t.Errorf("%s via the %s: got status %d reason %q, want 403", step.name, via.name, r[0].Status, r[0].Reason)
+					}
+					break
+				}
+				if time.Since(start) > 15*time.Second {
+					t.Fatalf("%s via the %s: still ok=%v (status %d, reason %q) 15s after the edit, want the decision changed within seconds",
+						step.name, via.name, r[0].OK, r[0].Status, r[0].Reason)
+				}
+				time.Sleep(200 * time.Millisecond)
 			}
-			if time.Since(start) > 15*time.Second {
-				t.Fatalf("%s: still ok=%v (status %d, reason %q) 15s after the edit, want the decision changed within seconds", step.name, r[0].OK, r[0].Status, r[0].Reason)
-			}
-			time.Sleep(200 * time.Millisecond)
 		}
 	}
 }
@@ -335,23 +343,29 @@ func countDenied(ctx context.Context, db *pgx.Conn) int {
 }
 
 // testControlPlaneDown stops cordon-xds: the sidecar and the gateway keep
-// enforcing the last policy they received, allowing and denying as before.
+// enforcing the last policy they received, allowing and denying as before
+// (neither fails open nor starts denying everything). The gateway is also
+// checked on its own, through a rogue sidecar that would allow both.
 func testControlPlaneDown(t *testing.T, ctx context.Context, s *stack) {
+	rogue := s.startRogueSidecar(ctx, allowlist(true))
 	s.mustCompose(ctx, "stop", "-t", "5", "xds")
-	time.Sleep(time.Second) // let both clients notice the stream is gone
-	path := "/no-xds-" + randHex(4)
-	r := s.probeInTask(ctx, "http=http://rpc.monad.example:8545"+path, "http=http://exfil.example:8545"+path)
-	if len(r) != 2 {
-		t.Fatalf("got %d probe results, want 2", len(r))
-	}
-	if !r[0].OK || r[0].Status != 200 {
-		t.Errorf("allowed host with the control plane down: got ok=%v status=%d reason=%q, want 200 (last policy still enforced, not fail-all)", r[0].OK, r[0].Status, r[0].Reason)
-	}
-	if r[1].OK || r[1].Status != 403 || r[1].Reason != "not_allowed" {
-		t.Errorf("denied host with the control plane down: got ok=%v status=%d reason=%q, want 403 not_allowed", r[1].OK, r[1].Status, r[1].Reason)
-	}
-	if !s.fakeInternetSaw(ctx, path) {
-		t.Errorf("fake internet: no request for %s, want the allowed request through the gateway", path)
+	time.Sleep(time.Second) // let the clients notice the stream is gone
+	for _, via := range []struct{ name, container string }{{"sidecar", s.containerID(ctx, "sidecar")}, {"gateway (rogue sidecar)", rogue}} {
+		path := "/no-xds-" + randHex(4)
+		r := s.probeVia(ctx, via.container, "http=http://rpc.monad.example:8545"+path, "http=http://exfil.example:8545"+path)
+		if len(r) != 2 {
+			t.Fatalf("via the %s: got %d probe results, want 2", via.name, len(r))
+		}
+		if !r[0].OK || r[0].Status != 200 {
+			t.Errorf("allowed host via the %s with the control plane down: got ok=%v status=%d reason=%q, want 200 (last policy still enforced, not deny-all)",
+				via.name, r[0].OK, r[0].Status, r[0].Reason)
+		}
+		if r[1].OK || r[1].Status != 403 {
+			t.Errorf("denied host via the %s with the control plane down: got ok=%v status=%d reason=%q, want 403", via.name, r[1].OK, r[1].Status, r[1].Reason)
+		}
+		if !s.fakeInternetSaw(ctx, path) {
+			t.Errorf("fake internet: no request for %s via the %s, want the allowed request through the gateway", path, via.name)
+		}
 	}
 }
 

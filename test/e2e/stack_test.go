@@ -107,6 +107,14 @@ type stack struct {
 	fakeIPv4 string
 }
 
+// with returns a copy of s that reports to t: each subtest fails (and
+// cleans up) itself, never its parent from the wrong goroutine.
+func (s *stack) with(t *testing.T) *stack {
+	c := *s
+	c.t = t
+	return &c
+}
+
 func (s *stack) env() []string {
 	return []string{
 		"COMPOSE_PROJECT_NAME=" + s.project,
@@ -266,7 +274,9 @@ func (s *stack) waitHealthy(ctx context.Context) {
 	// Healthy means identity, secrets, shim and handoff are ready; the
 	// first policy can arrive later (until then the proxy denies
 	// everything with no_policy, failing closed).
+	healthy := time.Now()
 	s.waitLog(ctx, "sidecar", "xds policy applied", 45*time.Second)
+	s.t.Logf("sidecar: first policy %s after it reported healthy", time.Since(healthy).Round(100*time.Millisecond))
 }
 
 // runJob runs the job service (the probe under the shim, in the sidecar's
@@ -313,15 +323,69 @@ func (s *stack) waitJob(ctx context.Context, name string) (code int, logs string
 // runs, to watch its decisions change.
 func (s *stack) probeInTask(ctx context.Context, attempts ...string) []probeResult {
 	s.t.Helper()
-	id := s.containerID(ctx, "sidecar")
-	args := append([]string{"run", "--rm", "--network", "container:" + id,
+	return s.probeVia(ctx, s.containerID(ctx, "sidecar"), attempts...)
+}
+
+// probeVia runs cordon-probe in container's network namespace with
+// HTTP_PROXY=http://127.0.0.1:3128.
+func (s *stack) probeVia(ctx context.Context, container string, attempts ...string) []probeResult {
+	s.t.Helper()
+	args := append([]string{"run", "--rm", "--network", "container:" + container,
 		"--read-only", "--user", "65532:65532", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
 		"-e", "HTTP_PROXY=http://127.0.0.1:3128", "cordon/probe:" + imageTag, "--timeout", "3s"}, attempts...)
 	out, errOut, code := run(s.t, ctx, "", nil, "docker", args...)
 	if code != 0 {
-		s.t.Fatalf("probe in the task: exit %d\n%s%s", code, out, errOut)
+		s.t.Fatalf("probe via %s: exit %d\n%s%s", container, code, out, errOut)
 	}
 	return parseProbe(s.t, out)
+}
+
+// startRogueSidecar starts a second sidecar with the job's identity whose
+// own policy is a static allowlist (allow) instead of the control plane's,
+// chained to the gateway: a compromised or stale sidecar. What it lets
+// through, only the gateway's own check can stop. It returns the
+// container's name.
+func (s *stack) startRogueSidecar(ctx context.Context, allow []byte) string {
+	s.t.Helper()
+	dir := filepath.Join(s.runDir, "rogue-allowlists")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		s.t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "acme.yaml"), allow, 0o644); err != nil {
+		s.t.Fatal(err)
+	}
+	name := s.project + "-rogue-" + randHex(3)
+	s.t.Cleanup(func() {
+		// -v: the anonymous volumes of the image's VOLUMEs go too.
+		run(s.t, context.Background(), "", nil, "docker", "rm", "-f", "-v", name)
+	})
+	_, errOut, code := run(s.t, ctx, "", nil, "docker", "run", "-d", "--name", name,
+		"--network", s.project+"_internal",
+		"--read-only", "--user", "65532:65532", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+		"-e", "SPIFFE_ENDPOINT_SOCKET=unix:///run/spire/sockets/agent.sock",
+		"-v", filepath.Join(s.runDir, "spiffe", "sidecar")+":/run/spire/sockets:ro",
+		"-v", filepath.Join(s.runDir, "secrets.json")+":/run/cordon/secrets.json:ro",
+		"-v", dir+":/etc/cordon/allowlists:ro",
+		"cordon/sidecar:"+imageTag,
+		"agent", "--env", "local", "--shared-dir", "/cordon", "--job-uid", "65532",
+		"--secrets", "monad_rpc_key", "--provider", "file", "--secrets-file", "/run/cordon/secrets.json",
+		"--allowlists", "/etc/cordon/allowlists", "--gateway", "gateway:8443")
+	if code != 0 {
+		s.t.Fatalf("start the rogue sidecar: exit %d: %s", code, errOut)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, _, _ := run(s.t, ctx, "", nil, "docker", "inspect", "--format", "{{.State.Health.Status}} {{.State.Status}}", name)
+		state := strings.TrimSpace(out)
+		if strings.HasPrefix(state, "healthy") {
+			return name
+		}
+		if strings.HasSuffix(state, "exited") || time.Now().After(deadline) {
+			logs, errLogs, _ := run(s.t, ctx, "", nil, "docker", "logs", name)
+			s.t.Fatalf("rogue sidecar: got state %q, want healthy within 30s\n%s%s", state, logs, errLogs)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
 }
 
 // fakeInternetSaw reports whether the fake internet logged a request for
