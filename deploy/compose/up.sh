@@ -43,6 +43,9 @@ for svc in xds gateway dispatcher sidecar; do
 	mkdir -p "$CORDON_RUN_DIR/spiffe/$svc"
 done
 chown -R "$uid:$uid" "$CORDON_RUN_DIR/spiffe"
+# Where fake-internet writes its HTTPS certificate for clients to trust.
+mkdir -p "$CORDON_RUN_DIR/fake-ca"
+chown "$uid:$uid" "$CORDON_RUN_DIR/fake-ca"
 # Secrets Manager stand-in, readable by the sidecar's user only.
 secrets=${CORDON_SECRETS_JSON:-'{"monad_rpc_key":"demo-rpc-key-7Qx2","db_password":"demo-db-pass-9Kf4"}'}
 (umask 077 && printf '%s\n' "$secrets" >"$CORDON_RUN_DIR/secrets.json")

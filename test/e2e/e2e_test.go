@@ -37,7 +37,7 @@ func allowlist(grantExfil bool) []byte {
   exfil_grant:
     entries:
       - host: exfil.example
-        ports: [8545]
+        ports: [443, 8545]
 `
 		allow = "[monad_rpc, exfil_grant]"
 	}
@@ -49,7 +49,7 @@ endpoint_sets:
     platform_only: true
     entries:
       - host: rpc.monad.example
-        ports: [8545]
+        ports: [443, 8545]
 %s
 jobs:
   block_follower:
@@ -80,6 +80,7 @@ func TestStack(t *testing.T) {
 	if t.Failed() {
 		return
 	}
+	t.Run("https", func(t *testing.T) { testHTTPS(t, ctx, s.with(t)) })
 	t.Run("allowlist edit", func(t *testing.T) { testAllowlistEdit(t, ctx, s.with(t)) })
 	t.Run("dispatcher outage", func(t *testing.T) { testDispatcherOutage(t, ctx, s.with(t)) })
 	t.Run("control plane down", func(t *testing.T) { testControlPlaneDown(t, ctx, s.with(t)) })
@@ -239,6 +240,29 @@ func testJob(t *testing.T, ctx context.Context, s *stack) {
 		}
 		return ""
 	})
+}
+
+// testHTTPS sends HTTPS through both hops: a CONNECT tunnel the sidecar
+// checks and chains through the gateway, which checks the SNI against
+// the CONNECT host; the job verifies the fake internet's certificate end
+// to end (neither hop terminates TLS).
+func testHTTPS(t *testing.T, ctx context.Context, s *stack) {
+	path := "/tls-" + randHex(4)
+	r := s.probeVia(ctx, s.containerID(ctx, "sidecar"), "--ca", "/ca/fake-internet.pem",
+		"http=https://rpc.monad.example"+path, "http=https://exfil.example"+path)
+	if len(r) != 2 {
+		t.Fatalf("got %d probe results, want 2", len(r))
+	}
+	if !r[0].OK || r[0].Status != 200 {
+		t.Errorf("allowed https://rpc.monad.example: got ok=%v status=%d reason=%q error=%q, want 200", r[0].OK, r[0].Status, r[0].Reason, r[0].Error)
+	}
+	if r[1].OK || r[1].Status != 403 || r[1].Reason != "not_allowed" {
+		t.Errorf("denied CONNECT exfil.example:443: got ok=%v status=%d reason=%q, want 403 not_allowed", r[1].OK, r[1].Status, r[1].Reason)
+	}
+	out, _, _ := s.compose(ctx, "logs", "--no-color", "fake-internet")
+	if !strings.Contains(out, `"scheme":"https"`) || !s.fakeInternetSaw(ctx, path) {
+		t.Errorf("fake internet: no https request for %s, want the tunnelled request to arrive", path)
+	}
 }
 
 // testAllowlistEdit edits the allowlist on the control plane's side and

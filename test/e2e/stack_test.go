@@ -330,9 +330,12 @@ func (s *stack) probeInTask(ctx context.Context, attempts ...string) []probeResu
 // HTTP_PROXY=http://127.0.0.1:3128.
 func (s *stack) probeVia(ctx context.Context, container string, attempts ...string) []probeResult {
 	s.t.Helper()
+	// The fake internet's certificate, for --ca /ca/fake-internet.pem.
 	args := append([]string{"run", "--rm", "--network", "container:" + container,
 		"--read-only", "--user", "65532:65532", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-		"-e", "HTTP_PROXY=http://127.0.0.1:3128", "cordon/probe:" + imageTag, "--timeout", "3s"}, attempts...)
+		"-v", filepath.Join(s.runDir, "fake-ca") + ":/ca:ro",
+		"-e", "HTTP_PROXY=http://127.0.0.1:3128", "-e", "HTTPS_PROXY=http://127.0.0.1:3128",
+		"cordon/probe:" + imageTag, "--timeout", "3s"}, attempts...)
 	out, errOut, code := run(s.t, ctx, "", nil, "docker", args...)
 	if code != 0 {
 		s.t.Fatalf("probe via %s: exit %d\n%s%s", container, code, out, errOut)
