@@ -424,7 +424,9 @@ func Serve(ctx context.Context, cfg ServeConfig) (err error) {
 		if err != nil {
 			return err
 		}
-		api, err := userapi.New(userapi.Config{Pool: pool, Auth: auth, Allowlists: lists.Set, Logger: log, Registerer: reg, CursorKey: cursorKey})
+		api, err := userapi.New(userapi.Config{Pool: pool, Auth: auth, Allowlists: lists.Set, Logger: log, Registerer: reg, CursorKey: cursorKey,
+			Audit: em, Settings: userapi.Settings{Quotas: adm, Budgets: alr, Webhooks: alr, AnomalyPolicy: det,
+				MaxConcurrentRuns: admission.DefaultMaxConcurrentRuns, MaxRunsPerHour: admission.DefaultMaxRunsPerHour}})
 		if err != nil {
 			return err
 		}

@@ -260,6 +260,54 @@ func TestServeEverything(t *testing.T) {
 		t.Errorf("bad token: got %d, want 401", code)
 	}
 
+	// An org admin's settings, through the real admission service: the
+	// quota is in force at the next admission; a writer may not change it.
+	put := func(path, tok, body string) int {
+		t.Helper()
+		req, _ := http.NewRequestWithContext(ctx, "PUT", userBase+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+tok)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := userHTTP.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	writerTok, err := is.Mint(is.Claims("writer-of-acme", "acme", "writer"), jwks.MintOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := put("/api/v1/admin/quota", writerTok, `{"max_concurrent_runs":5,"max_runs_per_hour":5}`); code != http.StatusForbidden {
+		t.Errorf("writer sets quota: got %d, want 403", code)
+	}
+	if code := put("/api/v1/admin/quota", acme, `{"max_concurrent_runs":0,"max_runs_per_hour":10}`); code != http.StatusOK {
+		t.Errorf("admin sets quota: got %d, want 200", code)
+	}
+	adm2 := admission.NewClient(base, tlsc(), 10*time.Second)
+	if d, err := adm2.Admit(ctx, "run-everything-2"); err != nil || d.Admitted {
+		t.Errorf("admit with a quota of 0 concurrent runs: got %+v, %v; want refused", d, err)
+	}
+	adm2.Close()
+	if code := put("/api/v1/admin/anomaly-policy", acme, `{"policy":"terminate"}`); code != http.StatusOK {
+		t.Errorf("admin sets anomaly policy: got %d, want 200", code)
+	}
+
+	// Those changes are audited in acme's store (asynchronously, through
+	// the user side's audit queue).
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var changes userapi.AuditPage
+		get("/api/v1/audit-events?event_type="+userapi.EventSettingsChanged, acme, &changes)
+		if len(changes.Items) == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("settings changes in the audit store: got %d, want 2", len(changes.Items))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
 	// The web UI: log in with the token, then the page with the cookie.
 	resp, err = userHTTP.PostForm(userBase+"/ui/login", url.Values{"token": {acme}})
 	if err != nil {

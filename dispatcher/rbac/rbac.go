@@ -22,6 +22,11 @@
 // seed's Job Create/Update/Delete/Trigger rows have no action here; the
 // allowlists are changed only by reviewed pull requests (seeds/000,
 // "Egress allowlist workflow"), so nobody may change them through the API.
+// An org's settings (quota, cost budget, alert webhook, anomaly policy)
+// are the tenant administrator's (seeds/002 gives tenant configuration to
+// TENANT_ADMIN); the dispatcher caps the quota an admin may set at the
+// platform's ceiling, so a tenant can tighten its limits, never lift them
+// past what the platform allows.
 // Audit events are readable by admins only (seeds/002 gives "Audit log
 // access" to the administrator roles and not to job owners or viewers).
 //
@@ -36,6 +41,7 @@
 //	audit_events    view    -       -       org
 //	users           view    -       -       org
 //	users           manage  -       -       org
+//	settings        manage  -       -       org     (quota, budget, webhook, anomaly policy)
 //
 // "org" means allowed for the caller's own org; "-" means denied. Any
 // role, action or resource not in the table is denied.
@@ -91,10 +97,13 @@ const (
 	EgressDenials Resource = "egress_denials"
 	Allowlists    Resource = "allowlists"
 	Users         Resource = "users"
+	// Settings are an org's quota, cost budget, alert webhook and anomaly
+	// policy.
+	Settings Resource = "settings"
 )
 
 // Resources lists every resource.
-var Resources = []Resource{Runs, Logs, AuditEvents, Usage, EgressDenials, Allowlists, Users}
+var Resources = []Resource{Runs, Logs, AuditEvents, Usage, EgressDenials, Allowlists, Users, Settings}
 
 // Scope says how far an allowed action reaches.
 type Scope string
@@ -135,6 +144,7 @@ var matrix = map[rule]map[Role]bool{
 	{View, AuditEvents}:   {Admin: true},
 	{View, Users}:         {Admin: true},
 	{Manage, Users}:       {Admin: true},
+	{Manage, Settings}:    {Admin: true},
 }
 
 // Allow decides whether role may do action to resource in the caller's own

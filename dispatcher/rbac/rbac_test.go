@@ -22,6 +22,7 @@ func TestMatrix(t *testing.T) {
 		Allowlists:    {View: {y, y, y}, Cancel: {n, n, n}, Manage: {n, n, n}},
 		AuditEvents:   {View: {n, n, y}, Cancel: {n, n, n}, Manage: {n, n, n}},
 		Users:         {View: {n, n, y}, Cancel: {n, n, n}, Manage: {n, n, y}},
+		Settings:      {View: {n, n, n}, Cancel: {n, n, n}, Manage: {n, n, y}},
 	}
 	cases := 0
 	for _, res := range Resources {

@@ -34,6 +34,7 @@ import (
 	"github.com/cordon-dev/cordon/dispatcher/authn"
 	"github.com/cordon-dev/cordon/dispatcher/rbac"
 	"github.com/cordon-dev/cordon/internal/allowlist"
+	"github.com/cordon-dev/cordon/internal/audit"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
@@ -59,6 +60,12 @@ type Config struct {
 	// accepted by another replica. Replicas behind one load balancer must
 	// share a key of at least 32 bytes.
 	CursorKey []byte
+	// Settings back the admin routes (PUT /api/v1/admin/...). Zero
+	// fields answer 501 not_configured.
+	Settings Settings
+	// Audit receives an ORG_SETTINGS_CHANGED event for every admin change.
+	// If nil, audit.Discard.
+	Audit audit.Emitter
 	// Now is the clock. If nil, time.Now.
 	Now func() time.Time
 }
@@ -72,6 +79,8 @@ type API struct {
 	now        func() time.Time
 	cursorKey  []byte
 	routes     []route
+	settings   Settings
+	audit      audit.Emitter
 
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
@@ -138,6 +147,17 @@ func New(cfg Config) (*API, error) {
 			}
 		}
 	}
+	a.settings = cfg.Settings
+	if a.settings.MaxConcurrentRuns == 0 {
+		a.settings.MaxConcurrentRuns = 100
+	}
+	if a.settings.MaxRunsPerHour == 0 {
+		a.settings.MaxRunsPerHour = 1200
+	}
+	a.audit = cfg.Audit
+	if a.audit == nil {
+		a.audit = audit.Discard
+	}
 	a.routes = []route{
 		{"GET", "/api/v1/audit-events", rbac.View, rbac.AuditEvents, "audit_events", a.serveAuditEvents},
 		{"GET", "/api/v1/usage", rbac.View, rbac.Usage, "usage", a.serveUsage},
@@ -146,6 +166,10 @@ func New(cfg Config) (*API, error) {
 		{"GET", "/api/v1/runs/{run_id}", rbac.View, rbac.Runs, "run", a.serveRun},
 		{"GET", "/api/v1/allowlists", rbac.View, rbac.Allowlists, "allowlists", a.serveAllowlists},
 		{"GET", "/api/v1/openapi.json", "", "", "openapi", serveOpenAPI},
+		{"PUT", "/api/v1/admin/quota", rbac.Manage, rbac.Settings, "admin_quota", a.setting("quota", a.settings.Quotas != nil, a.serveSetQuota)},
+		{"PUT", "/api/v1/admin/budget", rbac.Manage, rbac.Settings, "admin_budget", a.setting("budget", a.settings.Budgets != nil, a.serveSetBudget)},
+		{"PUT", "/api/v1/admin/webhook", rbac.Manage, rbac.Settings, "admin_webhook", a.setting("webhook", a.settings.Webhooks != nil, a.serveSetWebhook)},
+		{"PUT", "/api/v1/admin/anomaly-policy", rbac.Manage, rbac.Settings, "admin_anomaly_policy", a.setting("anomaly_policy", a.settings.AnomalyPolicy != nil, a.serveSetAnomalyPolicy)},
 	}
 	return a, nil
 }

@@ -67,7 +67,7 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 	tok := e.token(t, "alice", "acme", "admin")
 	for _, r := range e.api.routes {
 		path := strings.ReplaceAll(r.path, "{run_id}", "run-acme")
-		resp, body := e.get(t, tok, path)
+		resp, body := request(t, e.srv.URL, r.method, tok, path, "{}")
 		if resp.StatusCode == 404 && contains(body, "no such endpoint") {
 			t.Errorf("%s %s: not routed", r.method, path)
 		}
