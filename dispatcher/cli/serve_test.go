@@ -3,9 +3,17 @@ package cli_test
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"io"
+	"math/big"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -93,6 +101,8 @@ func TestServeEverything(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	userCert, userKey, userRoots := selfSigned(t)
+
 	ready := make(chan cli.Addrs, 1)
 	serveCtx, stopServe := context.WithCancel(ctx)
 	serveDone := make(chan error, 1)
@@ -104,7 +114,7 @@ func TestServeEverything(t *testing.T) {
 			DatasetsRoots:       []string{"s3://trace-data/{org}/"},
 			STSEndpoint:         stsSrv.URL, STSRegion: "us-east-1",
 			STSCredentials: awscreds.NewStaticCredentialsProvider("AKIDDISPATCHER", "dispatcher-secret", ""),
-			OIDCIssuer:     is.URL(), OIDCAudiences: []string{jwks.DefaultAudience}, UserInsecureHTTP: true,
+			OIDCIssuer:     is.URL(), OIDCAudiences: []string{jwks.DefaultAudience}, UserTLSCert: userCert, UserTLSKey: userKey,
 			Allowlists: alDir, AnomalyEvery: 200 * time.Millisecond, ShutdownTimeout: 10 * time.Second,
 			Ready: func(a cli.Addrs) { ready <- a },
 		})
@@ -184,8 +194,9 @@ func TestServeEverything(t *testing.T) {
 	sidecarHTTP.CloseIdleConnections()
 
 	// As users.
-	userBase := "http://" + addrs.User
-	userHTTP := &http.Client{Timeout: 10 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	userBase := "https://" + addrs.User
+	userHTTP := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: userRoots}},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	token := func(org string) string {
 		tok, err := is.Mint(is.Claims("admin-of-"+org, org, "admin"), jwks.MintOptions{})
 		if err != nil {
@@ -369,4 +380,75 @@ func TestServeEverything(t *testing.T) {
 func mustJSON(v any) string {
 	b, _ := json.Marshal(v)
 	return string(b)
+}
+
+// selfSigned writes a self-signed certificate for 127.0.0.1 and its key,
+// and returns their paths and a pool that trusts it.
+func selfSigned(t *testing.T) (certFile, keyFile string, roots *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "dispatcher users"},
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "user.crt"), filepath.Join(dir, "user.key")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	roots = x509.NewCertPool()
+	roots.AddCert(cert)
+	return certFile, keyFile, roots
+}
+
+// TestServeRefusesToStart: a start that cannot work fails at once, with
+// the flag to fix, and leaves nothing running.
+func TestServeRefusesToStart(t *testing.T) {
+	empty := t.TempDir()
+	cases := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"empty allowlist directory", []string{"serve", "--db", "postgres://x", "--allowlists", empty}, "--allowlists"},
+		{"cursor key too short", []string{"serve", "--db", "postgres://x", "--user-listen", ":0", "--oidc-issuer", "https://i", "--oidc-audience", "a",
+			"--user-insecure-http", "--cursor-key-file", writeFile(t, "short")}, "--cursor-key-file"},
+		{"user side without TLS", []string{"serve", "--db", "postgres://x", "--user-listen", ":0", "--oidc-issuer", "https://i", "--oidc-audience", "a"}, "--user-tls-cert"},
+		{"datasets without a role", []string{"serve", "--db", "postgres://x", "--datasets-root", "s3://b/{org}/"}, "--data-role-arn-template"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out := run(t, tc.args...)
+			if code != cli.ExitError || !strings.Contains(out, tc.want) {
+				t.Errorf("got exit %d %q, want exit %d naming %s", code, out, cli.ExitError, tc.want)
+			}
+		})
+	}
+	goleak.VerifyNone(t)
+}
+
+func writeFile(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
