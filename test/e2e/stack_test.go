@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -149,15 +150,22 @@ func (s *stack) mustCompose(ctx context.Context, args ...string) string {
 // test, whatever happens.
 func startStack(t *testing.T, ctx context.Context, root string, allowlist []byte, secrets map[string]string) *stack {
 	t.Helper()
+	dir := filepath.Join(root, "deploy", "compose")
+	sweepOrphans(t, ctx, dir)
 	runDir, err := os.MkdirTemp("", "cordon-e2e-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	allow := filepath.Join(runDir, "allowlists")
 	s := &stack{
-		t: t, root: root, dir: filepath.Join(root, "deploy", "compose"),
+		t: t, root: root, dir: dir,
 		project: "cordone2e" + randHex(4), runDir: runDir, allow: allow,
 		runID: "run-" + randHex(4), secrets: secrets,
+	}
+	// Who owns this stack, for sweepOrphans should this process die
+	// before its cleanup runs (a test timeout, a kill).
+	if err := os.WriteFile(filepath.Join(runDir, "owner"), fmt.Appendf(nil, "%d %s\n", os.Getpid(), s.project), 0o644); err != nil {
+		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		// A fresh context: the test's may be spent.
@@ -204,6 +212,29 @@ func startStack(t *testing.T, ctx context.Context, root string, allowlist []byte
 	}
 	s.fakeIPv4 = strings.TrimSpace(ip)
 	return s
+}
+
+// sweepOrphans tears down stacks whose test process is gone: down.sh
+// with the project and run directory their owner file names.
+func sweepOrphans(t *testing.T, ctx context.Context, composeDir string) {
+	t.Helper()
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "cordon-e2e-*"))
+	for _, d := range dirs {
+		b, err := os.ReadFile(filepath.Join(d, "owner"))
+		if err != nil {
+			continue
+		}
+		var pid int
+		var project string
+		if _, err := fmt.Sscan(string(b), &pid, &project); err != nil || pid <= 0 || !strings.HasPrefix(project, "cordone2e") {
+			continue
+		}
+		if syscall.Kill(pid, 0) != syscall.ESRCH {
+			continue // its owner is alive (or not ours to judge)
+		}
+		out, errOut, code := run(t, ctx, composeDir, []string{"COMPOSE_PROJECT_NAME=" + project, "CORDON_RUN_DIR=" + d}, "./down.sh")
+		t.Logf("removed stack %s left by dead process %d (down.sh exit %d)\n%s%s", project, pid, code, out, errOut)
+	}
 }
 
 // writeAllowlist replaces the org's allowlist file the way an editor or a
