@@ -82,9 +82,16 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "serve":
 		cfg := ServeConfig{Log: log}
 		cfg.flags(fs)
+		check := fs.Bool("check", false, "validate the flags and load the local files (allowlists, cursor key, user TLS certificate), then exit without serving")
 		if err = parse(fs, args, db); err == nil {
 			cfg.Database = *db
-			err = Serve(ctx, cfg)
+			if *check {
+				if err = Check(cfg); err == nil {
+					fmt.Fprintln(stdout, "serve configuration ok")
+				}
+			} else {
+				err = Serve(ctx, cfg)
+			}
 		}
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)

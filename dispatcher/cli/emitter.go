@@ -28,9 +28,10 @@ type storeEmitter struct {
 	dropped prometheus.Counter
 	failed  prometheus.Counter
 
-	mu     sync.Mutex
+	done chan struct{} // closed when run has stored the last event
+
+	mu     sync.Mutex // guards closed and sends on queue
 	closed bool
-	done   chan struct{}
 }
 
 var _ audit.Emitter = (*storeEmitter)(nil)

@@ -317,14 +317,11 @@ func Serve(ctx context.Context, cfg ServeConfig) (err error) {
 		}
 	}()
 
-	lists, err := loadAllowlists(cfg.Allowlists, log)
-	if err != nil {
-		return fmt.Errorf("--allowlists %s: %w", cfg.Allowlists, err)
-	}
-	cursorKey, err := readCursorKey(cfg.CursorKeyFile)
+	loc, err := loadLocal(&cfg, log)
 	if err != nil {
 		return err
 	}
+	lists, cursorKey := loc.lists, loc.cursorKey
 	if cfg.UserListen != "" && cursorKey == nil {
 		log.Warn("no --cursor-key-file: pagination cursors use a random key of this process; they do not survive a restart or work across replicas")
 	}
@@ -447,12 +444,8 @@ func Serve(ctx context.Context, cfg ServeConfig) (err error) {
 			MaxHeaderBytes:    32 << 10,
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 		}
-		if !cfg.UserInsecureHTTP {
-			cert, err := tls.LoadX509KeyPair(cfg.UserTLSCert, cfg.UserTLSKey)
-			if err != nil {
-				return fmt.Errorf("--user-tls-cert/--user-tls-key: %w", err)
-			}
-			userSrv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		if loc.userCert != nil {
+			userSrv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{*loc.userCert}, MinVersion: tls.VersionTLS12}
 		} else {
 			log.Warn("--user-insecure-http: the user side speaks plain HTTP; it must sit behind a TLS-terminating load balancer")
 		}
@@ -552,6 +545,50 @@ func Serve(ctx context.Context, cfg ServeConfig) (err error) {
 		cfg.Ready(addrs)
 	}
 	return g.Wait()
+}
+
+// local is what serve reads from local files before it connects
+// anywhere; serve --check stops after it.
+type local struct {
+	lists     *allowlists
+	cursorKey []byte           // nil: a random key per process
+	userCert  *tls.Certificate // nil: no user side, or plain HTTP
+}
+
+func loadLocal(cfg *ServeConfig, log *slog.Logger) (*local, error) {
+	lists, err := loadAllowlists(cfg.Allowlists, log)
+	if err != nil {
+		return nil, fmt.Errorf("--allowlists %s: %w", cfg.Allowlists, err)
+	}
+	key, err := readCursorKey(cfg.CursorKeyFile)
+	if err != nil {
+		return nil, err
+	}
+	loc := &local{lists: lists, cursorKey: key}
+	if cfg.UserListen != "" && !cfg.UserInsecureHTTP {
+		cert, err := tls.LoadX509KeyPair(cfg.UserTLSCert, cfg.UserTLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("--user-tls-cert/--user-tls-key: %w", err)
+		}
+		loc.userCert = &cert
+	}
+	return loc, nil
+}
+
+// Check validates cfg and loads its local files (allowlists, cursor key,
+// user TLS certificate) without connecting to anything or serving: what
+// serve --check runs before a deploy.
+func Check(cfg ServeConfig) error {
+	cfg.defaults()
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	_, err := loadLocal(&cfg, log)
+	return err
 }
 
 // keepPartitions keeps the audit partitions ahead for as long as we run.

@@ -444,6 +444,38 @@ func TestServeRefusesToStart(t *testing.T) {
 	goleak.VerifyNone(t)
 }
 
+func TestServeCheck(t *testing.T) {
+	alDir := t.TempDir()
+	example, err := os.ReadFile("../../internal/allowlist/testdata/valid/design_example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(alDir, "acme.yaml"), example, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cert, key, _ := selfSigned(t)
+	user := []string{"--user-listen", ":0", "--oidc-issuer", "https://i", "--oidc-audience", "a"}
+	cases := []struct {
+		name     string
+		args     []string
+		wantCode int
+		want     string
+	}{
+		{"good", append([]string{"--allowlists", alDir, "--user-tls-cert", cert, "--user-tls-key", key,
+			"--cursor-key-file", writeFile(t, strings.Repeat("k", 32))}, user...), cli.ExitOK, "ok"},
+		{"key is not the certificate's", append([]string{"--user-tls-cert", cert, "--user-tls-key", cert}, user...), cli.ExitError, "--user-tls-cert"},
+		{"broken allowlist", []string{"--allowlists", filepath.Dir(writeFile(t, "x"))}, cli.ExitError, "--allowlists"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out := run(t, append([]string{"serve", "--check", "--db", "postgres://nowhere.invalid/x"}, tc.args...)...)
+			if code != tc.wantCode || !strings.Contains(out, tc.want) {
+				t.Errorf("got exit %d %q, want exit %d containing %q", code, out, tc.wantCode, tc.want)
+			}
+		})
+	}
+}
+
 func writeFile(t *testing.T, content string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "f")
