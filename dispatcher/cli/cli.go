@@ -34,7 +34,7 @@ const usage = `usage: cordon-dispatcher COMMAND [flags]
 
 commands:
   migrate    --db URL                          apply schema migrations (as a superuser)
-  serve      --db URL [flags]                   serve the sidecar API (ingest, admission,
+  serve      --db URL [flags]                  serve the sidecar API (ingest, admission,
                                                credentials) over mTLS, the user API and
                                                web UI, and run anomaly and cost alerts
                                                (cordon-dispatcher serve -h lists the flags)
