@@ -13,6 +13,16 @@
 // variables). With no proxy configured the agent serves none, so the job's
 // HTTP_PROXY points at a closed port and its egress fails closed.
 //
+// With Config.NewAdmitter the agent asks the dispatcher whether the run may
+// start before it fetches anything (dispatcher/admission), heartbeats the
+// run's lease while the job runs, passes a termination order in a
+// heartbeat's answer on to the wrapper (handoff.Server.Order), and reports
+// the job's end (Finish) when the wrapper's final report arrives. With
+// Config.NewCredentials it serves the run's scoped AWS credentials on
+// loopback (sidecar/credserver), primed before the handoff serves. A run
+// refused by either is handed to the wrapper as a refusal (handoff
+// Env.Refusal): the job does not start and its stderr says why.
+//
 // It is not the job wrapper (sidecar/jobrun) and keeps no secret on disk.
 package agent
 
@@ -39,8 +49,10 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/cordon-dev/cordon/dispatcher/admission"
 	"github.com/cordon-dev/cordon/internal/audit"
 	"github.com/cordon-dev/cordon/internal/usage"
+	"github.com/cordon-dev/cordon/sidecar/credserver"
 	"github.com/cordon-dev/cordon/sidecar/handoff"
 	"github.com/cordon-dev/cordon/sidecar/jobrun"
 	"github.com/cordon-dev/cordon/sidecar/secrets"
@@ -113,11 +125,38 @@ type Config struct {
 	// Audit receives audit events (secret names accessed, handoffs). If
 	// nil, audit.Discard.
 	Audit audit.Emitter
+	// NewAdmitter builds the dispatcher's admission client once the
+	// identity is known (dispatcher/admission.Client with id.Source's
+	// mTLS). If nil, runs are not admitted, heartbeated or finished.
+	NewAdmitter func(ctx context.Context, id Identity) (Admitter, error)
+	// HeartbeatInterval is the period of the run's lease heartbeats. If
+	// zero, what the dispatcher's admission answer asks for, or 40s.
+	HeartbeatInterval time.Duration
+	// AdmitBudget is how long an unreachable dispatcher is retried for
+	// admission and credentials before the run is refused. If zero, one
+	// minute.
+	AdmitBudget time.Duration
+	// NewCredentials builds the source of the run's scoped AWS credentials
+	// once the identity is known (sidecar/credsource with id.Source's
+	// mTLS and runID). If nil, the job gets no credentials endpoint.
+	NewCredentials func(ctx context.Context, id Identity, runID string) (credserver.Source, error)
+	// CredentialsAddr is where the credentials endpoint listens; it must
+	// be loopback. If empty, 127.0.0.1:0.
+	CredentialsAddr string
 	// Executable is the binary to copy. If empty, os.Executable().
 	Executable string
 	// Logger. If nil, discarded.
 	Logger *slog.Logger
 }
+
+// Admitter is the dispatcher's admission API (dispatcher/admission.Client).
+type Admitter interface {
+	Admit(ctx context.Context, runID string) (admission.AdmitResponse, error)
+	Heartbeat(ctx context.Context, runID string) (admission.HeartbeatResponse, error)
+	Finish(ctx context.Context, runID string, req admission.FinishRequest) error
+}
+
+var _ Admitter = (*admission.Client)(nil)
 
 // Identity is the task's identity with the live SVID source (it follows
 // rotation; use it for every outbound mTLS, e.g. with go-spiffe's
@@ -193,6 +232,15 @@ func (c *Config) withDefaults() (Config, error) {
 	if d.Logger == nil {
 		d.Logger = slog.New(slog.DiscardHandler)
 	}
+	if d.AdmitBudget == 0 {
+		d.AdmitBudget = time.Minute
+	}
+	if d.CredentialsAddr == "" {
+		d.CredentialsAddr = "127.0.0.1:0"
+	}
+	if d.HeartbeatInterval < 0 || d.AdmitBudget < 0 {
+		return d, errors.New("agent: heartbeat interval and admission budget must not be negative")
+	}
 	for _, n := range d.Secrets {
 		if _, err := secrets.EnvName(n); err != nil {
 			return d, fmt.Errorf("agent: %w", err)
@@ -213,6 +261,9 @@ type Agent struct {
 	ready   chan struct{}
 	started time.Time   // when the agent started: interim reports' StartedAt
 	final   atomic.Bool // the final usage report was sent
+	// ended receives the wrapper's final result, for the lease loop's
+	// Finish (buffered: takeUsage must not block).
+	ended chan jobrun.Result
 }
 
 // Run runs the agent until ctx is done. It returns an error, and the task
@@ -223,7 +274,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	a := &Agent{cfg: c, log: c.Logger, ready: make(chan struct{}), started: time.Now().UTC()}
+	a := &Agent{cfg: c, log: c.Logger, ready: make(chan struct{}), started: time.Now().UTC(), ended: make(chan jobrun.Result, 1)}
 	return a.run(ctx)
 }
 
@@ -300,6 +351,29 @@ func (a *Agent) setUp(ctx context.Context, g *errgroup.Group) error {
 		close(delivered)
 	}
 
+	ident := Identity{JobIdentity: id, Source: src}
+	// Admission first: a refused run fetches no secret and no credential.
+	refusal, adm, interval, err := a.admit(ctx, ident, log)
+	if err != nil {
+		return err
+	}
+	extra := append([]handoff.Var(nil), c.ExtraEnv...)
+	if refusal == "" && c.NewCredentials != nil {
+		vars, why, err := a.serveCredentials(ctx, g, ident, log)
+		if err != nil {
+			return err
+		}
+		refusal = why
+		extra = append(extra, vars...)
+	}
+	if refusal != "" && adm != nil {
+		// Admitted, then refused credentials: free the slot now.
+		a.finish(ctx, adm, admission.FinishRequest{}, log)
+	}
+	if refusal != "" {
+		return a.handOutRefusal(ctx, g, id, refusal, log)
+	}
+
 	provider, err := c.Provider(ctx, id)
 	if err != nil {
 		return fmt.Errorf("agent: secrets provider: %w", err)
@@ -332,7 +406,7 @@ func (a *Agent) setUp(ctx context.Context, g *errgroup.Group) error {
 	srv, err := handoff.Listen(handoff.ServerConfig{
 		Socket: SocketPath(c.SharedDir),
 		UID:    c.JobUID,
-		Env:    handoff.Env{Secrets: values, ProxyURL: "http://" + c.ProxyAddr, Extra: c.ExtraEnv},
+		Env:    handoff.Env{Secrets: values, ProxyURL: "http://" + c.ProxyAddr, Extra: extra},
 		OnHandoff: func(uid, pid int) {
 			a.emit(id, "SECRETS_HANDED_OFF", audit.ResultSuccess, map[string]any{"peer_uid": uid, "peer_pid": pid, "names": names})
 		},
@@ -374,6 +448,9 @@ func (a *Agent) setUp(ctx context.Context, g *errgroup.Group) error {
 	log.Info("agent ready", "shared_dir", c.SharedDir, "job_uid", c.JobUID)
 	if c.UsageInterval > 0 && c.Usage != nil {
 		g.Go(func() error { a.interimReports(ctx, id); return nil })
+	}
+	if adm != nil {
+		g.Go(func() error { a.keepLease(ctx, adm, srv, interval, log); return nil })
 	}
 	return nil
 }
@@ -471,6 +548,10 @@ func (a *Agent) takeUsage(id JobIdentity, raw json.RawMessage) error {
 		"exit_code": exit, "timed_out": res.TimedOut, "denials": r.Denials, "redactions": r.Redactions})
 	if a.cfg.Usage != nil && !a.final.Swap(true) {
 		a.cfg.Usage.Emit(r)
+	}
+	select {
+	case a.ended <- res:
+	default: // the handoff takes one report; nothing else sends
 	}
 	return nil
 }

@@ -107,6 +107,21 @@ func New(cfg Config) (*Confiner, error) {
 	return &Confiner{cfg: cfg, log: log, level: bpf.LevelNetworkOnly}, nil
 }
 
+// AllowLoopbackEndpoint lets the job reach addr directly: the agent's
+// scoped-credentials endpoint on loopback (sidecar/credserver), which the
+// SDKs call without the proxy. It must be a loopback address and is
+// called before Setup. bpf.Policy has no single-port entries, so the
+// address's whole host is allowed (/32 or /128): on Fargate the loopback
+// is shared only by the job and the Cordon sidecar.
+func (c *Confiner) AllowLoopbackEndpoint(addr netip.AddrPort) error {
+	a := addr.Addr().Unmap()
+	if !a.IsLoopback() {
+		return fmt.Errorf("confine: %s is not a loopback address; only the agent's loopback endpoints are allowed directly", addr)
+	}
+	c.cfg.AllowCIDRs = append(append([]netip.Prefix(nil), c.cfg.AllowCIDRs...), netip.PrefixFrom(a, a.BitLen()))
+	return nil
+}
+
 // Level is the enforcement level: bpf.LevelCgroupEBPF once Setup attached
 // the programs, else bpf.LevelNetworkOnly.
 func (c *Confiner) Level() string { return c.level }

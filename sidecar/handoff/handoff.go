@@ -14,8 +14,17 @@
 // being non-dumpable, out of its reach through /proc). One report is
 // accepted.
 //
+// A run the agent refused (admission, or credentials the dispatcher would
+// not issue) is handed out as a refusal instead of an env: Fetch returns a
+// *RunRefusedError with the reason, and the wrapper prints it and exits
+// without starting the job.
+//
+// While the job runs the wrapper may watch (with the same token) for an
+// order from the agent: the agent's Order (a termination the dispatcher
+// ordered) is answered to every watcher, which stops the job.
+//
 // The protocol is one JSON request line from the client, one JSON answer
-// from the server, then close. It is not a general secrets API: there is
+// from the server, then close (a watch's answer waits for an order). It is not a general secrets API: there is
 // no selection and no second chance.
 package handoff
 
@@ -39,8 +48,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// request is what the client sends: Op "env", or Op "report" with the
-// token and the usage report.
+// request is what the client sends: Op "env", Op "report" with the token
+// and the usage report, or Op "watch" with the token.
 type request struct {
 	Op     string          `json:"op"`
 	Token  string          `json:"token,omitempty"`
@@ -59,6 +68,18 @@ type message struct {
 	ProxyURL    string            `json:"proxy_url,omitempty"`
 	Extra       []Var             `json:"extra,omitempty"`
 	Error       string            `json:"error,omitempty"`
+	Refused     string            `json:"refused,omitempty"`
+	Order       *Order            `json:"order,omitempty"`
+}
+
+// Order is what the agent orders the wrapper to do while the job runs:
+// stop it (SIGTERM to its process group, Grace, SIGKILL).
+type Order struct {
+	// Reason is why, as the dispatcher said it; shown on the job's stderr.
+	Reason string `json:"reason"`
+	// Grace is the time between SIGTERM and SIGKILL. If zero, the
+	// wrapper's own grace.
+	Grace time.Duration `json:"grace"`
 }
 
 // Var is an environment variable Cordon sets for the job besides its
@@ -80,9 +101,14 @@ type Env struct {
 	Secrets  map[string]string
 	ProxyURL string // if empty, the wrapper's default
 	Extra    []Var
-	// ReportToken authenticates the wrapper's usage report (set by Fetch;
-	// ignored in ServerConfig, where the server makes its own).
+	// ReportToken authenticates the wrapper's usage report and its watch
+	// (set by Fetch; ignored in ServerConfig, where the server makes its
+	// own).
 	ReportToken string
+	// Refusal, when not empty, is why the run may not start: the env op
+	// answers with it instead of the env (Fetch returns *RunRefusedError)
+	// and takes no report. If empty, the run starts.
+	Refusal string
 }
 
 // ServerConfig configures a Server.
@@ -119,6 +145,10 @@ type Server struct {
 	env      *Env
 	served   bool
 	reported bool
+	order    *Order
+	ordered  chan struct{} // closed by the first Order
+
+	closing chan struct{} // closed by Close: watchers give up
 
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -178,7 +208,8 @@ func Listen(cfg ServerConfig) (*Server, error) {
 	if _, err := rand.Read(tok[:]); err != nil {
 		return fail(fmt.Errorf("handoff: report token: %w", err))
 	}
-	return &Server{cfg: cfg, log: log, ln: ln, env: &env, token: hex.EncodeToString(tok[:])}, nil
+	return &Server{cfg: cfg, log: log, ln: ln, env: &env, token: hex.EncodeToString(tok[:]),
+		ordered: make(chan struct{}), closing: make(chan struct{})}, nil
 }
 
 // Served reports whether the env was handed out.
@@ -220,6 +251,7 @@ func (s *Server) Serve(ctx context.Context) error {
 func (s *Server) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
+		close(s.closing)
 		err = s.ln.Close()
 		if rerr := os.Remove(s.cfg.Socket); rerr != nil && !errors.Is(rerr, os.ErrNotExist) && err == nil {
 			err = rerr
@@ -254,6 +286,8 @@ func (s *Server) handle(conn *net.UnixConn) {
 		s.handOut(conn, uid, pid)
 	case "report":
 		s.takeReport(conn, uid, pid, req)
+	case "watch":
+		s.watch(conn, uid, pid, req)
 	default:
 		s.refuse(conn, uid, pid, fmt.Sprintf("unknown op %.32q", req.Op))
 	}
@@ -269,7 +303,19 @@ func (s *Server) handOut(conn *net.UnixConn, uid, pid int) {
 	}
 	s.served = true
 	s.env = nil // drop the server's reference: the secrets live on only in the job
+	if env.Refusal != "" {
+		s.reported = true // no job, no report
+	}
 	s.mu.Unlock()
+
+	if env.Refusal != "" {
+		if err := json.NewEncoder(conn).Encode(message{Version: protocolVersion, Refused: env.Refusal}); err != nil {
+			s.log.Error("handoff write failed", "peer_uid", uid, "peer_pid", pid, "err", err)
+			return
+		}
+		s.log.Info("run refusal handed out", "peer_uid", uid, "peer_pid", pid)
+		return
+	}
 
 	err := json.NewEncoder(conn).Encode(message{Version: protocolVersion, Secrets: env.Secrets, ProxyURL: env.ProxyURL, Extra: env.Extra, ReportToken: s.token})
 	if err != nil {
@@ -309,6 +355,43 @@ func (s *Server) takeReport(conn *net.UnixConn, uid, pid int, req request) {
 	s.log.Info("usage report taken", "peer_uid", uid, "peer_pid", pid)
 }
 
+// Order orders the wrapper's watches (now or when they come) to stop the
+// job. The first order stands; later ones are ignored. It does not block.
+func (s *Server) Order(o Order) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.order != nil {
+		return
+	}
+	s.order = &o
+	close(s.ordered)
+}
+
+// watch answers when the agent orders something, or with an error when the
+// server closes.
+func (s *Server) watch(conn *net.UnixConn, uid, pid int, req request) {
+	if subtle.ConstantTimeCompare([]byte(req.Token), []byte(s.token)) != 1 {
+		s.refuse(conn, uid, pid, "watch with a wrong token")
+		return
+	}
+	_ = conn.SetDeadline(time.Time{}) // the answer comes when there is an order
+	select {
+	case <-s.ordered:
+		s.mu.Lock()
+		o := *s.order
+		s.mu.Unlock()
+		_ = conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		if err := json.NewEncoder(conn).Encode(message{Version: protocolVersion, Order: &o}); err != nil {
+			s.log.Error("handoff order write failed", "peer_uid", uid, "peer_pid", pid, "err", err)
+			return
+		}
+		s.log.Info("order handed out", "peer_uid", uid, "peer_pid", pid)
+	case <-s.closing:
+		_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
+		_ = json.NewEncoder(conn).Encode(message{Version: protocolVersion, Error: "the agent is stopping"})
+	}
+}
+
 func (s *Server) refuse(conn *net.UnixConn, uid, pid int, reason string) {
 	s.log.Warn("handoff refused", "peer_uid", uid, "peer_pid", pid, "reason", reason)
 	_ = json.NewEncoder(conn).Encode(message{Version: protocolVersion, Error: reason})
@@ -338,6 +421,14 @@ func peerCred(conn *net.UnixConn) (uid, pid int, err error) {
 // ErrRefused is wrapped by Fetch's error when the agent refused.
 var ErrRefused = errors.New("agent refused the handoff")
 
+// RunRefusedError is Fetch's error for a run the agent refused to start
+// (Env.Refusal): the job must not start, and Reason says why.
+type RunRefusedError struct {
+	Reason string
+}
+
+func (e *RunRefusedError) Error() string { return "run refused: " + e.Reason }
+
 // Fetch asks the agent at socket for the env. It fails when the agent is
 // not there, refuses, or answers with anything but one valid message. The
 // returned Env's ReportToken is for Report and must not reach the job.
@@ -345,6 +436,9 @@ func Fetch(ctx context.Context, socket string) (Env, error) {
 	m, err := call(ctx, socket, request{Op: "env"})
 	if err != nil {
 		return Env{}, fmt.Errorf("ask the agent for the job's env: %w", err)
+	}
+	if m.Refused != "" {
+		return Env{}, &RunRefusedError{Reason: m.Refused}
 	}
 	if m.Secrets == nil {
 		m.Secrets = map[string]string{}
@@ -365,6 +459,20 @@ func Report(ctx context.Context, socket, token string, report any) error {
 	return nil
 }
 
+// Watch waits, until ctx ends, for an order from the agent, with the token
+// Fetch returned. It returns an error when the agent closes or is not
+// there; the caller decides whether to watch again.
+func Watch(ctx context.Context, socket, token string) (Order, error) {
+	m, err := call(ctx, socket, request{Op: "watch", Token: token})
+	if err != nil {
+		return Order{}, fmt.Errorf("watch for the agent's orders: %w", err)
+	}
+	if m.Order == nil {
+		return Order{}, fmt.Errorf("watch for the agent's orders: agent at %s answered without an order", socket)
+	}
+	return *m.Order, nil
+}
+
 func call(ctx context.Context, socket string, req request) (message, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", socket)
@@ -374,9 +482,12 @@ func call(ctx context.Context, socket string, req request) (message, error) {
 	defer conn.Close()
 	if dl, ok := ctx.Deadline(); ok {
 		_ = conn.SetDeadline(dl)
-	} else {
+	} else if req.Op != "watch" {
 		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
 	}
+	// A watch without a deadline ends with ctx.
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
 	b, err := json.Marshal(req)
 	if err != nil {
 		return message{}, err

@@ -191,3 +191,102 @@ func TestMalformedRequestRefused(t *testing.T) {
 		t.Fatal("a malformed request consumed the handoff")
 	}
 }
+
+// TestRefusedRunHandsOutOnlyTheReason: a refused run's env op answers with
+// the reason (no secrets, no token), once, and takes no report.
+func TestRefusedRunHandsOutOnlyTheReason(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	_, stop := serve(t, ServerConfig{Socket: sock, UID: os.Getuid(),
+		Env:      Env{Secrets: map[string]string{"k": "never-handed"}, Refusal: "org acme is at its concurrency limit (0)"},
+		OnReport: func(json.RawMessage) error { t.Error("report taken for a refused run"); return nil }})
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	env, err := Fetch(ctx, sock)
+	var rr *RunRefusedError
+	if !errors.As(err, &rr) {
+		t.Fatalf("Fetch: got env %+v, err %v; want *RunRefusedError", env, err)
+	}
+	if rr.Reason != "org acme is at its concurrency limit (0)" {
+		t.Errorf("reason: got %q, want the agent's", rr.Reason)
+	}
+	if _, err := Fetch(ctx, sock); !errors.Is(err, ErrRefused) {
+		t.Errorf("second Fetch: got %v, want ErrRefused", err)
+	}
+	if err := Report(ctx, sock, "", map[string]int{"exit_code": 0}); err == nil {
+		t.Error("report of a refused run accepted")
+	}
+}
+
+// TestWatchGetsTheOrder: a watch with the token waits for the agent's
+// order; one with a wrong token is refused at once; a watch still waiting
+// when the server closes ends with an error.
+func TestWatchGetsTheOrder(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	srv, stop := serve(t, ServerConfig{Socket: sock, UID: os.Getuid(), Env: Env{}})
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	env, err := Fetch(ctx, sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Watch(ctx, sock, "wrong"); !errors.Is(err, ErrRefused) {
+		t.Fatalf("watch with a wrong token: got %v, want ErrRefused", err)
+	}
+	got := make(chan Order, 1)
+	werr := make(chan error, 1)
+	go func() {
+		o, err := Watch(context.Background(), sock, env.ReportToken)
+		got <- o
+		werr <- err
+	}()
+	select {
+	case o := <-got:
+		t.Fatalf("watch answered before any order: %+v, %v", o, <-werr)
+	case <-time.After(200 * time.Millisecond):
+	}
+	srv.Order(Order{Reason: "anomaly: egress 40x baseline", Grace: 3 * time.Second})
+	srv.Order(Order{Reason: "second order, ignored"})
+	o := <-got
+	if err := <-werr; err != nil {
+		t.Fatalf("watch: %v", err)
+	}
+	if o.Reason != "anomaly: egress 40x baseline" || o.Grace != 3*time.Second {
+		t.Errorf("order: got %+v, want the first one", o)
+	}
+	// A late watch gets the standing order at once.
+	if o, err := Watch(ctx, sock, env.ReportToken); err != nil || o.Reason != "anomaly: egress 40x baseline" {
+		t.Errorf("late watch: got %+v, %v", o, err)
+	}
+}
+
+func TestWatchEndsWhenServerCloses(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	_, stop := serve(t, ServerConfig{Socket: sock, UID: os.Getuid(), Env: Env{}})
+	env, err := Fetch(context.Background(), sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	werr := make(chan error, 1)
+	go func() { _, err := Watch(context.Background(), sock, env.ReportToken); werr <- err }()
+	time.Sleep(100 * time.Millisecond)
+	stop()
+	select {
+	case err := <-werr:
+		if err == nil {
+			t.Error("watch: got nil error after the server closed, want one")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("watch still waiting 5s after the server closed")
+	}
+	// A watch cut by its own ctx ends too.
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := Watch(ctx, sock, env.ReportToken); err == nil {
+		t.Error("watch of a closed server: got nil error")
+	}
+}

@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
+	"net/url"
 	"os"
 	"os/exec"
+	"sync"
 	"time"
 
 	"github.com/cordon-dev/cordon/sidecar/secrets"
@@ -39,6 +42,11 @@ type Options struct {
 	// SendReport gives the agent the run's usage when the job got its env
 	// from the agent. If nil, the usage goes only to stderr or UsageFile.
 	SendReport func(ctx context.Context, socket, token string, res Result) error
+	// Watch waits (until ctx ends) for the agent's order to stop the job,
+	// with the report token; Main watches while the job runs and stops the
+	// job on an order. If nil, or when the env did not come from the
+	// agent, nothing is watched.
+	Watch func(ctx context.Context, socket, token string) (Termination, error)
 	// Confiner confines the job beyond its env (sidecar/confine: a cgroup
 	// with eBPF hooks, no CAP_NET_RAW). If nil, none, and the result's
 	// Enforcement stays empty.
@@ -54,6 +62,19 @@ type AgentEnv struct {
 	// never reaches the job.
 	ReportToken string
 }
+
+// ExitRefused is the wrapper's exit code when the run was refused before
+// the job started (EX_TEMPFAIL, as dispatcher/admission asks).
+const ExitRefused = 75
+
+// RefusedError is FetchEnv's error for a run the agent refused (admission,
+// scoped credentials): Main prints "cordon: run refused: <Reason>" on
+// stderr and exits ExitRefused without starting the job.
+type RefusedError struct {
+	Reason string
+}
+
+func (e *RefusedError) Error() string { return "run refused: " + e.Reason }
 
 // Validate rejects contradictory options. The scrubber is built from the
 // secrets later, so Run.Scrubber may be nil here.
@@ -108,6 +129,11 @@ func Main(ctx context.Context, o Options) int {
 		var env AgentEnv
 		env, err = o.FetchEnv(ctx, socket)
 		values, proxyURL, extra, token = env.Secrets, env.ProxyURL, env.Extra, env.ReportToken
+		var refused *RefusedError
+		if errors.As(err, &refused) {
+			fmt.Fprintf(stderr, "cordon: run refused: %s\n", refused.Reason)
+			return ExitRefused
+		}
 	}
 	if err != nil {
 		return fail(fmt.Errorf("job not started: %w", err))
@@ -143,6 +169,9 @@ func Main(ctx context.Context, o Options) int {
 	cfg.Extra = extra
 	cfg.Scrubber = scr
 	if o.Confiner != nil {
+		if err := allowEndpoints(o.Confiner, extra); err != nil {
+			return fail(fmt.Errorf("job not started: %w", err))
+		}
 		proxy := cfg.ProxyURL
 		if proxy == "" {
 			proxy = DefaultProxyURL
@@ -153,7 +182,21 @@ func Main(ctx context.Context, o Options) int {
 		}
 		cfg.Prepare = o.Confiner.Apply
 	}
+	var watching sync.WaitGroup
+	stopWatch := func() {}
+	if socket != "" && o.Watch != nil {
+		orders := make(chan Termination, 1)
+		cfg.Orders = orders
+		wctx, cancel := context.WithCancel(ctx)
+		stopWatch = func() { cancel(); watching.Wait() }
+		watching.Add(1)
+		go func() {
+			defer watching.Done()
+			watchOrders(wctx, o.Watch, socket, token, orders)
+		}()
+	}
 	res, err := Run(ctx, cfg)
+	stopWatch()
 	if o.Confiner != nil {
 		o.Confiner.Finish(&res)
 	}
@@ -184,6 +227,58 @@ func Main(ctx context.Context, o Options) int {
 		cancel()
 	}
 	return res.ExitCode
+}
+
+// credentialsURIVar is sidecar/credserver's EnvFullURI: the job's SDKs
+// call it directly, not through the proxy.
+const credentialsURIVar = "AWS_CONTAINER_CREDENTIALS_FULL_URI"
+
+// allowEndpoints lets a confined job reach the agent's credentials
+// endpoint (a loopback URL), when the Confiner can allow it.
+func allowEndpoints(c Confiner, extra []ExtraVar) error {
+	al, ok := c.(interface {
+		AllowLoopbackEndpoint(netip.AddrPort) error
+	})
+	if !ok {
+		return nil
+	}
+	for _, e := range extra {
+		if e.Name != credentialsURIVar {
+			continue
+		}
+		u, err := url.Parse(e.Value)
+		if err != nil {
+			return fmt.Errorf("%s: not a URL", credentialsURIVar)
+		}
+		ap, err := netip.ParseAddrPort(u.Host)
+		if err != nil {
+			return fmt.Errorf("%s: want http://IP:PORT/...: %w", credentialsURIVar, err)
+		}
+		if err := al.AllowLoopbackEndpoint(ap); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// watchOrders waits for the agent's order and passes the first one on. A
+// failed watch (the agent restarting) is tried again after a pause until
+// ctx ends: losing the order would leave a job running that the
+// dispatcher ordered stopped.
+func watchOrders(ctx context.Context, watch func(ctx context.Context, socket, token string) (Termination, error),
+	socket, token string, orders chan<- Termination) {
+	for {
+		o, err := watch(ctx, socket, token)
+		if err == nil {
+			orders <- o
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // usageLine is the summary's shape: one JSON object, tagged so a log

@@ -94,17 +94,32 @@ type Config struct {
 	// without an init): it reaps children it did not start. If false, only
 	// the job is waited for.
 	ReapOrphans bool
+	// Orders, if set, delivers an order to stop the job (the dispatcher's
+	// termination, through the agent): SIGTERM to its group, the order's
+	// Grace (or Grace), SIGKILL. If nil, none.
+	Orders <-chan Termination
 	// Prepare is called with the job's command just before it starts
 	// (Confiner.Apply); an error means it does not start. If nil, none.
 	Prepare func(cmd *exec.Cmd) error
 }
 
+// Termination is an order to stop the job.
+type Termination struct {
+	Reason string        // shown on the job's stderr
+	Grace  time.Duration // if zero, Config.Grace
+}
+
 // Result is what Run measured. Field names follow usage.Report.
 type Result struct {
-	ExitCode   int           `json:"exit_code"`
-	Signal     int           `json:"signal,omitempty"` // the signal that killed the job, if any
-	TimedOut   bool          `json:"timed_out"`
-	Forwarded  int           `json:"signals_forwarded"`
+	ExitCode  int  `json:"exit_code"`
+	Signal    int  `json:"signal,omitempty"` // the signal that killed the job, if any
+	TimedOut  bool `json:"timed_out"`
+	Forwarded int  `json:"signals_forwarded"`
+	// Terminated is true when an order (Config.Orders) stopped the job, and
+	// SignalSent the last signal Cordon sent its group then or on a timeout
+	// ("SIGTERM", "SIGKILL").
+	Terminated bool          `json:"terminated,omitempty"`
+	SignalSent string        `json:"signal_sent,omitempty"`
 	StartDelay time.Duration `json:"-"`
 
 	CPUUserSeconds   float64 `json:"cpu_user_seconds"`
@@ -300,16 +315,18 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		deadline = t.C
 	}
 	var killTimer <-chan time.Time
-	terminate := func(why string) {
+	terminate := func(why string, grace time.Duration) {
 		if killTimer != nil {
 			return
 		}
-		fmt.Fprintf(stderr, "cordon-sidecar: %s: sending SIGTERM to the job's process group, SIGKILL in %s\n", why, c.Grace)
-		c.Logger.Warn("terminating job", "reason", why, "grace", c.Grace)
+		fmt.Fprintf(stderr, "cordon-sidecar: %s: sending SIGTERM to the job's process group, SIGKILL in %s\n", why, grace)
+		c.Logger.Warn("terminating job", "reason", why, "grace", grace)
 		_ = syscall.Kill(-pgid, syscall.SIGTERM)
-		killTimer = time.After(c.Grace)
+		res.SignalSent = "SIGTERM"
+		killTimer = time.After(grace)
 	}
 	ctxDone := ctx.Done()
+	orders := c.Orders
 
 	var ps exitInfo
 loop:
@@ -326,14 +343,23 @@ loop:
 		case <-deadline:
 			deadline = nil
 			res.TimedOut = true
-			terminate(fmt.Sprintf("job exceeded its timeout of %s", c.Timeout))
+			terminate(fmt.Sprintf("job exceeded its timeout of %s", c.Timeout), c.Grace)
 		case <-ctxDone:
 			ctxDone = nil
-			terminate("run cancelled")
+			terminate("run cancelled", c.Grace)
+		case o := <-orders:
+			orders = nil
+			res.Terminated = true
+			grace := o.Grace
+			if grace <= 0 {
+				grace = c.Grace
+			}
+			terminate(fmt.Sprintf("the dispatcher ordered this run stopped (%.200q)", o.Reason), grace)
 		case <-killTimer:
 			fmt.Fprintf(stderr, "cordon-sidecar: job still running %s after SIGTERM: sending SIGKILL to its process group\n", c.Grace)
 			c.Logger.Warn("killing job", "grace", c.Grace)
 			_ = syscall.Kill(-pgid, syscall.SIGKILL)
+			res.SignalSent = "SIGKILL"
 			killTimer = nil
 		}
 	}

@@ -169,7 +169,7 @@ func TestAgentDeliversToDispatcher(t *testing.T) {
 		"--secrets", "monad_rpc_key", "--shared-dir", shared, "--allowlists", writeAllowlist(t, port),
 		"--unsafe-allow-cidr", "127.0.0.0/8", "--proxy-addr", proxyAddr,
 		"--dispatcher", "https://"+d.addr, "--spool-dir", spoolDir, "--retry-max-backoff", "300ms",
-		"--usage-interval", "200ms", "--run-id", "run-e2e-1")
+		"--usage-interval", "200ms", "--run-id", "run-e2e-1", "--admission=false")
 	d.logs = a.Logs
 	d.quit = func() { a.cmd.Process.Signal(syscall.SIGQUIT) }
 	c := proxyClient(proxyAddr)

@@ -17,6 +17,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -29,9 +30,12 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/cordon-dev/cordon/dispatcher/admission"
 	"github.com/cordon-dev/cordon/dispatcher/ingestclient"
 	"github.com/cordon-dev/cordon/sidecar/agent"
 	"github.com/cordon-dev/cordon/sidecar/confine"
+	"github.com/cordon-dev/cordon/sidecar/credserver"
+	"github.com/cordon-dev/cordon/sidecar/credsource"
 	"github.com/cordon-dev/cordon/sidecar/delivery"
 	"github.com/cordon-dev/cordon/sidecar/egress"
 	"github.com/cordon-dev/cordon/sidecar/handoff"
@@ -121,6 +125,10 @@ func runCmd(args []string, begin time.Time) int {
 	o.Run.ReapOrphans = os.Getpid() == 1
 	o.FetchEnv = func(ctx context.Context, socket string) (jobrun.AgentEnv, error) {
 		env, err := handoff.Fetch(ctx, socket)
+		var refused *handoff.RunRefusedError
+		if errors.As(err, &refused) {
+			return jobrun.AgentEnv{}, &jobrun.RefusedError{Reason: refused.Reason}
+		}
 		if err != nil {
 			return jobrun.AgentEnv{}, err
 		}
@@ -132,6 +140,10 @@ func runCmd(args []string, begin time.Time) int {
 	}
 	o.SendReport = func(ctx context.Context, socket, token string, res jobrun.Result) error {
 		return handoff.Report(ctx, socket, token, res)
+	}
+	o.Watch = func(ctx context.Context, socket, token string) (jobrun.Termination, error) {
+		order, err := handoff.Watch(ctx, socket, token)
+		return jobrun.Termination{Reason: order.Reason, Grace: order.Grace}, err
 	}
 	return jobrun.Main(context.Background(), o)
 }
@@ -175,7 +187,10 @@ func agentCmd(args []string) int {
 	fs.Int64Var(&dc.MaxBytes, "spool-max-bytes", 64<<20, "bound on the spool's size on disk")
 	fs.DurationVar(&dc.MaxBackoff, "retry-max-backoff", time.Minute, "longest wait between deliveries while the dispatcher is unreachable")
 	fs.DurationVar(&cfg.UsageInterval, "usage-interval", time.Minute, "period of interim usage reports of a long job (0: final report only)")
-	fs.StringVar(&cfg.RunID, "run-id", "", "run ID the usage reports carry (default: none)")
+	fs.StringVar(&cfg.RunID, "run-id", "", "run ID of admission, credentials and usage reports (default: a fresh UUIDv7)")
+	admit := fs.Bool("admission", true, "ask the dispatcher to admit the run before the job starts, heartbeat its lease and carry out termination orders (with --dispatcher)")
+	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", 0, "period of the run's lease heartbeats (default: what the dispatcher asks, a third of the lease)")
+	datasetsFile := fs.String("datasets-file", "", "the job's dataset declaration (JSON) for scoped AWS credentials (or $"+credsource.EnvDatasets+"; needs --dispatcher)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -202,6 +217,26 @@ func agentCmd(args []string) int {
 		fmt.Fprintln(os.Stderr, "cordon-sidecar agent: --dispatcher-id needs --dispatcher")
 		return 2
 	}
+	decl, haveDecl, err := credsource.LoadDeclaration(*datasetsFile, os.Getenv(credsource.EnvDatasets))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "cordon-sidecar agent: %v\n", err)
+		return 2
+	}
+	if haveDecl && dispatcher == "" {
+		fmt.Fprintln(os.Stderr, "cordon-sidecar agent: a dataset declaration needs --dispatcher (the credentials come from it)")
+		return 2
+	}
+	// The dispatcher's SPIFFE ID, in the SVID's trust domain unless given.
+	serverID := func(id agent.Identity) (spiffeid.ID, error) {
+		if dispatcherID != "" {
+			sid, err := spiffeid.FromString(dispatcherID)
+			if err != nil {
+				return spiffeid.ID{}, fmt.Errorf("--dispatcher-id %q: %w", dispatcherID, err)
+			}
+			return sid, nil
+		}
+		return spiffeid.FromPath(id.ID.TrustDomain(), "/dispatcher")
+	}
 	var counter egress.Counter
 	ec.Counter = &counter
 	ec.Logger = log
@@ -217,20 +252,34 @@ func agentCmd(args []string) int {
 		cfg.Audit = d.Events()
 		cfg.Usage = d.Usage()
 		cfg.Deliver = func(ctx context.Context, id agent.Identity) error {
-			server, err := spiffeid.FromPath(id.ID.TrustDomain(), "/dispatcher")
+			server, err := serverID(id)
 			if err != nil {
 				return err
-			}
-			if dispatcherID != "" {
-				if server, err = spiffeid.FromString(dispatcherID); err != nil {
-					return fmt.Errorf("--dispatcher-id %q: %w", dispatcherID, err)
-				}
 			}
 			// A request that hangs (a dispatcher mid-restart) is abandoned and
 			// retried well before the spool notices nothing moves.
 			client := ingestclient.New(dispatcher, delivery.ClientTLS(id.Source, id.Source, server), ingestclient.WithTimeout(10*time.Second))
 			defer client.Close()
 			return d.Run(ctx, client)
+		}
+		if *admit {
+			cfg.NewAdmitter = func(ctx context.Context, id agent.Identity) (agent.Admitter, error) {
+				server, err := serverID(id)
+				if err != nil {
+					return nil, err
+				}
+				return admission.NewClient(dispatcher, delivery.ClientTLS(id.Source, id.Source, server), 10*time.Second), nil
+			}
+		}
+		if haveDecl {
+			cfg.NewCredentials = func(ctx context.Context, id agent.Identity, runID string) (credserver.Source, error) {
+				server, err := serverID(id)
+				if err != nil {
+					return nil, err
+				}
+				return credsource.New(credsource.Config{URL: dispatcher, RunID: runID, Declaration: decl,
+					TLS: credsource.TLSConfig(id.Source, id.Source, server)})
+			}
 		}
 	} else {
 		log.Warn("reporting off: no --dispatcher, audit events and usage are only logged")
