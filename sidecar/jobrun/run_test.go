@@ -7,6 +7,7 @@ import (
 	"io"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -292,5 +293,42 @@ func TestRunNeedsScrubber(t *testing.T) {
 	_, err := Run(context.Background(), Config{Command: []string{"/bin/true"}})
 	if err == nil || !strings.Contains(err.Error(), "scrubber") {
 		t.Fatalf("got %v, want an error about the missing scrubber", err)
+	}
+}
+
+// TestRunTerminationOrder: an order stops the job with SIGTERM, then
+// SIGKILL after the order's grace when the job ignores SIGTERM; the result
+// says it was terminated and which signal was sent last.
+func TestRunTerminationOrder(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		script     string
+		wantExit   int
+		wantSignal string
+	}{
+		{"honours SIGTERM", "sleep 30 & wait", 128 + int(syscall.SIGTERM), "SIGTERM"},
+		{"ignores SIGTERM", "trap '' TERM; sleep 30", 128 + int(syscall.SIGKILL), "SIGKILL"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			orders := make(chan Termination, 1)
+			start := time.Now()
+			go func() {
+				time.Sleep(200 * time.Millisecond)
+				orders <- Termination{Reason: "test order", Grace: 300 * time.Millisecond}
+			}()
+			res, _, stderr, err := runSh(t, tc.script, func(c *Config) { c.Orders = orders; c.Grace = time.Minute })
+			if err != nil {
+				t.Fatal(err)
+			}
+			if took := time.Since(start); took > 10*time.Second {
+				t.Errorf("job stopped after %s, want within the order's grace", took)
+			}
+			if !res.Terminated || res.ExitCode != tc.wantExit || res.SignalSent != tc.wantSignal {
+				t.Errorf("got terminated %v, exit %d, signal %q; want true, %d, %q", res.Terminated, res.ExitCode, res.SignalSent, tc.wantExit, tc.wantSignal)
+			}
+			if !strings.Contains(stderr, "test order") {
+				t.Errorf("stderr %q: want the order's reason", stderr)
+			}
+		})
 	}
 }
