@@ -11,7 +11,7 @@
 #                          (default ${TMPDIR:-/tmp}/cordon-stack)
 #   COMPOSE_PROJECT_NAME   compose project (default cordon)
 #   CORDON_ALLOWLISTS      allowlist directory (default deploy/allowlists)
-#   CORDON_OUTSIDE_SUBNET  the outside network (default 172.30.254.0/24)
+#   CORDON_OUTSIDE_SUBNET  the outside network (default 10.203.254.0/24)
 #   CORDON_TAG             image tag (default dev; build with `make images`)
 #   CORDON_SECRETS_JSON    {"name":"value"} the file provider serves
 #                          (default: two made-up demo secrets)
@@ -23,7 +23,7 @@ root=$(cd "$here/../.." && pwd)
 export CORDON_RUN_DIR=${CORDON_RUN_DIR:-${TMPDIR:-/tmp}/cordon-stack}
 export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-cordon}
 export CORDON_ALLOWLISTS=${CORDON_ALLOWLISTS:-$root/deploy/allowlists}
-export CORDON_OUTSIDE_SUBNET=${CORDON_OUTSIDE_SUBNET:-172.30.254.0/24}
+export CORDON_OUTSIDE_SUBNET=${CORDON_OUTSIDE_SUBNET:-10.203.254.0/24}
 export CORDON_TAG=${CORDON_TAG:-dev}
 uid=65532 # the images' user
 

@@ -189,11 +189,12 @@ func startStack(t *testing.T, ctx context.Context, root string, allowlist []byte
 		t.Fatal(err)
 	}
 	// Docker picks the internal network's subnet; the outside one is ours
-	// to name (the gateway's --unsafe-allow-cidr), so pick a random /24 and
-	// try another if a network already holds it.
+	// to name (the gateway's --unsafe-allow-cidr), so pick a random /24
+	// outside Docker's default pools (172.17-31/16, 192.168/16, where
+	// other stacks' networks land) and try another if one already holds it.
 	for attempt := 0; ; attempt++ {
 		n, _ := rand.Int(rand.Reader, big.NewInt(250))
-		s.subnet = fmt.Sprintf("172.30.%d.0/24", n.Int64()+1)
+		s.subnet = fmt.Sprintf("10.203.%d.0/24", n.Int64()+1)
 		out, errOut, code := run(t, ctx, s.dir, append(s.env(), "CORDON_SECRETS_JSON="+string(js)), "./up.sh")
 		if code == 0 {
 			break
