@@ -49,9 +49,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/cordon-dev/cordon/dispatcher/admission"
 	"github.com/cordon-dev/cordon/internal/audit"
 	"github.com/cordon-dev/cordon/internal/usage"
+	"github.com/cordon-dev/cordon/sidecar/admit"
 	"github.com/cordon-dev/cordon/sidecar/credserver"
 	"github.com/cordon-dev/cordon/sidecar/handoff"
 	"github.com/cordon-dev/cordon/sidecar/jobrun"
@@ -126,7 +126,7 @@ type Config struct {
 	// nil, audit.Discard.
 	Audit audit.Emitter
 	// NewAdmitter builds the dispatcher's admission client once the
-	// identity is known (dispatcher/admission.Client with id.Source's
+	// identity is known (sidecar/admit.Client with id.Source's
 	// mTLS). If nil, runs are not admitted, heartbeated or finished.
 	NewAdmitter func(ctx context.Context, id Identity) (Admitter, error)
 	// HeartbeatInterval is the period of the run's lease heartbeats. If
@@ -149,14 +149,14 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Admitter is the dispatcher's admission API (dispatcher/admission.Client).
+// Admitter is the dispatcher's admission API (sidecar/admit.Client).
 type Admitter interface {
-	Admit(ctx context.Context, runID string) (admission.AdmitResponse, error)
-	Heartbeat(ctx context.Context, runID string) (admission.HeartbeatResponse, error)
-	Finish(ctx context.Context, runID string, req admission.FinishRequest) error
+	Admit(ctx context.Context, runID string) (admit.AdmitResponse, error)
+	Heartbeat(ctx context.Context, runID string) (admit.HeartbeatResponse, error)
+	Finish(ctx context.Context, runID string, req admit.FinishRequest) error
 }
 
-var _ Admitter = (*admission.Client)(nil)
+var _ Admitter = (*admit.Client)(nil)
 
 // Identity is the task's identity with the live SVID source (it follows
 // rotation; use it for every outbound mTLS, e.g. with go-spiffe's
@@ -306,7 +306,7 @@ func (a *Agent) run(ctx context.Context) error {
 }
 
 // setUp does steps 2-4 in order; any failure ends the agent.
-func (a *Agent) setUp(ctx context.Context, g *errgroup.Group) error {
+func (a *Agent) setUp(ctx context.Context, g *errgroup.Group) (err error) {
 	c := a.cfg
 	var opts []workloadapi.X509SourceOption
 	if c.WorkloadAPIAddr != "" {
@@ -357,6 +357,16 @@ func (a *Agent) setUp(ctx context.Context, g *errgroup.Group) error {
 	if err != nil {
 		return err
 	}
+	leased := false // keepLease owns adm from here
+	defer func() {
+		if adm != nil && !leased {
+			if err != nil {
+				// Admitted, but the job will not start: give the slot back.
+				a.finish(ctx, adm, admit.FinishRequest{}, log)
+			}
+			closeAdmitter(adm)
+		}
+	}()
 	extra := append([]handoff.Var(nil), c.ExtraEnv...)
 	if refusal == "" && c.NewCredentials != nil {
 		vars, why, err := a.serveCredentials(ctx, g, ident, log)
@@ -368,7 +378,7 @@ func (a *Agent) setUp(ctx context.Context, g *errgroup.Group) error {
 	}
 	if refusal != "" && adm != nil {
 		// Admitted, then refused credentials: free the slot now.
-		a.finish(ctx, adm, admission.FinishRequest{}, log)
+		a.finish(ctx, adm, admit.FinishRequest{}, log)
 	}
 	if refusal != "" {
 		return a.handOutRefusal(ctx, g, id, refusal, log)
@@ -450,7 +460,12 @@ func (a *Agent) setUp(ctx context.Context, g *errgroup.Group) error {
 		g.Go(func() error { a.interimReports(ctx, id); return nil })
 	}
 	if adm != nil {
-		g.Go(func() error { a.keepLease(ctx, adm, srv, interval, log); return nil })
+		leased = true
+		g.Go(func() error {
+			defer closeAdmitter(adm)
+			a.keepLease(ctx, adm, srv, interval, log)
+			return nil
+		})
 	}
 	return nil
 }

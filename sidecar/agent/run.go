@@ -10,8 +10,8 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/cordon-dev/cordon/dispatcher/admission"
 	"github.com/cordon-dev/cordon/internal/audit"
+	"github.com/cordon-dev/cordon/sidecar/admit"
 	"github.com/cordon-dev/cordon/sidecar/credserver"
 	"github.com/cordon-dev/cordon/sidecar/credsource"
 	"github.com/cordon-dev/cordon/sidecar/handoff"
@@ -35,6 +35,12 @@ func (a *Agent) admit(ctx context.Context, id Identity, log *slog.Logger) (strin
 	if err != nil {
 		return "", nil, 0, fmt.Errorf("agent: admission client: %w", err)
 	}
+	admitted := false
+	defer func() {
+		if !admitted {
+			closeAdmitter(adm)
+		}
+	}()
 	deadline := time.Now().Add(c.AdmitBudget)
 	wait := 250 * time.Millisecond
 	for {
@@ -52,9 +58,10 @@ func (a *Agent) admit(ctx context.Context, id Identity, log *slog.Logger) (strin
 				interval = defaultHeartbeat
 			}
 			log.Info("run admitted", "run_id", c.RunID, "heartbeat", interval)
+			admitted = true
 			return "", adm, interval, nil
 		}
-		var se *admission.StatusError
+		var se *admit.StatusError
 		if errors.As(err, &se) && !se.Temporary() {
 			log.Warn("admission failed", "run_id", c.RunID, "err", err.Error())
 			return "admission failed: " + err.Error(), nil, 0, nil
@@ -69,6 +76,14 @@ func (a *Agent) admit(ctx context.Context, id Identity, log *slog.Logger) (strin
 		case <-time.After(wait):
 		}
 		wait = min(wait*2, 5*time.Second)
+	}
+}
+
+// closeAdmitter releases the admission client's connections when it has
+// any to release (admit.Client does).
+func closeAdmitter(adm Admitter) {
+	if c, ok := adm.(interface{ Close() }); ok {
+		c.Close()
 	}
 }
 
@@ -162,7 +177,7 @@ func (a *Agent) keepLease(ctx context.Context, adm Admitter, srv *handoff.Server
 		case <-ctx.Done():
 			return
 		case res := <-a.ended:
-			req := admission.FinishRequest{ExitCode: &res.ExitCode}
+			req := admit.FinishRequest{ExitCode: &res.ExitCode}
 			if res.Terminated {
 				req.Terminated = true
 				req.Signal = res.SignalSent
@@ -187,7 +202,7 @@ func (a *Agent) keepLease(ctx context.Context, adm Admitter, srv *handoff.Server
 
 // finish reports the run's end, retrying a dispatcher that is briefly
 // away; after that the lease expiring frees the slot anyway.
-func (a *Agent) finish(ctx context.Context, adm Admitter, req admission.FinishRequest, log *slog.Logger) {
+func (a *Agent) finish(ctx context.Context, adm Admitter, req admit.FinishRequest, log *slog.Logger) {
 	// The end is worth reporting even while the agent stops.
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
@@ -198,7 +213,7 @@ func (a *Agent) finish(ctx context.Context, adm Admitter, req admission.FinishRe
 			log.Info("run finished", "run_id", a.cfg.RunID, "terminated", req.Terminated, "signal", req.Signal)
 			return
 		}
-		var se *admission.StatusError
+		var se *admit.StatusError
 		if errors.As(err, &se) && !se.Temporary() || fctx.Err() != nil {
 			log.Warn("finish failed: the lease will expire", "run_id", a.cfg.RunID, "err", err.Error())
 			return

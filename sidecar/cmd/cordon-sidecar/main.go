@@ -30,8 +30,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/cordon-dev/cordon/dispatcher/admission"
 	"github.com/cordon-dev/cordon/dispatcher/ingestclient"
+	"github.com/cordon-dev/cordon/sidecar/admit"
 	"github.com/cordon-dev/cordon/sidecar/agent"
 	"github.com/cordon-dev/cordon/sidecar/confine"
 	"github.com/cordon-dev/cordon/sidecar/credserver"
@@ -188,7 +188,7 @@ func agentCmd(args []string) int {
 	fs.DurationVar(&dc.MaxBackoff, "retry-max-backoff", time.Minute, "longest wait between deliveries while the dispatcher is unreachable")
 	fs.DurationVar(&cfg.UsageInterval, "usage-interval", time.Minute, "period of interim usage reports of a long job (0: final report only)")
 	fs.StringVar(&cfg.RunID, "run-id", "", "run ID of admission, credentials and usage reports (default: a fresh UUIDv7)")
-	admit := fs.Bool("admission", true, "ask the dispatcher to admit the run before the job starts, heartbeat its lease and carry out termination orders (with --dispatcher)")
+	admission := fs.Bool("admission", true, "ask the dispatcher to admit the run before the job starts, heartbeat its lease and carry out termination orders (with --dispatcher)")
 	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", 0, "period of the run's lease heartbeats (default: what the dispatcher asks, a third of the lease)")
 	datasetsFile := fs.String("datasets-file", "", "the job's dataset declaration (JSON) for scoped AWS credentials (or $"+credsource.EnvDatasets+"; needs --dispatcher)")
 	if err := fs.Parse(args); err != nil {
@@ -262,13 +262,13 @@ func agentCmd(args []string) int {
 			defer client.Close()
 			return d.Run(ctx, client)
 		}
-		if *admit {
+		if *admission {
 			cfg.NewAdmitter = func(ctx context.Context, id agent.Identity) (agent.Admitter, error) {
 				server, err := serverID(id)
 				if err != nil {
 					return nil, err
 				}
-				return admission.NewClient(dispatcher, delivery.ClientTLS(id.Source, id.Source, server), 10*time.Second), nil
+				return admit.New(dispatcher, delivery.ClientTLS(id.Source, id.Source, server), 10*time.Second)
 			}
 		}
 		if haveDecl {
