@@ -2,11 +2,16 @@
 // task runs"):
 //
 //	cordon-sidecar agent --secrets NAME,... --env prod --shared-dir /cordon (--xds HOST:PORT | --allowlists DIR) [--dispatcher URL] [flags]
-//	    the sidecar container: identity, secrets, binary copy, handoff,
-//	    the embedded egress proxy, usage and audit to the dispatcher.
+//	    the sidecar container: identity, admission (with --dispatcher),
+//	    secrets, scoped AWS credentials (--datasets-file), binary copy,
+//	    handoff, the embedded egress proxy, lease heartbeats and
+//	    termination orders, usage and audit to the dispatcher.
 //	cordon-sidecar run [--secrets-file FILE] [flags] -- CMD ARGS...
 //	    the job container's entrypoint: runs CMD with its secrets injected,
-//	    output scrubbed and capped, signals forwarded, exit code passed on.
+//	    output scrubbed and capped, signals forwarded, exit code passed on;
+//	    a run the agent refused prints "cordon: run refused: REASON" and
+//	    exits 75 without starting CMD; the agent's termination order stops
+//	    CMD's process group (SIGTERM, grace, SIGKILL).
 //	cordon-sidecar health [--addr 127.0.0.1:9902]
 //	    the agent container's health check (the image has no curl).
 //	cordon-sidecar check --secrets-file FILE
@@ -77,7 +82,7 @@ func main() {
 
 func usage() {
 	fmt.Fprint(os.Stderr, `usage:
-  cordon-sidecar agent --secrets NAME,... --env ENV --shared-dir DIR (--xds HOST:PORT | --allowlists DIR) [--dispatcher URL] [flags]
+  cordon-sidecar agent --secrets NAME,... --env ENV --shared-dir DIR (--xds HOST:PORT | --allowlists DIR) [--dispatcher URL [--datasets-file FILE]] [flags]
   cordon-sidecar health [--addr HOST:PORT]
   cordon-sidecar check --secrets-file FILE
   cordon-sidecar run [--secrets-file FILE | --agent-socket PATH] [--enforce auto|require|off] [flags] -- CMD ARGS...
