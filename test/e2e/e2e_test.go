@@ -63,10 +63,15 @@ jobs:
 // control plane).
 func TestStack(t *testing.T) {
 	requireDocker(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
 	root := repoRoot(t)
-	buildImages(t, ctx, root)
+	// A cold build (a clean clone: every binary linked, on a machine busy
+	// with the rest of make test) gets its own budget; a warm one takes
+	// seconds. The stack itself runs in about 80 s.
+	buildCtx, cancelBuild := context.WithTimeout(context.Background(), 8*time.Minute)
+	buildImages(t, buildCtx, root)
+	cancelBuild()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
 
 	secrets := map[string]string{
 		"monad_rpc_key": "rpc-key-" + randHex(8),
