@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/cordon-dev/cordon/test/pgtest"
 )
 
 // imageTag keeps the images this test builds apart from the :dev images a
@@ -36,9 +38,10 @@ func repoRoot(t *testing.T) string {
 	return filepath.Join(filepath.Dir(file), "..", "..")
 }
 
-// requireDocker skips when the Docker daemon is unreachable: the only
-// capability whose absence excuses this test. A missing docker-compose
-// on a machine with Docker is a setup error and fails.
+// requireDocker skips when the Docker daemon is unreachable or no
+// PostgreSQL server binaries are installed, the capabilities whose absence
+// excuses this test. A missing docker-compose on a machine with Docker is
+// a setup error and fails.
 func requireDocker(t *testing.T) {
 	t.Helper()
 	if _, err := exec.LookPath("docker"); err != nil {
@@ -48,6 +51,11 @@ func requireDocker(t *testing.T) {
 	defer cancel()
 	if out, err := exec.CommandContext(ctx, "docker", "info", "--format", "{{.ServerVersion}}").CombinedOutput(); err != nil {
 		t.Skipf("the Docker daemon is unreachable (docker info: %v: %s)", err, bytes.TrimSpace(out))
+	}
+	// The stack's Postgres runs on the host (up.sh), from the same
+	// packages test/pgtest uses.
+	if _, err := pgtest.FindBinDir(); errors.Is(err, pgtest.ErrNoPostgres) {
+		t.Skip(err.Error())
 	}
 	if _, err := exec.LookPath("docker-compose"); err != nil {
 		t.Fatalf("docker-compose is not on PATH (apt-get install docker-compose): the stack is deploy/compose/docker-compose.yml: %v", err)
