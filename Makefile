@@ -6,7 +6,7 @@ GO ?= go
 BIN := $(CURDIR)/bin
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build images test demo deps-test vet generate bench-egress bench-xds bench-dispatcher clean
+.PHONY: all build images test demo demo-local stack-up stack-down deps-test vet generate bench-egress bench-xds bench-dispatcher clean
 
 all: build
 
@@ -32,8 +32,26 @@ test: deps-test vet
 	./bpf/check-generated.sh
 	$(GO) test -count=1 -timeout 15m ./...
 
+# demo runs Cordon's main job twice: first one task of acme/block_follower
+# through the compose stack that reproduces the Fargate topology (sidecar +
+# job on an internal network, only the gateway on both, xds, dispatcher and
+# Postgres rows), then the same job on loopback against a gallery of bypass
+# attempts, and the security team's lint and review of an allowlist edit.
 demo: build
+	@./test/scripts/ensure-deps.sh test
+	@./deploy/compose/demo.sh
 	@./test/scripts/demo.sh
+
+# demo-local is the second half of demo alone: no Docker needed.
+demo-local: build
+	@./test/scripts/demo.sh
+
+# The compose stack by hand (deploy/compose/README.md).
+stack-up: build
+	@./deploy/compose/up.sh
+
+stack-down:
+	@./deploy/compose/down.sh
 
 clean:
 	rm -rf $(BIN)

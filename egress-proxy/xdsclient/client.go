@@ -185,6 +185,12 @@ func (c *Client) Run(ctx context.Context) error {
 		grpc.WithTransportCredentials(credentials.NewTLS(c.tlsConfig())),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)),
+		// No service config from DNS: grpc-go's resolver otherwise also
+		// asks for a TXT record (_grpc_config.NAME), which a resolver on a
+		// network with no route out (the task's, compose's internal one)
+		// cannot answer, and the first policy waited ~10 s for it to time
+		// out twice. Cordon's control plane never publishes one.
+		grpc.WithDisableServiceConfig(),
 	)
 	if err != nil {
 		return fmt.Errorf("xds client: dial %s: %w", c.cfg.Addr, err)

@@ -18,6 +18,9 @@ case "$profile" in
     have clang || need+=(clang)
     have llvm-strip || need+=(llvm)
     [ -e /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
+    # The e2e suite and the compose stack need a Docker Engine and Compose.
+    have docker || need+=(docker.io)
+    have docker-compose || need+=(docker-compose)
     # dispatcher/webui's browser test drives headless Chromium.
     have chromium || need+=(chromium)
     ;;
