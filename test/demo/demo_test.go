@@ -74,7 +74,7 @@ func TestDemo(t *testing.T) {
 	// Nothing secret may come out of the job, in any form the script prints.
 	for _, secret := range []string{
 		"mrk_live_5f2a9c1e7b3d48aa90c1",
-		"bXJrX2xpdmVfNWYyYTljMWU3YjNkNDhhYTkwYzE", // base64
+		"bXJrX2xpdmVfNWYyYTljMWU3YjNkNDhhYTkwYzE",  // base64
 		"6d726b5f6c6976655f3566326139633165376233", // hex prefix
 		"xoxb-1234567890-0987654321-AbCdEfGhIjKlMnOpQrStUvWx",
 		"AKIAIOSFODNN7EXAMPLE",
