@@ -17,6 +17,7 @@ import (
 	"github.com/cordon-dev/cordon/dispatcher/admission"
 	"github.com/cordon-dev/cordon/dispatcher/auditstore"
 	"github.com/cordon-dev/cordon/dispatcher/ingest"
+	"github.com/cordon-dev/cordon/internal/admit"
 	"github.com/cordon-dev/cordon/test/pgtest"
 	"github.com/cordon-dev/cordon/test/spiffedev"
 	"github.com/jackc/pgx/v5"
@@ -377,7 +378,7 @@ func TestHTTP(t *testing.T) {
 		<-done
 	})
 	base := "https://" + l.Addr().String()
-	client := func(org, job string) *admission.Client {
+	client := func(org, job string) *admit.Client {
 		id, err := ca.JobID(org, job)
 		if err != nil {
 			t.Fatal(err)
@@ -386,7 +387,10 @@ func TestHTTP(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c := admission.NewClient(base, tlsconfig.MTLSClientConfig(s, ca.Bundle(), tlsconfig.AuthorizeID(serverID)), 5*time.Second)
+		c, err := admit.New(base, tlsconfig.MTLSClientConfig(s, ca.Bundle(), tlsconfig.AuthorizeID(serverID)), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
 		t.Cleanup(c.Close)
 		return c
 	}
@@ -402,14 +406,14 @@ func TestHTTP(t *testing.T) {
 	if err != nil || r.Admitted || r.Reason != "org acme has 1 runs running, the limit is 1; retry later" {
 		t.Fatalf("second admit: got %+v, %v; want refused with the reason", r, err)
 	}
-	var se *admission.StatusError
+	var se *admit.StatusError
 	if _, err := other.Heartbeat(ctx, "run-1"); !errors.As(err, &se) || se.Code != http.StatusNotFound {
 		t.Fatalf("heartbeat of another job's run: got %v, want 404", err)
 	}
 	if _, err := evil.Heartbeat(ctx, "run-1"); !errors.As(err, &se) || se.Code != http.StatusNotFound {
 		t.Fatalf("heartbeat of another org's run: got %v, want 404", err)
 	}
-	if err := evil.Finish(ctx, "run-1", admission.FinishRequest{}); !errors.As(err, &se) || se.Code != http.StatusNotFound {
+	if err := evil.Finish(ctx, "run-1", admit.FinishRequest{}); !errors.As(err, &se) || se.Code != http.StatusNotFound {
 		t.Fatalf("finish of another org's run: got %v, want 404", err)
 	}
 	if _, err := etl.Admit(ctx, "bad id with spaces"); !errors.As(err, &se) || se.Code != http.StatusBadRequest {
@@ -430,7 +434,7 @@ func TestHTTP(t *testing.T) {
 	if err != nil || hb.Terminate == nil || hb.Terminate.Reason != "egress bytes far above baseline" || hb.Terminate.GraceSeconds != 5 {
 		t.Fatalf("heartbeat after the order: got %+v, %v; want the order with a 5s grace", hb, err)
 	}
-	if err := etl.Finish(ctx, "run-1", admission.FinishRequest{Terminated: true, Signal: "SIGTERM"}); err != nil {
+	if err := etl.Finish(ctx, "run-1", admit.FinishRequest{Terminated: true, Signal: "SIGTERM"}); err != nil {
 		t.Fatal(err)
 	}
 	if got := e.count(`SELECT count(*) FROM audit_events WHERE org_id = 'acme' AND event_type = 'RUN_TERMINATED'
@@ -485,7 +489,7 @@ func TestHandlerRefusesNonJobCallers(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			req := httptest.NewRequest(http.MethodPost, admission.AdmitPath, strings.NewReader(`{"run_id":"r1"}`))
+			req := httptest.NewRequest(http.MethodPost, admit.AdmitPath, strings.NewReader(`{"run_id":"r1"}`))
 			req.TLS = tc.state
 			rec := httptest.NewRecorder()
 			h.ServeHTTP(rec, req)
@@ -496,7 +500,7 @@ func TestHandlerRefusesNonJobCallers(t *testing.T) {
 	}
 	ok := certOf(ours, spiffeid.RequireFromSegments(ours.TrustDomain(), "org", "acme", "job", "etl"))
 	for _, body := range []string{`{"run_id":"r2","org":"evil"}`, `{"run_id":`, strings.Repeat(" ", 5000) + `{"run_id":"r3"}`} {
-		req := httptest.NewRequest(http.MethodPost, admission.AdmitPath, strings.NewReader(body))
+		req := httptest.NewRequest(http.MethodPost, admit.AdmitPath, strings.NewReader(body))
 		req.TLS = ok
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, req)

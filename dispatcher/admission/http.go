@@ -7,64 +7,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"time"
 
+	"github.com/cordon-dev/cordon/internal/admit"
 	"github.com/cordon-dev/cordon/internal/jobid"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
-// Endpoints of the sidecar API. {id} is the run ID.
-const (
-	AdmitPath     = "/v1/runs/admit"
-	FinishPath    = "/v1/runs/{id}/finish"
-	HeartbeatPath = "/v1/runs/{id}/heartbeat"
-)
-
 // maxBody bounds request bodies: every request is a few small fields.
 const maxBody = 4 << 10
-
-// AdmitRequest is the body of POST /v1/runs/admit. The org and job are the
-// caller's SPIFFE ID's, never the body's.
-type AdmitRequest struct {
-	RunID string `json:"run_id"`
-}
-
-// AdmitResponse answers an admission. A refusal is a 200 answer with
-// Admitted false: the sidecar prints Reason and does not start the job.
-type AdmitResponse struct {
-	Admitted       bool      `json:"admitted"`
-	Reason         string    `json:"reason,omitempty"`
-	LeaseExpiresAt time.Time `json:"lease_expires_at,omitzero"`
-	// HeartbeatSeconds is how often the sidecar should heartbeat (a third
-	// of the lease).
-	HeartbeatSeconds float64 `json:"heartbeat_seconds,omitempty"`
-}
-
-// HeartbeatResponse answers a heartbeat.
-type HeartbeatResponse struct {
-	LeaseExpiresAt time.Time `json:"lease_expires_at,omitzero"`
-	// Terminate, when set, orders the sidecar to stop the job now.
-	Terminate *TerminateOrder `json:"terminate,omitempty"`
-}
-
-// TerminateOrder is TerminationOrder on the wire.
-type TerminateOrder struct {
-	Reason       string    `json:"reason"`
-	OrderedAt    time.Time `json:"ordered_at"`
-	GraceSeconds float64   `json:"grace_seconds"`
-}
-
-// FinishRequest is the body of POST /v1/runs/{id}/finish.
-type FinishRequest struct {
-	ExitCode   *int   `json:"exit_code,omitempty"`
-	Terminated bool   `json:"terminated,omitempty"`
-	Signal     string `json:"signal,omitempty"`
-}
-
-// ErrorResponse is the body of every error answer.
-type ErrorResponse struct {
-	Error string `json:"error"`
-}
 
 // Handler is the sidecar API over HTTP. It expects r.TLS with a client
 // certificate already verified against the trust bundle (ingest.ServerTLSConfig
@@ -92,9 +42,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func (h *Handler) mux() *http.ServeMux {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST "+AdmitPath, h.admit)
-	mux.HandleFunc("POST "+FinishPath, h.finish)
-	mux.HandleFunc("POST "+HeartbeatPath, h.heartbeat)
+	mux.HandleFunc("POST "+admit.AdmitPath, h.admit)
+	mux.HandleFunc("POST "+admit.FinishPath, h.finish)
+	mux.HandleFunc("POST "+admit.HeartbeatPath, h.heartbeat)
 	return mux
 }
 
@@ -125,7 +75,7 @@ func (h *Handler) start(w http.ResponseWriter, r *http.Request, v any) (caller, 
 	c, err := h.callerOf(r)
 	if err != nil {
 		h.log.Warn("admission refused caller", "reason", err.Error())
-		h.reply(w, http.StatusForbidden, ErrorResponse{Error: "forbidden: " + err.Error()})
+		h.reply(w, http.StatusForbidden, admit.ErrorResponse{Error: "forbidden: " + err.Error()})
 		return c, false
 	}
 	if v == nil {
@@ -134,7 +84,7 @@ func (h *Handler) start(w http.ResponseWriter, r *http.Request, v any) (caller, 
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		h.reply(w, http.StatusBadRequest, ErrorResponse{Error: "invalid request body: " + err.Error()})
+		h.reply(w, http.StatusBadRequest, admit.ErrorResponse{Error: "invalid request body: " + err.Error()})
 		return c, false
 	}
 	return c, true
@@ -143,22 +93,22 @@ func (h *Handler) start(w http.ResponseWriter, r *http.Request, v any) (caller, 
 func (h *Handler) fail(w http.ResponseWriter, c caller, op string, err error) {
 	switch {
 	case errors.Is(err, ErrInvalid):
-		h.reply(w, http.StatusBadRequest, ErrorResponse{Error: err.Error()})
+		h.reply(w, http.StatusBadRequest, admit.ErrorResponse{Error: err.Error()})
 	case errors.Is(err, ErrUnknownRun):
-		h.reply(w, http.StatusNotFound, ErrorResponse{Error: fmt.Sprintf("run not admitted in org %s: admit it first", c.org)})
+		h.reply(w, http.StatusNotFound, admit.ErrorResponse{Error: fmt.Sprintf("run not admitted in org %s: admit it first", c.org)})
 	case errors.Is(err, ErrRunEnded):
-		h.reply(w, http.StatusGone, ErrorResponse{Error: err.Error()})
+		h.reply(w, http.StatusGone, admit.ErrorResponse{Error: err.Error()})
 	case errors.Is(err, context.Canceled):
-		h.reply(w, http.StatusServiceUnavailable, ErrorResponse{Error: "request cancelled"})
+		h.reply(w, http.StatusServiceUnavailable, admit.ErrorResponse{Error: "request cancelled"})
 	default:
 		h.log.Error("admission failed", "op", op, "caller", c.id.String(), "error", err.Error())
 		w.Header().Set("Retry-After", "1")
-		h.reply(w, http.StatusServiceUnavailable, ErrorResponse{Error: op + " failed on the dispatcher; retry"})
+		h.reply(w, http.StatusServiceUnavailable, admit.ErrorResponse{Error: op + " failed on the dispatcher; retry"})
 	}
 }
 
 func (h *Handler) admit(w http.ResponseWriter, r *http.Request) {
-	var req AdmitRequest
+	var req admit.AdmitRequest
 	c, ok := h.start(w, r, &req)
 	if !ok {
 		return
@@ -168,7 +118,7 @@ func (h *Handler) admit(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, c, "admit", err)
 		return
 	}
-	resp := AdmitResponse{Admitted: d.Admitted, Reason: d.Reason, LeaseExpiresAt: d.LeaseExpiresAt}
+	resp := admit.AdmitResponse{Admitted: d.Admitted, Reason: d.Reason, LeaseExpiresAt: d.LeaseExpiresAt}
 	if d.Admitted {
 		resp.HeartbeatSeconds = (h.svc.ttl / 3).Seconds()
 	}
@@ -185,15 +135,15 @@ func (h *Handler) heartbeat(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, c, "heartbeat", err)
 		return
 	}
-	resp := HeartbeatResponse{LeaseExpiresAt: hb.LeaseExpiresAt}
+	resp := admit.HeartbeatResponse{LeaseExpiresAt: hb.LeaseExpiresAt}
 	if o := hb.Terminate; o != nil {
-		resp.Terminate = &TerminateOrder{Reason: o.Reason, OrderedAt: o.OrderedAt, GraceSeconds: o.Grace.Seconds()}
+		resp.Terminate = &admit.TerminateOrder{Reason: o.Reason, OrderedAt: o.OrderedAt, GraceSeconds: o.Grace.Seconds()}
 	}
 	h.reply(w, http.StatusOK, resp)
 }
 
 func (h *Handler) finish(w http.ResponseWriter, r *http.Request) {
-	var req FinishRequest
+	var req admit.FinishRequest
 	c, ok := h.start(w, r, &req)
 	if !ok {
 		return

@@ -30,6 +30,7 @@ import (
 	"github.com/cordon-dev/cordon/dispatcher/ingestclient"
 	"github.com/cordon-dev/cordon/dispatcher/userapi"
 	"github.com/cordon-dev/cordon/dispatcher/webui"
+	"github.com/cordon-dev/cordon/internal/admit"
 	"github.com/cordon-dev/cordon/internal/audit"
 	"github.com/cordon-dev/cordon/internal/usage"
 	"github.com/cordon-dev/cordon/test/fakeaws"
@@ -142,7 +143,10 @@ func TestServeEverything(t *testing.T) {
 	base := "https://" + addrs.Sidecar
 	const runID = "run-everything-1"
 
-	adm := admission.NewClient(base, tlsc(), 10*time.Second)
+	adm, err := admit.New(base, tlsc(), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if d, err := adm.Admit(ctx, runID); err != nil || !d.Admitted {
 		t.Fatalf("admit: got %+v, %v; want admitted", d, err)
 	}
@@ -186,7 +190,7 @@ func TestServeEverything(t *testing.T) {
 	if _, err := adm.Heartbeat(ctx, runID); err != nil {
 		t.Errorf("heartbeat: %v", err)
 	}
-	if err := adm.Finish(ctx, runID, admission.FinishRequest{ExitCode: &exit}); err != nil {
+	if err := adm.Finish(ctx, runID, admit.FinishRequest{ExitCode: &exit}); err != nil {
 		t.Errorf("finish: %v", err)
 	}
 	adm.Close()
@@ -295,7 +299,10 @@ func TestServeEverything(t *testing.T) {
 	if code := put("/api/v1/admin/quota", acme, `{"max_concurrent_runs":0,"max_runs_per_hour":10}`); code != http.StatusOK {
 		t.Errorf("admin sets quota: got %d, want 200", code)
 	}
-	adm2 := admission.NewClient(base, tlsc(), 10*time.Second)
+	adm2, err := admit.New(base, tlsc(), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if d, err := adm2.Admit(ctx, "run-everything-2"); err != nil || d.Admitted {
 		t.Errorf("admit with a quota of 0 concurrent runs: got %+v, %v; want refused", d, err)
 	}

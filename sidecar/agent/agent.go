@@ -49,9 +49,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/cordon-dev/cordon/internal/admit"
 	"github.com/cordon-dev/cordon/internal/audit"
 	"github.com/cordon-dev/cordon/internal/usage"
-	"github.com/cordon-dev/cordon/sidecar/admit"
 	"github.com/cordon-dev/cordon/sidecar/credserver"
 	"github.com/cordon-dev/cordon/sidecar/handoff"
 	"github.com/cordon-dev/cordon/sidecar/jobrun"
@@ -126,7 +126,7 @@ type Config struct {
 	// nil, audit.Discard.
 	Audit audit.Emitter
 	// NewAdmitter builds the dispatcher's admission client once the
-	// identity is known (sidecar/admit.Client with id.Source's
+	// identity is known (admit.Client (internal/admit) with id.Source's
 	// mTLS). If nil, runs are not admitted, heartbeated or finished.
 	NewAdmitter func(ctx context.Context, id Identity) (Admitter, error)
 	// HeartbeatInterval is the period of the run's lease heartbeats. If
@@ -149,7 +149,7 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Admitter is the dispatcher's admission API (sidecar/admit.Client).
+// Admitter is the dispatcher's admission API (admit.Client (internal/admit)).
 type Admitter interface {
 	Admit(ctx context.Context, runID string) (admit.AdmitResponse, error)
 	Heartbeat(ctx context.Context, runID string) (admit.HeartbeatResponse, error)

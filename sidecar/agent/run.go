@@ -10,8 +10,8 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/cordon-dev/cordon/internal/admit"
 	"github.com/cordon-dev/cordon/internal/audit"
-	"github.com/cordon-dev/cordon/sidecar/admit"
 	"github.com/cordon-dev/cordon/sidecar/credserver"
 	"github.com/cordon-dev/cordon/sidecar/credsource"
 	"github.com/cordon-dev/cordon/sidecar/handoff"

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cordon-dev/cordon/sidecar/admit"
+	"github.com/cordon-dev/cordon/internal/admit"
 	"github.com/cordon-dev/cordon/sidecar/handoff"
 	"github.com/cordon-dev/cordon/sidecar/jobrun"
 )

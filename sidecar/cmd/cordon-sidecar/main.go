@@ -36,7 +36,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/cordon-dev/cordon/dispatcher/ingestclient"
-	"github.com/cordon-dev/cordon/sidecar/admit"
+	"github.com/cordon-dev/cordon/internal/admit"
 	"github.com/cordon-dev/cordon/sidecar/agent"
 	"github.com/cordon-dev/cordon/sidecar/confine"
 	"github.com/cordon-dev/cordon/sidecar/credserver"

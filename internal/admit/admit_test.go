@@ -19,7 +19,7 @@ import (
 
 	"github.com/cordon-dev/cordon/dispatcher/admission"
 	"github.com/cordon-dev/cordon/dispatcher/auditstore"
-	"github.com/cordon-dev/cordon/sidecar/admit"
+	"github.com/cordon-dev/cordon/internal/admit"
 	"github.com/cordon-dev/cordon/test/pgtest"
 	"github.com/cordon-dev/cordon/test/spiffedev"
 )
@@ -30,19 +30,6 @@ func ctxT(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)
 	return ctx
-}
-
-// TestPathsMatchTheDispatcher keeps the mirrored endpoints equal.
-func TestPathsMatchTheDispatcher(t *testing.T) {
-	for _, c := range []struct{ name, got, want string }{
-		{"admit", admit.AdmitPath, admission.AdmitPath},
-		{"heartbeat", admit.HeartbeatPath, admission.HeartbeatPath},
-		{"finish", admit.FinishPath, admission.FinishPath},
-	} {
-		if c.got != c.want {
-			t.Errorf("%s path: got %q, want the dispatcher's %q", c.name, c.got, c.want)
-		}
-	}
 }
 
 func TestNewRefusesBadURLs(t *testing.T) {

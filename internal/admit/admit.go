@@ -1,13 +1,13 @@
-// Package admit is the sidecar agent's client of the dispatcher's run
-// admission API (dispatcher/admission, issue 6): Admit before the job
-// starts, Heartbeat to renew the run's lease (an answer may order the job
-// terminated), Finish when it ended.
+// Package admit is the run admission API between the sidecar and the
+// dispatcher (issue 6): the endpoints, the wire types, and the client the
+// sidecar agent uses to Admit before the job starts, Heartbeat to renew
+// the run's lease (an answer may order the job terminated) and Finish when
+// it ended. dispatcher/admission serves these types.
 //
-// It mirrors the dispatcher's wire types instead of importing
-// dispatcher/admission: the sidecar binary is also the job's wrapper,
-// copied into every job container, and must not carry the dispatcher's
-// Postgres code. A test against dispatcher/admission's real handler keeps
-// the two in step.
+// It lives apart from dispatcher/admission because the sidecar binary is
+// also the job's wrapper, copied into every job container, and must not
+// carry the dispatcher's Postgres code; one package on both sides keeps
+// the wire format from drifting.
 //
 // It is not the policy (what to do with an answer is the agent's) and
 // sends nothing but the run ID and the job's end: the org and job are the
@@ -38,6 +38,17 @@ const (
 // maxAnswer bounds what is read from the dispatcher (answers are a few
 // small fields).
 const maxAnswer = 64 << 10
+
+// AdmitRequest is the body of POST AdmitPath. The org and job are the
+// caller's SPIFFE ID's, never the body's.
+type AdmitRequest struct {
+	RunID string `json:"run_id"`
+}
+
+// ErrorResponse is the body of every error answer.
+type ErrorResponse struct {
+	Error string `json:"error"`
+}
 
 // AdmitResponse answers Admit. A refusal is Admitted false with a Reason.
 type AdmitResponse struct {
@@ -125,9 +136,7 @@ func (c *Client) Close() { c.hc.CloseIdleConnections() }
 // Admit asks whether run runID may start.
 func (c *Client) Admit(ctx context.Context, runID string) (AdmitResponse, error) {
 	var resp AdmitResponse
-	if err := c.post(ctx, AdmitPath, struct {
-		RunID string `json:"run_id"`
-	}{runID}, &resp); err != nil {
+	if err := c.post(ctx, AdmitPath, AdmitRequest{RunID: runID}, &resp); err != nil {
 		return AdmitResponse{}, fmt.Errorf("admit run %s: %w", runID, err)
 	}
 	return resp, nil
@@ -174,9 +183,7 @@ func (c *Client) post(ctx context.Context, path string, body, out any) error {
 		return fmt.Errorf("read answer: %w", err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		var e struct {
-			Error string `json:"error"`
-		}
+		var e ErrorResponse
 		if json.Unmarshal(data, &e) != nil || e.Error == "" {
 			e.Error = http.StatusText(resp.StatusCode)
 		}
