@@ -113,6 +113,11 @@ type Config struct {
 	// sidecar, static mode). If zero, Serve refuses to start; ServeTLS
 	// takes the job from each peer's SVID instead.
 	Job JobRef
+	// JobActor is the actor ID Serve's audit events give the job: the
+	// sidecar sets its SVID (spiffe://TD/org/ORG/job/JOB), which is what
+	// the dispatcher accepts from it. If empty, "job:ORG/JOB". ServeTLS
+	// uses each peer's SPIFFE ID.
+	JobActor string
 	// TrustDomain is the SPIFFE trust domain ServeTLS accepts peers from.
 	// If zero, ServeTLS refuses to start.
 	TrustDomain spiffeid.TrustDomain

@@ -117,6 +117,7 @@ type envOpts struct {
 	observer Observer
 	dnsCache time.Duration
 	unsafe   []netip.Prefix // added to the default unsafe-allow prefixes
+	jobActor string         // Config.JobActor
 	// discardLogs encodes log lines as production does but keeps none
 	// (benchmarks: the test sink's JSON parsing is not the proxy's cost).
 	discardLogs bool
@@ -223,6 +224,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 	e.srv, err = New(Config{
 		Store:    e.store,
 		Job:      JobRef{Org: "acme", Job: "block_follower"},
+		JobActor: o.jobActor,
 		Logger:   logger,
 		Audit:    e.audit,
 		Resolver: r,

@@ -417,8 +417,29 @@ func TestDecisionLogAndAudit(t *testing.T) {
 	if evs[1].EventType != "EGRESS_DENIED" || evs[1].Result != audit.ResultDenied {
 		t.Errorf("deny event: got %+v", evs[1])
 	}
+	for _, ev := range evs {
+		if ev.Actor.Type != audit.ActorJob || ev.Actor.ID != "job:acme/block_follower" {
+			t.Errorf("actor: got %+v, want JOB job:acme/block_follower (Config.JobActor unset)", ev.Actor)
+		}
+	}
 	if strings.Contains(fmt.Sprint(evs), "s3cr3t") {
 		t.Error("audit event leaks a secret")
+	}
+}
+
+// TestJobActor: the sidecar names its job by its SVID in audit events,
+// the only actor the dispatcher accepts from it.
+func TestJobActor(t *testing.T) {
+	const svid = "spiffe://cordon.test/org/acme/job/block_follower"
+	e := newEnv(t, envOpts{jobActor: svid})
+	e.roundTrip(get("http://other.test:$HP/"))
+	e.logs.waitDecisions(t, 1)
+	evs := e.audit.events()
+	if len(evs) != 1 {
+		t.Fatalf("audit events: got %d, want 1", len(evs))
+	}
+	if got := evs[0].Actor; got.Type != audit.ActorJob || got.ID != svid {
+		t.Errorf("actor: got %+v, want JOB %s", got, svid)
 	}
 }
 

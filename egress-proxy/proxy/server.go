@@ -161,9 +161,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		ln.Close()
 		return fmt.Errorf("serve %s: Config.Job is required for plain listeners", ln.Addr())
 	}
-	job := s.cfg.Job
+	job, actor := s.cfg.Job, s.cfg.JobActor
+	if actor == "" {
+		actor = "job:" + job.String()
+	}
 	return s.serve(ctx, ln, func(ctx context.Context, c net.Conn) (net.Conn, JobRef, string, bool) {
-		return c, job, "job:" + job.String(), true
+		return c, job, actor, true
 	})
 }
 

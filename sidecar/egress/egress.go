@@ -123,15 +123,14 @@ func build(c Config, id agent.Identity) (*Proxy, error) {
 		}
 		p.xds = xc
 	}
-	var em audit.Emitter
-	if c.Audit != nil {
-		em = jobActor{next: c.Audit, id: id.ID.String()}
-	}
 	pc := proxy.Config{
-		Store:            store,
-		Job:              proxy.JobRef{Org: id.Org, Job: id.Job},
+		Store: store,
+		Job:   proxy.JobRef{Org: id.Org, Job: id.Job},
+		// The dispatcher accepts from this sidecar only events whose actor
+		// is its own SVID.
+		JobActor:         id.ID.String(),
 		Logger:           log,
-		Audit:            em,
+		Audit:            c.Audit,
 		UnsafeAllowCIDRs: c.UnsafeAllowCIDRs,
 	}
 	if c.Counter != nil {
@@ -160,22 +159,6 @@ func build(c Config, id agent.Identity) (*Proxy, error) {
 	}
 	p.srv = srv
 	return p, nil
-}
-
-// jobActor names the job by its SPIFFE ID in the proxy's audit events.
-// The proxy calls a plain listener's client "job:ORG/JOB"; the dispatcher
-// accepts from a sidecar only events whose actor is its own SVID (or job),
-// and this proxy serves nobody but the task's job.
-type jobActor struct {
-	next audit.Emitter
-	id   string
-}
-
-func (j jobActor) Emit(ev audit.Event) {
-	if ev.Actor.Type == audit.ActorJob {
-		ev.Actor.ID = j.id
-	}
-	j.next.Emit(ev)
 }
 
 // Proxy is the embedded proxy with its xDS subscription, if any.
