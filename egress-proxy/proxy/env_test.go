@@ -88,6 +88,23 @@ func (a *auditSink) Emit(ev audit.Event) {
 	a.mu.Unlock()
 }
 
+// wait returns the events once n have been emitted: a decision's audit
+// event follows its log line, so waiting for the line is not enough.
+func (a *auditSink) wait(t *testing.T, n int) []audit.Event {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		evs := a.events()
+		if len(evs) >= n || time.Now().After(deadline) {
+			if len(evs) != n {
+				t.Fatalf("audit events: got %d, want %d: %+v", len(evs), n, evs)
+			}
+			return evs
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func (a *auditSink) events() []audit.Event {
 	a.mu.Lock()
 	defer a.mu.Unlock()

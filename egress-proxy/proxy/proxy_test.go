@@ -364,7 +364,7 @@ func TestReportMode(t *testing.T) {
 		t.Errorf("log: got %v %v, want would_deny not_allowed", l["decision"], l["reason"])
 	}
 	results := map[string]string{}
-	for _, ev := range e.audit.events() {
+	for _, ev := range e.audit.wait(t, 3) {
 		results[ev.Resource.ID] = ev.Result
 	}
 	want := map[string]string{
@@ -381,9 +381,7 @@ func TestDecisionLogAndAudit(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	e.roundTrip(get("http://allowed.test:$HP/log", "Authorization: Bearer s3cr3t-token\r\n"))
 	e.logs.waitDecisions(t, 1) // recorded after the response: keep the order
-	for deadline := time.Now().Add(5 * time.Second); len(e.audit.events()) < 1 && time.Now().Before(deadline); {
-		time.Sleep(5 * time.Millisecond)
-	}
+	e.audit.wait(t, 1)
 	e.roundTrip(get("http://other.test:$HP/attack?token=s3cr3t-token"))
 	d := e.logs.waitDecisions(t, 2)
 	keys := []string{"job", "decision", "reason", "host", "port", "addr", "method", "bytes", "duration"}
@@ -407,10 +405,7 @@ func TestDecisionLogAndAudit(t *testing.T) {
 		}
 	}
 	e.logs.mu.Unlock()
-	evs := e.audit.events()
-	if len(evs) != 2 {
-		t.Fatalf("audit events: got %d, want 2", len(evs))
-	}
+	evs := e.audit.wait(t, 2)
 	if evs[0].EventType != "EGRESS_ALLOWED" || evs[0].Result != audit.ResultSuccess || evs[0].Resource.Type != "EGRESS" || evs[0].Resource.TenantID != "acme" {
 		t.Errorf("allow event: got %+v", evs[0])
 	}
@@ -434,10 +429,7 @@ func TestJobActor(t *testing.T) {
 	e := newEnv(t, envOpts{jobActor: svid})
 	e.roundTrip(get("http://other.test:$HP/"))
 	e.logs.waitDecisions(t, 1)
-	evs := e.audit.events()
-	if len(evs) != 1 {
-		t.Fatalf("audit events: got %d, want 1", len(evs))
-	}
+	evs := e.audit.wait(t, 1)
 	if got := evs[0].Actor; got.Type != audit.ActorJob || got.ID != svid {
 		t.Errorf("actor: got %+v, want JOB %s", got, svid)
 	}
