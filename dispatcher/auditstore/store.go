@@ -135,9 +135,13 @@ func (s *Store) Append(ctx context.Context, org string, events []audit.Event, re
 // and belong to org; timestamps are stored with microsecond precision.
 //
 // Most batches hold no event stored before, so Append first inserts
-// optimistically without looking for duplicates; if the insert finds any
-// (ON CONFLICT), the transaction is rolled back and redone looking them up
-// first, so that sequence numbers stay gapless.
+// optimistically without looking for duplicates; if the insert meets any
+// (a unique violation on audit_events_event_id), the transaction is rolled
+// back and redone looking them up first, so that sequence numbers stay
+// gapless. The insert is a plain INSERT, not INSERT ... ON CONFLICT DO
+// NOTHING: with the chains locked nothing else can insert the same rows,
+// and ON CONFLICT would cost every row a probe of both unique indexes and
+// a speculative insertion (an extra WAL record) on top of the insert.
 func (s *Store) AppendRecords(ctx context.Context, org string, events []Record, reports []usage.Report) (AppendResult, error) {
 	res, err := s.append(ctx, org, events, reports, true)
 	if errors.Is(err, errDuplicates) {
@@ -295,6 +299,16 @@ func (s *Store) append(ctx context.Context, org string, events []Record, reports
 		}
 		if b.Len() > 0 {
 			if err := tx.SendBatch(ctx, b).Close(); err != nil {
+				if isUniqueViolation(err) {
+					// An event already stored: the plain INSERT refused it.
+					if optimistic {
+						return errDuplicates
+					}
+					// The chains are locked and stored events were left out,
+					// so this is not the client's data at fault: never pass
+					// on the PgError, which would read as a data error.
+					return fmt.Errorf("%w: org %s: %v", ErrChainConflict, org, err)
+				}
 				return fmt.Errorf("insert batch of org %s: %w", org, err)
 			}
 		}
@@ -307,6 +321,13 @@ func (s *Store) append(ctx context.Context, org string, events []Record, reports
 		return AppendResult{EventStored: make([]bool, len(events)), UsageStored: make([]bool, len(reports))}, err
 	}
 	return res, nil
+}
+
+// isUniqueViolation reports whether err is Postgres refusing a duplicate
+// key (SQLSTATE 23505).
+func isUniqueViolation(err error) bool {
+	var pg *pgconn.PgError
+	return errors.As(err, &pg) && pg.Code == "23505"
 }
 
 func newRow(org string, rec *Record) (row, error) {
@@ -392,8 +413,7 @@ const insertAuditSQL = `INSERT INTO audit_events (org_id, retention_class, chain
 		$10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::text[],
 		$18::bytea[], $19::bytea[])
 		AS u(class, month, seq, ts, event_type, event_id, actor_type, actor_id, actor_ip, actor_ua,
-		resource_type, resource_id, action, result, md, request_id, prev_hash, hash)
-	ON CONFLICT DO NOTHING`
+		resource_type, resource_id, action, result, md, request_id, prev_hash, hash)`
 
 var usageColumns = []string{
 	"org_id", "report_id", "job_id", "run_id", "final", "started_at", "ended_at", "exit_code",
