@@ -48,6 +48,8 @@ func main() {
 	durable := flag.Bool("durable", true, "keep fsync and synchronous_commit on in Postgres")
 	pgStat := flag.Bool("pgstat", false, "print the statements Postgres spent most time on")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the dispatcher and clients here")
+	pgSettings := settingsFlag{}
+	flag.Var(pgSettings, "pgset", "extra postgres setting name=value (repeatable), to try a setting before it goes into the benchmark's defaults")
 	flag.Parse()
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
@@ -57,17 +59,34 @@ func main() {
 		pprof.StartCPUProfile(f)
 		defer pprof.StopCPUProfile()
 	}
-	if err := run(*clients, *orgs, *duration, *batch, *usageEvery, *writers, *rate, *durable, *pgStat); err != nil {
+	if err := run(*clients, *orgs, *duration, *batch, *usageEvery, *writers, *rate, *durable, *pgStat, pgSettings); err != nil {
 		pprof.StopCPUProfile()
 		log.Fatal(err)
 	}
 }
 
-func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, writers, rate int, durable, pgStat bool) error {
+// settingsFlag collects -pgset name=value flags.
+type settingsFlag map[string]string
+
+func (s settingsFlag) String() string { return fmt.Sprint(map[string]string(s)) }
+
+func (s settingsFlag) Set(v string) error {
+	name, value, ok := strings.Cut(v, "=")
+	if !ok || name == "" {
+		return fmt.Errorf("want name=value, got %q", v)
+	}
+	s[name] = value
+	return nil
+}
+
+func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, writers, rate int, durable, pgStat bool, pgSettings map[string]string) error {
 	ctx := context.Background()
-	opts := pgtest.Options{Durable: durable}
+	opts := pgtest.Options{Durable: durable, Settings: map[string]string{}}
+	for k, v := range pgSettings {
+		opts.Settings[k] = v
+	}
 	if pgStat {
-		opts.Settings = map[string]string{"shared_preload_libraries": "pg_stat_statements"}
+		opts.Settings["shared_preload_libraries"] = "pg_stat_statements"
 	}
 	cluster, err := pgtest.New(opts)
 	if err != nil {
@@ -123,6 +142,10 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 		interval = time.Duration(float64(time.Second) * float64(nClients*batchSize) / float64(rate))
 	}
 	pgPID, err := cluster.PID()
+	if err != nil {
+		return err
+	}
+	wal0, err := walNow(ctx, db)
 	if err != nil {
 		return err
 	}
@@ -196,6 +219,10 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 	if p := firstErr.Load(); p != nil {
 		return *p
 	}
+	wal1, err := walNow(ctx, db)
+	if err != nil {
+		return err
+	}
 	slices.Sort(latencies)
 	pct := func(p float64) time.Duration {
 		if len(latencies) == 0 {
@@ -220,6 +247,8 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 	fmt.Printf("\nCPU: this process (dispatcher and clients) %.1fs, postgres %.1fs: %.1fus + %.1fus per item;\n"+
 		"on 2 dedicated cores that is a capacity of about %.0f items/s (the machine had %.1f cores busy on average)\n",
 		self, pg, self/n*1e6, pg/n*1e6, 2*n/(self+pg), (self+pg)/elapsed.Seconds())
+	fmt.Printf("WAL: %.0f bytes, %.2f records and %.3f full-page images per item\n",
+		float64(wal1.bytes-wal0.bytes)/n, float64(wal1.records-wal0.records)/n, float64(wal1.fpi-wal0.fpi)/n)
 
 	srv.Shutdown(context.Background())
 	printBatches(reg)
@@ -327,6 +356,23 @@ func printStatements(ctx context.Context, adminURL, db string) {
 		}
 	}
 	_ = adminURL
+}
+
+type walStats struct{ records, fpi, bytes int64 }
+
+// walNow reads the cluster's WAL counters (pg_stat_wal).
+func walNow(ctx context.Context, db string) (walStats, error) {
+	var w walStats
+	conn, err := pgx.Connect(ctx, db)
+	if err != nil {
+		return w, err
+	}
+	defer conn.Close(ctx)
+	err = conn.QueryRow(ctx, "SELECT wal_records, wal_fpi, wal_bytes::bigint FROM pg_stat_wal").Scan(&w.records, &w.fpi, &w.bytes)
+	if err != nil {
+		return w, fmt.Errorf("read pg_stat_wal: %w", err)
+	}
+	return w, nil
 }
 
 type cpuTimes struct{ self, pg time.Duration }
