@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/cordon-dev/cordon/egress-proxy/serve"
+	"github.com/cordon-dev/cordon/internal/logbuf"
 )
 
 const usage = `usage:
@@ -77,7 +78,11 @@ func serveCmd(args []string) int {
 		return 2
 	}
 	cfg.UnsafeAllowCIDRs = cidrs
-	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	// One JSON line per decision: buffered, or each would be a write(2)
+	// (internal/logbuf). Close, deferred, writes what is left on exit.
+	logw := logbuf.New(os.Stderr, 0, 0)
+	defer logw.Close()
+	cfg.Logger = slog.New(slog.NewJSONHandler(logw, nil))
 	if err := cfg.Validate(); err != nil {
 		fmt.Fprintf(os.Stderr, "cordon-egress serve: %v\n%s", err, usage)
 		return 2
