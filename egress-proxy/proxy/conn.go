@@ -2,14 +2,13 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"net"
-	"net/http"
 	"sync/atomic"
 	"time"
 
+	"github.com/cordon-dev/cordon/egress-proxy/h1"
 	"github.com/cordon-dev/cordon/egress-proxy/policy"
 )
 
@@ -22,6 +21,7 @@ type clientConn struct {
 	br    *bufio.Reader
 	job   JobRef
 	actor string
+	ex    upstreamAnswer // the current request's upstream answer
 }
 
 // releaseReader returns the read buffer to the pool once nothing is left
@@ -34,15 +34,6 @@ func (s *Server) releaseReader(cc *clientConn) {
 	}
 }
 
-// headInfo is what the raw request head says that net/http hides: the
-// Host header (net/http deletes it) and framing ambiguities.
-type headInfo struct {
-	hosts   [][]byte
-	hasCL   bool
-	hasTE   bool
-	obsFold bool
-}
-
 var errHeadTooLarge = errors.New("request head too large")
 
 // serveConn reads requests from one client connection until it closes,
@@ -52,6 +43,7 @@ func (s *Server) serveConn(ctx context.Context, raw, conn net.Conn, idle *atomic
 	cc.br = s.readers.Get().(*bufio.Reader)
 	cc.br.Reset(conn)
 	defer s.releaseReader(cc)
+	var req request // its Fields are reused from one request to the next
 	for {
 		if !s.setIdle(idle, true) {
 			return
@@ -65,7 +57,7 @@ func (s *Server) serveConn(ctx context.Context, raw, conn net.Conn, idle *atomic
 		}
 		start := time.Now()
 		conn.SetReadDeadline(start.Add(s.lim.HeaderReadTimeout))
-		info, err := s.readHead(cc.br)
+		n, err := readHead(cc.br, s.lim.MaxHeaderBytes)
 		if err != nil {
 			o := &outcome{job: job, actor: actor, remote: raw.RemoteAddr(), start: start, decision: decisionDeny, reason: policy.ReasonBadRequest}
 			if errors.Is(err, errHeadTooLarge) {
@@ -76,16 +68,17 @@ func (s *Server) serveConn(ctx context.Context, raw, conn net.Conn, idle *atomic
 			s.deny(ctx, cc, o)
 			return
 		}
-		req, err := http.ReadRequest(cc.br)
-		if err != nil {
+		head, _ := cc.br.Peek(n)
+		if err := h1.ParseRequest(head, &req.Head); err != nil {
 			s.deny(ctx, cc, &outcome{job: job, actor: actor, remote: raw.RemoteAddr(), start: start, decision: decisionDeny, reason: policy.ReasonBadRequest})
 			return
 		}
+		req.headLen = n
 		conn.SetReadDeadline(start.Add(s.lim.TotalTimeout))
 		conn.SetWriteDeadline(start.Add(s.lim.TotalTimeout))
 		// The write deadline outlives the request: nothing is written to
 		// an idle connection, and the next request sets its own.
-		if !s.handle(ctx, cc, req, info, start) {
+		if !s.handle(ctx, cc, &req, start) {
 			return
 		}
 	}
@@ -93,84 +86,30 @@ func (s *Server) serveConn(ctx context.Context, raw, conn net.Conn, idle *atomic
 
 var errEOF = errors.New("connection closed before the request head ended")
 
-// readHead waits until the buffer holds a whole request head (ending in an
-// empty line) without consuming it, and scans it.
-func (s *Server) readHead(br *bufio.Reader) (headInfo, error) {
+// readHead waits until br holds a whole message head (ending in an empty
+// line) of at most limit bytes, without consuming it, and returns its
+// length.
+func readHead(br *bufio.Reader, limit int) (int, error) {
 	searched := 0
 	for {
 		buf, _ := br.Peek(br.Buffered())
-		if end := headEnd(buf, max(0, searched-2)); end > 0 {
-			return scanHead(buf[:end]), nil
+		if end := h1.HeadEnd(buf, searched); end > 0 {
+			if end > limit {
+				return 0, errHeadTooLarge
+			}
+			return end, nil
 		}
 		searched = len(buf)
-		if len(buf) >= s.lim.MaxHeaderBytes {
-			return headInfo{}, errHeadTooLarge
+		if len(buf) >= limit {
+			return 0, errHeadTooLarge
 		}
 		if _, err := br.Peek(len(buf) + 1); err != nil {
 			if isTimeout(err) {
-				return headInfo{}, err
+				return 0, err
 			}
-			return headInfo{}, errEOF
+			return 0, errEOF
 		}
 	}
-}
-
-// headEnd returns the length of the head in buf (through its empty line),
-// or 0 when buf does not hold a whole head yet.
-func headEnd(buf []byte, from int) int {
-	for i := from; i < len(buf); i++ {
-		if buf[i] != '\n' {
-			continue
-		}
-		if i+1 < len(buf) && buf[i+1] == '\n' {
-			return i + 2
-		}
-		if i+2 < len(buf) && buf[i+1] == '\r' && buf[i+2] == '\n' {
-			return i + 3
-		}
-	}
-	return 0
-}
-
-// scanHead finds the header fields the proxy must see raw. net/http
-// parses the same bytes afterwards and rejects what is malformed.
-func scanHead(head []byte) headInfo {
-	var info headInfo
-	rest := head
-	for i := 0; len(rest) > 0; i++ {
-		line := rest
-		if nl := bytes.IndexByte(rest, '\n'); nl >= 0 {
-			line, rest = rest[:nl], rest[nl+1:]
-		} else {
-			rest = nil
-		}
-		if i == 0 {
-			continue // request line
-		}
-		line = bytes.TrimSuffix(line, []byte("\r"))
-		if len(line) == 0 {
-			continue
-		}
-		if line[0] == ' ' || line[0] == '\t' {
-			info.obsFold = true
-			continue
-		}
-		colon := bytes.IndexByte(line, ':')
-		if colon < 0 {
-			continue
-		}
-		name := line[:colon]
-		value := bytes.Trim(line[colon+1:], " \t")
-		switch {
-		case bytes.EqualFold(name, []byte("host")):
-			info.hosts = append(info.hosts, value)
-		case bytes.EqualFold(name, []byte("content-length")):
-			info.hasCL = true
-		case bytes.EqualFold(name, []byte("transfer-encoding")):
-			info.hasTE = true
-		}
-	}
-	return info
 }
 
 func isTimeout(err error) bool {

@@ -12,15 +12,17 @@
 // matches the CONNECT host (egress-proxy/sni), then splice between the raw
 // TCP connections.
 //
-// The server reads requests itself (net/http.ReadRequest on its own
-// buffered reader) instead of running net/http.Server: net/http deletes the
-// Host header before any handler sees it, and the proxy must refuse a Host
-// header that disagrees with the URI, and must own the raw connection for
-// the splice path. Plain HTTP goes upstream over a per-job keep-alive pool
-// keyed by the checked address (a request reuses a connection only if its
-// own check produced that address), written and read on the request's
-// goroutine with net/http's Request.Write and ReadResponse; redirects are
-// passed back, never followed.
+// The server reads requests itself instead of running net/http.Server:
+// net/http deletes the Host header before any handler sees it, and the
+// proxy must refuse a Host header that disagrees with the URI, and must own
+// the raw connection for the splice path. Message heads are parsed and
+// written by egress-proxy/h1 (strict, no allocation, fields forwarded in
+// the client's order and spelling; never more lenient than net/http, which
+// FuzzRequestAgreesWithNetHTTP checks). Plain HTTP goes upstream over a
+// per-job keep-alive pool keyed by the checked address (a request reuses a
+// connection only if its own check produced that address), written and
+// read on the request's goroutine; redirects are passed back, never
+// followed.
 //
 // Every decision writes exactly one log line (msg "egress decision", keys
 // job, decision, reason, host, port, addr, method, bytes, duration), one

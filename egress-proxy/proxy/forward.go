@@ -6,50 +6,58 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"strings"
-	"sync/atomic"
+	"strconv"
 
+	"github.com/cordon-dev/cordon/egress-proxy/h1"
 	"github.com/cordon-dev/cordon/egress-proxy/policy"
 )
 
-// isHopByHop reports whether a canonical header name describes one
-// connection, not the message (RFC 9110 section 7.6.1: Connection,
-// Keep-Alive, TE, Trailer, Transfer-Encoding, Upgrade), or is the
-// proxy's own (every Proxy-* field).
-func isHopByHop(name string) bool {
-	switch name {
-	case "Connection", "Keep-Alive", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
-		return true
+// isHopByHop reports whether a field describes one connection, not the
+// message (RFC 9110 section 7.6.1: Connection, Keep-Alive, TE, Trailer,
+// Transfer-Encoding, Upgrade), or is the proxy's own (every Proxy-*
+// field).
+func isHopByHop(name []byte) bool {
+	switch len(name) {
+	case 2:
+		return h1.EqualFold(name, "TE")
+	case 7:
+		return h1.EqualFold(name, "Trailer") || h1.EqualFold(name, "Upgrade")
+	case 10:
+		return h1.EqualFold(name, "Connection") || h1.EqualFold(name, "Keep-Alive")
+	case 17:
+		return h1.EqualFold(name, "Transfer-Encoding")
 	}
-	return strings.HasPrefix(name, "Proxy-")
+	return len(name) > 6 && h1.EqualFold(name[:6], "Proxy-")
 }
 
-// stripHopByHop deletes the hop-by-hop fields of h and those its
-// Connection fields name. It walks h once and allocates nothing.
-func stripHopByHop(h http.Header) {
-	for _, f := range h["Connection"] {
-		for name := range strings.SplitSeq(f, ",") {
-			if name = strings.TrimSpace(name); name != "" {
-				h.Del(name)
-			}
+// dropField reports whether a field of h is not forwarded: hop-by-hop,
+// named by a Connection field, or one the proxy writes itself.
+func dropField(h *h1.Head, f h1.Field, own ...string) bool {
+	if isHopByHop(f.Name) {
+		return true
+	}
+	for _, o := range own {
+		if h1.EqualFold(f.Name, o) {
+			return true
 		}
 	}
-	for name := range h {
-		if isHopByHop(name) {
-			delete(h, name)
-		}
-	}
+	return h.HasToken("Connection", string(f.Name))
 }
 
 // forward sends an allowed plain HTTP request upstream and the response
 // back. Redirects are returned to the client, never followed.
-func (s *Server) forward(ctx context.Context, cc *clientConn, js *jobState, req *http.Request, chk checked, o *outcome) bool {
+//
+// Fields are forwarded in the client's order and spelling; the proxy
+// writes Host (from the checked target), the framing fields and
+// Connection itself, and drops hop-by-hop fields, those the client's
+// Connection names, and Expect (it answers 100-continue itself).
+func (s *Server) forward(ctx context.Context, cc *clientConn, js *jobState, req *request, path []byte, framing h1.Framing, chk checked, o *outcome) bool {
 	deadline := o.start.Add(s.lim.TotalTimeout)
-	// The request is rewritten in place (it is this proxy's own, read from
-	// the client); what the client asked about its connection is kept.
-	reqClose := req.Close
-	out := req
-	out.RequestURI = ""
+	clientKeep := req.Minor == 1 && !req.HasToken("Connection", "close")
+	expect := false
+	if v, n := req.Get("Expect"); n == 1 && h1.EqualFold(v, "100-continue") {
+		expect = true
+	}
 	authorityStr := chk.target.String()
 	if chk.target.Port == 80 {
 		authorityStr = chk.target.Host.String()
@@ -57,30 +65,62 @@ func (s *Server) forward(ctx context.Context, cc *clientConn, js *jobState, req 
 			authorityStr = "[" + authorityStr + "]"
 		}
 	}
-	out.URL.Host = authorityStr
-	out.Host = authorityStr
-	expect := strings.EqualFold(out.Header.Get("Expect"), "100-continue")
-	stripHopByHop(out.Header)
-	out.Header.Del("Expect")
-	if _, ok := out.Header["User-Agent"]; !ok {
-		out.Header["User-Agent"] = []string{""} // add none of our own
+
+	// The upstream head, built now: req's slices alias the read buffer,
+	// which the body read below reuses.
+	out := s.heads.Get().(*[]byte)
+	defer s.heads.Put(out)
+	b := append((*out)[:0], req.Method...)
+	b = append(b, ' ')
+	if s.cfg.Gateway != nil {
+		b = append(b, "http://"...) // absolute form: the gateway is a proxy
+		b = append(b, authorityStr...)
 	}
-	out.Close = false
+	b = appendPath(b, path)
+	b = append(b, " HTTP/1.1\r\nHost: "...)
+	b = append(b, authorityStr...)
+	b = append(b, "\r\n"...)
+	for _, f := range req.Fields {
+		if !dropField(&req.Head, f, "Host", "Expect", "Content-Length") {
+			b = h1.AppendField(b, f.Name, f.Value)
+		}
+	}
+	switch {
+	case framing.Chunked:
+		b = append(b, "Transfer-Encoding: chunked\r\n"...)
+	case framing.Declared:
+		b = append(b, "Content-Length: "...)
+		b = strconv.AppendInt(b, framing.Length, 10)
+		b = append(b, "\r\n"...)
+	}
+	b = append(b, "\r\n"...)
+	*out = b
+	head := b
+	method := o.method
+	cc.br.Discard(req.headLen)
+	req = nil // its slices are stale from here on
+
 	if expect {
 		cc.conn.Write([]byte("HTTP/1.1 100 Continue\r\n\r\n"))
 	}
-	var sent atomic.Int64
-	body := req.Body
-	if body != nil && body != http.NoBody {
-		out.Body = &countingReader{r: body, n: &sent}
+	body := func(w io.Writer) (int64, error) {
+		switch {
+		case framing.Chunked:
+			return h1.CopyChunked(w, cc.br, s.lim.MaxHeaderBytes, true)
+		case framing.Length > 0:
+			return h1.CopyN(w, cc.br, framing.Length)
+		}
+		return 0, nil
 	}
+	replayable := !framing.Chunked && framing.Length == 0 &&
+		(method == http.MethodGet || method == http.MethodHead || method == http.MethodOptions || method == http.MethodTrace)
 
 	addrs := chk.addrs
 	if s.cfg.Gateway != nil {
 		addrs = gatewayKey
 	}
-	resp, uc, err := s.send(ctx, js.pool, addrs, out, deadline)
-	if err != nil {
+	ex := &cc.ex
+	if err := s.send(ctx, js.pool, addrs, head, body, replayable, method == http.MethodHead, deadline, ex); err != nil {
 		var de *dialError
 		switch {
 		case errors.As(err, &de):
@@ -93,74 +133,103 @@ func (s *Server) forward(ctx context.Context, cc *clientConn, js *jobState, req 
 		s.deny(ctx, cc, o)
 		return false
 	}
+	uc, resp := ex.uc, &ex.resp
 	if s.cfg.Gateway != nil {
-		if r := gatewayRefusal(resp); r != policy.ReasonNone {
-			resp.Body.Close()
-			uc.c.Close()
+		v, _ := resp.Get(DenyReasonHeader)
+		if r := gatewayRefusal(string(v)); r != policy.ReasonNone {
+			s.closeUpstream(uc)
 			o.decision, o.reason = decisionFor(r), r
 			s.deny(ctx, cc, o)
 			return false
 		}
 	}
-	// Only the proxy decides: a destination must not forge a refusal (a
-	// sidecar behind this gateway would take it for the gateway's).
-	resp.Header.Del(DenyReasonHeader)
 	o.addr = uc.ap
-	upstreamClose := resp.Close
-	stripHopByHop(resp.Header)
-	var recv atomic.Int64
-	resp.Body = &countingReader{r: resp.Body, n: &recv}
-	keep := !reqClose && req.ProtoAtLeast(1, 1)
-	resp.Close = !keep
-	resp.Proto, resp.ProtoMajor, resp.ProtoMinor = "HTTP/1.1", 1, 1
-	if !req.ProtoAtLeast(1, 1) && resp.ContentLength < 0 {
-		resp.TransferEncoding = nil // HTTP/1.0 client: body until close
+	o.status = resp.Status
+
+	// The client's head: the status line, the upstream's fields minus
+	// hop-by-hop ones and any X-Cordon-Deny-Reason (only the proxy
+	// decides: a destination must not forge a refusal, which a sidecar
+	// behind this gateway would take for the gateway's), then framing.
+	bodyless := ex.framing.Length == 0 && !ex.framing.Chunked
+	toEOF := ex.framing.Length < 0 && !ex.framing.Chunked
+	// An HTTP/1.1 client gets a body of unknown length chunked and keeps
+	// its connection; an HTTP/1.0 one gets it raw and then the close.
+	keep := clientKeep
+	rechunk := (ex.framing.Chunked || toEOF) && clientKeep
+	b = h1.AppendStatusLine(b[:0], resp.Status, resp.Reason)
+	for _, f := range resp.Fields {
+		if dropField(resp, f, DenyReasonHeader, "Content-Length") {
+			continue
+		}
+		b = h1.AppendField(b, f.Name, f.Value)
 	}
+	switch {
+	case rechunk:
+		b = append(b, "Transfer-Encoding: chunked\r\n"...)
+	case ex.framing.Declared && (ex.framing.Length >= 0):
+		// Also a HEAD or 304 answer's Content-Length: it describes the
+		// representation, not this message's (absent) body.
+		if v, n := resp.Get("Content-Length"); n > 0 {
+			b = append(b, "Content-Length: "...)
+			b = append(b, v...)
+			b = append(b, "\r\n"...)
+		}
+	}
+	if !keep {
+		b = append(b, "Connection: close\r\n"...)
+	}
+	b = append(b, "\r\n"...)
+	*out = b
+	uc.br.Discard(ex.headLen) // resp aliases uc.br: it is stale from here on
+
 	bw := s.writers.Get().(*bufio.Writer)
 	bw.Reset(cc.conn)
-	werr := resp.Write(bw) // reads the upstream body to its end, or fails
+	_, werr := bw.Write(b)
+	var recv int64
+	var rerr error
+	if werr == nil && !bodyless {
+		switch {
+		case ex.framing.Chunked:
+			recv, rerr = h1.CopyChunked(bw, uc.br, s.lim.MaxHeaderBytes, rechunk)
+		case toEOF:
+			recv, rerr = h1.CopyToEOF(bw, uc.br, rechunk)
+			if rerr == nil && rechunk {
+				_, rerr = io.WriteString(bw, "0\r\n\r\n")
+			}
+		default:
+			recv, rerr = h1.CopyN(bw, uc.br, ex.framing.Length)
+		}
+	}
 	if werr == nil {
 		werr = bw.Flush()
 	}
 	bw.Reset(nil)
 	s.writers.Put(bw)
-	resp.Body.Close()
-	if werr == nil && !upstreamClose {
+	if werr == nil && rerr == nil && ex.reusable && !toEOF {
 		// The deadline stays: nothing reads or writes an idle pooled
 		// connection, and send sets a new one before reusing it.
-		js.pool.put(uc)
+		s.poolUpstream(js.pool, uc)
 	} else {
-		uc.c.Close()
+		s.closeUpstream(uc)
 	}
-	o.status = resp.StatusCode
-	o.bytes = sent.Load() + recv.Load()
-	s.m.bytesUp.Add(float64(sent.Load()))
-	s.m.bytesDown.Add(float64(recv.Load()))
+	o.bytes = ex.sent + recv
+	s.m.bytesUp.Add(float64(ex.sent))
+	s.m.bytesDown.Add(float64(recv))
 	s.record(ctx, o)
-	if werr != nil {
-		return false
-	}
-	// The next request starts after this one's body: finish reading it,
-	// or close when it is too long to be worth it.
-	if body != nil {
-		n, _ := io.CopyN(io.Discard, body, 256<<10)
-		if n == 256<<10 {
-			return false
+	return werr == nil && rerr == nil && keep
+}
+
+
+// appendPath appends a request path and query, percent-encoding bytes
+// above 0x7f (a client may send raw UTF-8; a URI is ASCII).
+func appendPath(b, path []byte) []byte {
+	const hex = "0123456789ABCDEF"
+	for _, c := range path {
+		if c < 0x80 {
+			b = append(b, c)
+			continue
 		}
+		b = append(b, '%', hex[c>>4], hex[c&15])
 	}
-	return keep
+	return b
 }
-
-// countingReader counts bytes per Read call (no per-byte work).
-type countingReader struct {
-	r io.ReadCloser
-	n *atomic.Int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n.Add(int64(n))
-	return n, err
-}
-
-func (c *countingReader) Close() error { return c.r.Close() }

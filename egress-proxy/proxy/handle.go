@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cordon-dev/cordon/egress-proxy/authority"
+	"github.com/cordon-dev/cordon/egress-proxy/h1"
 	"github.com/cordon-dev/cordon/egress-proxy/policy"
 )
 
@@ -22,10 +24,18 @@ type checked struct {
 	wouldDeny policy.Reason
 }
 
+// request is one client request: its parsed head, which aliases the
+// connection's read buffer until the head is discarded, and the head's
+// length there.
+type request struct {
+	h1.Head
+	headLen int
+}
+
 // handle serves one request. It reports whether the connection may carry
 // another request.
-func (s *Server) handle(ctx context.Context, cc *clientConn, req *http.Request, info headInfo, start time.Time) bool {
-	o := &outcome{job: cc.job, actor: cc.actor, remote: cc.raw.RemoteAddr(), method: req.Method, start: start}
+func (s *Server) handle(ctx context.Context, cc *clientConn, req *request, start time.Time) bool {
+	o := &outcome{job: cc.job, actor: cc.actor, remote: cc.raw.RemoteAddr(), method: methodString(req.Method), start: start}
 	s.pruneJobs()
 	pol, ok := s.cfg.Store.Lookup(cc.job.Org, cc.job.Job)
 	if !ok {
@@ -47,7 +57,7 @@ func (s *Server) handle(ctx context.Context, cc *clientConn, req *http.Request, 
 	}
 	defer js.active.Add(-1)
 
-	target, reason := parseTarget(req, info)
+	target, path, framing, reason := parseTarget(req)
 	if reason != policy.ReasonNone {
 		o.decision, o.reason = decisionDeny, reason
 		s.deny(ctx, cc, o)
@@ -66,62 +76,107 @@ func (s *Server) handle(ctx context.Context, cc *clientConn, req *http.Request, 
 	if chk.wouldDeny != policy.ReasonNone {
 		o.decision = decisionWouldDeny
 	}
-	if req.Method == http.MethodConnect {
+	if o.method == http.MethodConnect {
+		cc.br.Discard(req.headLen)
 		s.tunnel(ctx, cc, pol.Report(), chk, o)
 		return false
 	}
-	return s.forward(ctx, cc, js, req, chk, o)
+	return s.forward(ctx, cc, js, req, path, framing, chk, o)
+}
+
+// methodString returns the method as a string, without allocating for
+// the registered methods.
+func methodString(m []byte) string {
+	for _, known := range [...]string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut,
+		http.MethodPatch, http.MethodDelete, http.MethodConnect, http.MethodOptions, http.MethodTrace} {
+		if string(m) == known {
+			return known
+		}
+	}
+	return string(m)
 }
 
 // parseTarget finds the destination of a request and checks that every
-// way the request names it agrees.
-func parseTarget(req *http.Request, info headInfo) (authority.Target, policy.Reason) {
-	if info.obsFold || (info.hasCL && info.hasTE) || len(info.hosts) > 1 {
-		return authority.Target{}, policy.ReasonBadRequest
+// way the request names it agrees. For a plain request it also returns
+// the path and query to send upstream (origin form, never empty) and the
+// body's framing.
+func parseTarget(req *request) (authority.Target, []byte, h1.Framing, policy.Reason) {
+	framing, err := h1.RequestFraming(&req.Head)
+	if err != nil {
+		return authority.Target{}, nil, framing, policy.ReasonBadRequest
 	}
 	var target authority.Target
-	var err error
-	if req.Method == http.MethodConnect {
-		// Authority form only: "CONNECT host:port".
-		target, err = authority.ParseHostPort(req.RequestURI, 0)
-		if err != nil {
-			return authority.Target{}, policy.ReasonBadRequest
+	var named, path []byte // the authority the target was parsed from
+	if string(req.Method) == http.MethodConnect {
+		// Authority form only: "CONNECT host:port", and no body.
+		named = req.Target
+		if target, err = authority.ParseHostPort(string(named), 0); err != nil {
+			return authority.Target{}, nil, framing, policy.ReasonBadRequest
 		}
-		if info.hasCL || info.hasTE {
-			return authority.Target{}, policy.ReasonBadRequest
+		if framing.Declared || framing.Chunked {
+			return authority.Target{}, nil, framing, policy.ReasonBadRequest
 		}
 	} else {
-		if req.RequestURI == "" || req.RequestURI[0] == '/' || req.RequestURI == "*" || !req.URL.IsAbs() {
-			return authority.Target{}, policy.ReasonOriginForm
+		var reason policy.Reason
+		if named, path, reason = splitAbsolute(req.Target); reason != policy.ReasonNone {
+			return authority.Target{}, nil, framing, reason
 		}
-		if req.URL.Scheme != "http" {
-			return authority.Target{}, policy.ReasonBadScheme
-		}
-		if req.URL.User != nil || req.URL.Opaque != "" {
-			return authority.Target{}, policy.ReasonBadRequest
-		}
-		target, err = authority.ParseHostPort(req.URL.Host, 80)
-		if err != nil {
-			return authority.Target{}, policy.ReasonBadRequest
+		if target, err = authority.ParseHostPort(string(named), 80); err != nil {
+			return authority.Target{}, nil, framing, policy.ReasonBadRequest
 		}
 	}
-	named := req.RequestURI // the authority the target was parsed from
-	if req.Method != http.MethodConnect {
-		named = req.URL.Host
-	}
-	for _, h := range info.hosts {
-		if string(h) == named {
-			continue // the same bytes parse to the same target
-		}
+	if h, n := req.Get("Host"); n == 1 && string(h) != string(named) {
 		ht, err := authority.ParseHostPort(string(h), target.Port)
-		if err != nil {
-			return authority.Target{}, policy.ReasonHostMismatch
-		}
-		if ht != target {
-			return authority.Target{}, policy.ReasonHostMismatch
+		if err != nil || ht != target {
+			return authority.Target{}, nil, framing, policy.ReasonHostMismatch
 		}
 	}
-	return target, policy.ReasonNone
+	return target, path, framing, policy.ReasonNone
+}
+
+// splitAbsolute splits an absolute-form request target
+// ("http://host:port/path?query") into its authority and its path and
+// query ("/" when empty). Origin form ("/path", "*") and anything without
+// a scheme is origin_form; another scheme is bad_scheme; userinfo, a
+// fragment or an empty authority is bad_request.
+func splitAbsolute(t []byte) (authorityPart, path []byte, reason policy.Reason) {
+	colon := bytes.IndexByte(t, ':')
+	if colon <= 0 || !isScheme(t[:colon]) {
+		return nil, nil, policy.ReasonOriginForm
+	}
+	if !h1.EqualFold(t[:colon], "http") {
+		return nil, nil, policy.ReasonBadScheme
+	}
+	rest := t[colon+1:]
+	if !bytes.HasPrefix(rest, []byte("//")) || bytes.IndexByte(rest, '#') >= 0 {
+		return nil, nil, policy.ReasonBadRequest
+	}
+	rest = rest[2:]
+	end := bytes.IndexAny(rest, "/?")
+	if end < 0 {
+		end = len(rest)
+	}
+	authorityPart, path = rest[:end], rest[end:]
+	if len(authorityPart) == 0 || bytes.IndexByte(authorityPart, '@') >= 0 {
+		return nil, nil, policy.ReasonBadRequest
+	}
+	if len(path) == 0 || path[0] == '?' {
+		path = append([]byte("/"), path...)
+	}
+	return authorityPart, path, policy.ReasonNone
+}
+
+// isScheme reports whether b is a URI scheme (RFC 3986 section 3.1).
+func isScheme(b []byte) bool {
+	for i, c := range b {
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z':
+		case i > 0 && ('0' <= c && c <= '9' || c == '+' || c == '-' || c == '.'):
+		default:
+			return false
+		}
+	}
+	return len(b) > 0
 }
 
 // decide applies the job's policy to a destination: name or literal

@@ -41,6 +41,7 @@ type Server struct {
 	bufSize  int
 	readers  sync.Pool // *bufio.Reader of bufSize
 	writers  sync.Pool // *bufio.Writer
+	heads    sync.Pool // *[]byte: message heads being written
 
 	jobs sync.Map // JobRef -> *jobState
 	// jobsGen is the store generation jobs was last pruned against.
@@ -114,7 +115,8 @@ func New(cfg Config) (*Server, error) {
 	s.m = m
 	s.bufSize = max(s.lim.MaxHeaderBytes, sni.MaxHelloBytes+64)
 	s.readers.New = func() any { return bufio.NewReaderSize(nil, s.bufSize) }
-	s.writers.New = func() any { return bufio.NewWriterSize(nil, 4096) }
+	s.writers.New = func() any { return bufio.NewWriterSize(nil, 16<<10) }
+	s.heads.New = func() any { b := make([]byte, 0, 1024); return &b }
 	empty := []netip.AddrPort{}
 	s.self.Store(&empty)
 	return s, nil

@@ -98,9 +98,9 @@ func (s *Server) dialGateway(ctx context.Context) (*tls.Conn, error) {
 }
 
 // gatewayRefusal is the reason of a gateway answer that refused the
-// request, or ReasonNone when resp is not a refusal.
-func gatewayRefusal(resp *http.Response) policy.Reason {
-	v := resp.Header.Get(DenyReasonHeader)
+// request (v is its X-Cordon-Deny-Reason), or ReasonNone when it is not
+// a refusal.
+func gatewayRefusal(v string) policy.Reason {
 	if v == "" {
 		return policy.ReasonNone
 	}
@@ -151,7 +151,7 @@ func (s *Server) connectViaGateway(ctx context.Context, target authority.Target)
 	if resp.StatusCode != http.StatusOK {
 		resp.Body.Close()
 		tc.Close()
-		r := gatewayRefusal(resp)
+		r := gatewayRefusal(resp.Header.Get(DenyReasonHeader))
 		if r == policy.ReasonNone {
 			r = policy.ReasonGatewayError
 		}

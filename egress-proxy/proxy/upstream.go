@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -11,6 +12,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/cordon-dev/cordon/egress-proxy/h1"
 )
 
 // upstreamPool keeps one job's idle keep-alive connections to upstreams,
@@ -33,11 +36,9 @@ type upstreamPool struct {
 type upConn struct {
 	c  net.Conn
 	ap netip.AddrPort
-	// proxyForm writes requests in absolute form: c is a connection to
-	// the gateway, not to the destination.
-	proxyForm bool
+	// br reads responses while a request is in flight; an idle pooled
+	// connection holds none (its buffer goes back to the server's pool).
 	br        *bufio.Reader
-	bw        *bufio.Writer
 	idleSince time.Time
 	// rc is c's raw socket for alive's peek; nil when c is not TCP.
 	rc syscall.RawConn
@@ -47,8 +48,11 @@ func newUpstreamPool() *upstreamPool {
 	return &upstreamPool{maxIdlePerAddr: 64, idleTimeout: 90 * time.Second, idle: map[netip.AddrPort][]*upConn{}}
 }
 
-// get returns a live idle connection to one of addrs, or nil.
-func (p *upstreamPool) get(addrs []netip.AddrPort) *upConn {
+// get returns an idle connection to one of addrs, or nil. With check, it
+// first makes sure the connection is still open and quiet (alive); a
+// caller that can replay its request on a new connection skips the
+// syscall and retries instead when the reused one turns out closed.
+func (p *upstreamPool) get(addrs []netip.AddrPort, check bool) *upConn {
 	now := time.Now()
 	for _, ap := range addrs {
 		for {
@@ -61,7 +65,7 @@ func (p *upstreamPool) get(addrs []netip.AddrPort) *upConn {
 			uc := list[len(list)-1]
 			p.idle[ap] = list[:len(list)-1]
 			p.mu.Unlock()
-			if now.Sub(uc.idleSince) > p.idleTimeout || !uc.alive() {
+			if now.Sub(uc.idleSince) > p.idleTimeout || check && !uc.alive() {
 				uc.c.Close()
 				continue
 			}
@@ -74,12 +78,10 @@ func (p *upstreamPool) get(addrs []netip.AddrPort) *upConn {
 // alive reports whether an idle connection is still open and quiet: an
 // upstream that closed it, or sent bytes nobody asked for, makes it
 // unusable. On TCP it asks the kernel (one non-blocking MSG_PEEK, no
-// deadline and no allocation); other connections (TLS to a gateway) only
-// show what they buffered, and a closed one is caught by send's retry.
+// deadline and no allocation); on other connections (TLS to a gateway) a
+// closed one is caught by send's retry. (Bytes already buffered when the
+// connection was pooled made poolUpstream close it.)
 func (uc *upConn) alive() bool {
-	if uc.br.Buffered() > 0 {
-		return false
-	}
 	if uc.rc == nil {
 		return true
 	}
@@ -149,48 +151,84 @@ func (p *upstreamPool) closeIdle(final bool) {
 }
 
 // errUpstreamStale marks a reused connection that failed before any byte
-// of a response arrived: a bodiless request may be retried on a new one.
+// of a response arrived: a replayable request may be retried on a new one.
 var errUpstreamStale = errors.New("reused upstream connection closed")
 
-// roundTrip sends out on uc and reads the response head. The response
-// body reads from uc.br.
-func roundTrip(uc *upConn, out *http.Request, reused bool) (*http.Response, error) {
-	write := out.Write
-	if uc.proxyForm {
-		write = out.WriteProxy
-	}
-	if err := write(uc.bw); err != nil {
+// maxResponseHead bounds an upstream response head (net/http's client
+// allows more; answers with 32 KiB of fields are refused with 502).
+const maxResponseHead = 32 << 10
+
+// upstreamAnswer is one request's answer: the connection it came on, the
+// response head (aliasing uc.br until headLen bytes are discarded), its
+// framing, whether the upstream keeps the connection open, and the
+// request body bytes sent. One lives in each clientConn and is reused.
+type upstreamAnswer struct {
+	uc       *upConn
+	resp     h1.Head
+	headLen  int
+	framing  h1.Framing
+	reusable bool
+	sent     int64
+}
+
+// roundTrip writes the request head and body on uc and reads the final
+// response head into ex. A failure before any response byte on a reused
+// connection is errUpstreamStale.
+func (s *Server) roundTrip(uc *upConn, head []byte, body func(io.Writer) (int64, error), reused, isHead bool, ex *upstreamAnswer) error {
+	stale := func(err error) error {
 		if reused {
-			return nil, errors.Join(errUpstreamStale, err)
+			return errors.Join(errUpstreamStale, err)
 		}
-		return nil, err
+		return err
 	}
-	if err := uc.bw.Flush(); err != nil {
-		if reused {
-			return nil, errors.Join(errUpstreamStale, err)
-		}
-		return nil, err
+	bw := s.writers.Get().(*bufio.Writer)
+	bw.Reset(uc.c)
+	_, err := bw.Write(head)
+	if err == nil {
+		ex.sent, err = body(bw)
+	}
+	if err == nil {
+		err = bw.Flush()
+	}
+	bw.Reset(nil)
+	s.writers.Put(bw)
+	if err != nil {
+		return stale(err)
 	}
 	for {
 		if _, err := uc.br.Peek(1); err != nil {
-			if reused && (errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || isReset(err)) {
-				return nil, errors.Join(errUpstreamStale, err)
+			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || isReset(err) {
+				return stale(err)
 			}
-			return nil, err
+			return err
 		}
-		resp, err := http.ReadResponse(uc.br, out)
+		n, err := readHead(uc.br, min(maxResponseHead, uc.br.Size()))
 		if err != nil {
-			return nil, err
+			return fmt.Errorf("upstream response head: %w", err)
+		}
+		b, _ := uc.br.Peek(n)
+		if err := h1.ParseResponse(b, &ex.resp); err != nil {
+			return fmt.Errorf("upstream response head: %w", err)
 		}
 		// Interim responses are hop-by-hop here (Expect was stripped);
 		// 101 is final but Upgrade was stripped too, so refuse it.
-		if resp.StatusCode >= 100 && resp.StatusCode < 200 {
-			if resp.StatusCode == http.StatusSwitchingProtocols {
-				return nil, errors.New("upstream switched protocols without an upgrade request")
+		if ex.resp.Status < 200 {
+			if ex.resp.Status == http.StatusSwitchingProtocols {
+				return errors.New("upstream switched protocols without an upgrade request")
 			}
+			uc.br.Discard(n)
 			continue
 		}
-		return resp, nil
+		if ex.framing, err = h1.ResponseFraming(&ex.resp, isHead); err != nil {
+			return fmt.Errorf("upstream response head: %w", err)
+		}
+		ex.headLen = n
+		if ex.resp.Minor == 1 {
+			ex.reusable = !ex.resp.HasToken("Connection", "close")
+		} else {
+			ex.reusable = ex.resp.HasToken("Connection", "keep-alive")
+		}
+		return nil
 	}
 }
 
@@ -199,23 +237,28 @@ func isReset(err error) bool {
 	return errors.As(err, &op) && !op.Timeout()
 }
 
-// send delivers out to one of addrs over a pooled or new connection. The
-// caller reads the response body and then calls release.
-func (s *Server) send(ctx context.Context, pool *upstreamPool, addrs []netip.AddrPort, out *http.Request, deadline time.Time) (resp *http.Response, uc *upConn, err error) {
-	replayable := out.Body == nil || out.Body == http.NoBody
-	if uc = pool.get(addrs); uc != nil {
+// send delivers a request (its head, and body writing the body) to one
+// of addrs over a pooled or new connection and reads the response head
+// into ex. The caller reads the response body from ex.uc.br and then
+// gives the connection to poolUpstream or closeUpstream.
+func (s *Server) send(ctx context.Context, pool *upstreamPool, addrs []netip.AddrPort, head []byte, body func(io.Writer) (int64, error), replayable, isHead bool, deadline time.Time, ex *upstreamAnswer) error {
+	if uc := pool.get(addrs, !replayable); uc != nil {
+		uc.br = s.readers.Get().(*bufio.Reader)
+		uc.br.Reset(uc.c)
 		uc.c.SetDeadline(deadline)
-		resp, err = roundTrip(uc, out, true)
+		err := s.roundTrip(uc, head, body, true, isHead, ex)
 		if err == nil {
-			return resp, uc, nil
+			ex.uc = uc
+			return nil
 		}
-		uc.c.Close()
+		s.closeUpstream(uc)
 		if !replayable || !errors.Is(err, errUpstreamStale) {
-			return nil, nil, err
+			return err
 		}
 	}
 	var c net.Conn
 	var ap netip.AddrPort
+	var err error
 	dctx, cancel := context.WithDeadline(ctx, deadline) // only a dial needs a context
 	if s.cfg.Gateway != nil {
 		c, err = s.dialGateway(dctx)
@@ -224,17 +267,45 @@ func (s *Server) send(ctx context.Context, pool *upstreamPool, addrs []netip.Add
 	}
 	cancel()
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
-	uc = &upConn{c: c, ap: ap, proxyForm: s.cfg.Gateway != nil, br: bufio.NewReaderSize(c, 4096), bw: bufio.NewWriterSize(c, 4096)}
+	uc := &upConn{c: c, ap: ap}
 	if tc, ok := c.(*net.TCPConn); ok {
 		uc.rc, _ = tc.SyscallConn()
 	}
+	uc.br = s.readers.Get().(*bufio.Reader)
+	uc.br.Reset(c)
 	c.SetDeadline(deadline)
-	resp, err = roundTrip(uc, out, false)
-	if err != nil {
-		c.Close()
-		return nil, nil, err
+	if err := s.roundTrip(uc, head, body, false, isHead, ex); err != nil {
+		s.closeUpstream(uc)
+		return err
 	}
-	return resp, uc, nil
+	ex.uc = uc
+	return nil
+}
+
+// poolUpstream keeps a connection whose response was read to its end for
+// the next request, or closes it if the upstream sent more than it was
+// asked for.
+func (s *Server) poolUpstream(pool *upstreamPool, uc *upConn) {
+	if uc.br.Buffered() > 0 {
+		s.closeUpstream(uc)
+		return
+	}
+	s.releaseUpstreamReader(uc)
+	pool.put(uc)
+}
+
+// closeUpstream closes a connection that is not pooled.
+func (s *Server) closeUpstream(uc *upConn) {
+	s.releaseUpstreamReader(uc)
+	uc.c.Close()
+}
+
+func (s *Server) releaseUpstreamReader(uc *upConn) {
+	if uc.br != nil {
+		uc.br.Reset(nil)
+		s.readers.Put(uc.br)
+		uc.br = nil
+	}
 }
