@@ -219,7 +219,6 @@ func (s *Server) forward(ctx context.Context, cc *clientConn, js *jobState, req 
 	return werr == nil && rerr == nil && keep
 }
 
-
 // appendPath appends a request path and query, percent-encoding bytes
 // above 0x7f (a client may send raw UTF-8; a URI is ASCII).
 func appendPath(b, path []byte) []byte {
