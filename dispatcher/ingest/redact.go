@@ -1,9 +1,9 @@
 package ingest
 
 import (
-	"bytes"
 	"regexp"
 	"strings"
+	"unicode/utf8"
 )
 
 // Redacted replaces every secret-looking value before it is stored.
@@ -87,38 +87,88 @@ func RedactString(s string) (string, int) {
 
 // Literals every secret pattern, secret key or URL credential contains:
 // metadata text holding none of them (and no escape sequence) has nothing
-// to redact. secretHints are matched as they are; foldHints against the
-// lowercased text.
+// to redact. secretHints are matched as they are; foldHints (lowercase)
+// in any ASCII case.
 var (
-	secretHints = [][]byte{
-		[]byte("AKIA"), []byte("ASIA"), []byte("AGPA"), []byte("AIDA"), []byte("AROA"), []byte("ANPA"), []byte("ANVA"), []byte("AIPA"),
-		[]byte("eyJ"), []byte("PRIVATE KEY"), []byte("ghp_"), []byte("gho_"), []byte("ghu_"), []byte("ghs_"), []byte("ghr_"),
-		[]byte("github_pat_"), []byte("xox"), []byte("k_live_"), []byte("k_test_"), []byte("AIza"), []byte("://"),
+	secretHints = []string{
+		"AKIA", "ASIA", "AGPA", "AIDA", "AROA", "ANPA", "ANVA", "AIPA",
+		"eyJ", "PRIVATE KEY", "ghp_", "gho_", "ghu_", "ghs_", "ghr_",
+		"github_pat_", "xox", "k_live_", "k_test_", "AIza", "://",
 	}
-	foldHints = func() [][]byte {
-		h := [][]byte{[]byte("bearer"), []byte("basic"), []byte("secret_access_key")}
-		for _, p := range secretKeyParts {
-			h = append(h, []byte(p))
-		}
-		return h
-	}()
+	foldHints = append([]string{"bearer", "basic", "secret_access_key"}, secretKeyParts...)
 )
 
-// mayHoldSecret reports whether RedactMetadata could change the JSON object
-// raw, which must hold no escape sequence.
-func mayHoldSecret(raw []byte) bool {
+// hint is one literal of secretHints or foldHints.
+type hint struct {
+	s    string
+	fold bool
+}
+
+// hintsAt lists, by byte, the hints that can start with it, so that
+// mayHoldSecret reads the text once instead of once per hint; pairAt marks
+// the first two bytes of every hint (in lowercase ASCII), so that most
+// positions are passed over without looking at any hint.
+var hintsAt, pairAt = func() (t [utf8.RuneSelf][]hint, pairs [utf8.RuneSelf][utf8.RuneSelf]bool) {
 	for _, h := range secretHints {
-		if bytes.Contains(raw, h) {
+		t[h[0]] = append(t[h[0]], hint{h, false})
+		pairs[lowerASCII(h[0])][lowerASCII(h[1])] = true
+	}
+	for _, h := range foldHints {
+		lo, up := h[0], h[0]
+		if 'a' <= lo && lo <= 'z' {
+			up = lo - 'a' + 'A'
+		}
+		t[lo] = append(t[lo], hint{h, true})
+		if up != lo {
+			t[up] = append(t[up], hint{h, true})
+		}
+		pairs[h[0]][h[1]] = true
+	}
+	return t, pairs
+}()
+
+func lowerASCII(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
+}
+
+// mayHoldSecret reports whether RedactMetadata could change the JSON object
+// raw, which must hold no escape sequence. Any non-ASCII byte answers yes:
+// Unicode case folding maps a few non-ASCII letters onto ASCII ones (the
+// Kelvin sign onto k, the long s onto s), which the ASCII comparison here
+// would miss and the redaction's lowercasing and (?i) patterns would not.
+func mayHoldSecret(raw []byte) bool {
+	for i, c := range raw {
+		if c >= utf8.RuneSelf {
 			return true
 		}
-	}
-	lower := bytes.ToLower(raw)
-	for _, h := range foldHints {
-		if bytes.Contains(lower, h) {
-			return true
+		// Every hint is at least two bytes long.
+		if i+1 == len(raw) || raw[i+1] >= utf8.RuneSelf || !pairAt[lowerASCII(c)][lowerASCII(raw[i+1])] {
+			continue
+		}
+		for _, h := range hintsAt[c] {
+			if len(raw)-i < len(h.s) {
+				continue
+			}
+			if h.fold && hasPrefixFoldASCII(raw[i:], h.s) || !h.fold && string(raw[i:i+len(h.s)]) == h.s {
+				return true
+			}
 		}
 	}
 	return false
+}
+
+// hasPrefixFoldASCII reports whether b starts with lower (lowercase ASCII)
+// in any ASCII case.
+func hasPrefixFoldASCII(b []byte, lower string) bool {
+	for j := 0; j < len(lower); j++ {
+		if lowerASCII(b[j]) != lower[j] {
+			return false
+		}
+	}
+	return true
 }
 
 // RedactMetadata returns a copy of m with the values of secret-named keys

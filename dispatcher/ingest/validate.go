@@ -69,17 +69,6 @@ func (e *InvalidError) Error() string {
 	return fmt.Sprintf("item %d: %s: %s", e.Index, e.Field, e.Reason)
 }
 
-// wireEvent is an audit.Event whose metadata is kept as the JSON text it
-// arrived as (the outer field shadows the embedded one).
-type wireEvent struct {
-	audit.Event
-	Metadata json.RawMessage `json:"metadata,omitempty"`
-}
-
-type eventsBody struct {
-	Events []wireEvent `json:"events"`
-}
-
 type usageBody struct {
 	Reports []usage.Report `json:"reports"`
 }
@@ -118,27 +107,32 @@ func decodeStrict(r io.Reader, limit int64, v any) error {
 // metadata as the exact JSON to store, and the number of redactions.
 func DecodeEvents(r io.Reader, lim Limits, now time.Time) ([]auditstore.Record, int, error) {
 	lim = lim.withDefaults()
-	var body eventsBody
-	if err := decodeStrict(r, lim.MaxBodyBytes, &body); err != nil {
+	body, err := readBody(r, lim.MaxBodyBytes)
+	if err != nil {
 		return nil, 0, err
 	}
-	if len(body.Events) == 0 {
+	defer putBody(body) // nothing returned refers to it: see prepareMetadata
+	recs, err := decodeEventsBody(body.Bytes(), lim.MaxItems)
+	if err != nil {
+		return nil, 0, err
+	}
+	if len(recs) == 0 {
 		return nil, 0, &InvalidError{Index: -1, Reason: `"events" is missing or empty`}
 	}
-	if len(body.Events) > lim.MaxItems {
-		return nil, 0, &InvalidError{Index: -1, Reason: fmt.Sprintf("%d events in one request, the limit is %d: split the batch", len(body.Events), lim.MaxItems)}
-	}
 	redactions := 0
-	recs := make([]auditstore.Record, len(body.Events))
-	for i := range body.Events {
-		w := &body.Events[i]
+	// The stored metadata of every event, compacted, in one allocation:
+	// it is never larger than the body.
+	arena := make([]byte, 0, body.Len())
+	for i := range recs {
 		rec := &recs[i]
-		rec.Event = w.Event
 		if err := validateEvent(&rec.Event, lim, now); err != nil {
 			err.Index = i
 			return nil, 0, err
 		}
-		md, n, err := prepareMetadata(w.Metadata, lim)
+		var md []byte
+		var n int
+		var err *InvalidError
+		md, arena, n, err = prepareMetadata(arena, rec.RawMetadata, lim)
 		if err != nil {
 			err.Index = i
 			return nil, 0, err
@@ -151,64 +145,68 @@ func DecodeEvents(r io.Reader, lim Limits, now time.Time) ([]auditstore.Record, 
 	return recs, redactions, nil
 }
 
-// prepareMetadata checks an event's metadata (a JSON object, at most
-// MaxMetadataBytes, nested at most 8 deep) and returns it compacted with
-// secret-looking values redacted. Most metadata holds nothing that could
-// be redacted: when the raw text has no escape sequence and none of the
-// literals every redaction needs (mayHoldSecret), it is stored as it came,
-// without being decoded; otherwise it is decoded, redacted and re-encoded.
-func prepareMetadata(raw json.RawMessage, lim Limits) ([]byte, int, *InvalidError) {
+// prepareMetadata checks an event's metadata raw (valid JSON: the decoder
+// checked it) and returns it as it is to be stored: a JSON object, at most
+// MaxMetadataBytes, nested at most 8 deep, compacted, with secret-looking
+// values redacted. Most metadata holds nothing that could be redacted: when
+// raw has no escape sequence and none of the literals every redaction needs
+// (mayHoldSecret), it is compacted into arena (returned grown) without being
+// decoded; otherwise it is decoded, redacted and re-encoded. The result
+// never aliases raw.
+func prepareMetadata(arena []byte, raw []byte, lim Limits) (md, grown []byte, redactions int, err *InvalidError) {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || string(raw) == "null" {
-		return nil, 0, nil
+		return nil, arena, 0, nil
 	}
 	if raw[0] != '{' {
-		return nil, 0, invalid("metadata", "must be a JSON object")
+		return nil, arena, 0, invalid("metadata", "must be a JSON object")
 	}
 	if len(raw) > lim.MaxMetadataBytes {
-		return nil, 0, invalid("metadata", "%d bytes, the limit is %d", len(raw), lim.MaxMetadataBytes)
+		return nil, arena, 0, invalid("metadata", "%d bytes, the limit is %d", len(raw), lim.MaxMetadataBytes)
 	}
 	// Invalid UTF-8 also takes the slow path: decoding replaces it, and
 	// Postgres would refuse it.
 	if bytes.IndexByte(raw, '\\') < 0 && utf8.Valid(raw) && !mayHoldSecret(raw) {
-		if jsonDepth(raw) > 8 {
-			return nil, 0, invalid("metadata", "nested deeper than 8 levels")
+		start := len(arena)
+		var depth int
+		arena, depth = appendCompact(arena, raw)
+		if depth > 8 {
+			return nil, arena[:start], 0, invalid("metadata", "nested deeper than 8 levels")
 		}
-		var buf bytes.Buffer
-		if err := json.Compact(&buf, raw); err != nil {
-			return nil, 0, invalid("metadata", "is not valid JSON")
-		}
-		return buf.Bytes(), 0, nil
+		return arena[start:len(arena):len(arena)], arena, 0, nil
 	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.UseNumber()
 	var m map[string]any
 	if err := dec.Decode(&m); err != nil {
-		return nil, 0, invalid("metadata", "is not a valid JSON object")
+		return nil, arena, 0, invalid("metadata", "is not a valid JSON object")
 	}
 	if depth(m, 0) > 8 {
-		return nil, 0, invalid("metadata", "nested deeper than 8 levels")
+		return nil, arena, 0, invalid("metadata", "nested deeper than 8 levels")
 	}
 	m, n := RedactMetadata(m)
-	b, err := json.Marshal(m)
-	if err != nil {
-		return nil, 0, invalid("metadata", "cannot be encoded: %v", err)
+	b, merr := json.Marshal(m)
+	if merr != nil {
+		return nil, arena, 0, invalid("metadata", "cannot be encoded: %v", merr)
 	}
 	if len(b) > lim.MaxMetadataBytes {
-		return nil, 0, invalid("metadata", "%d bytes once redacted, the limit is %d", len(b), lim.MaxMetadataBytes)
+		return nil, arena, 0, invalid("metadata", "%d bytes once redacted, the limit is %d", len(b), lim.MaxMetadataBytes)
 	}
-	return b, n, nil
+	return b, arena, n, nil
 }
 
-// jsonDepth is the nesting depth of valid JSON text without escapes (so no
-// string holds a quote).
-func jsonDepth(b []byte) int {
+// appendCompact appends valid JSON text b, which holds no escape sequence
+// (so no string holds a quote), to dst without the whitespace between
+// tokens, and returns its nesting depth.
+func appendCompact(dst, b []byte) ([]byte, int) {
 	d, max, inString := 0, 0, false
 	for _, c := range b {
 		switch {
 		case c == '"':
 			inString = !inString
 		case inString:
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
+			continue
 		case c == '{' || c == '[':
 			d++
 			if d > max {
@@ -217,8 +215,9 @@ func jsonDepth(b []byte) int {
 		case c == '}' || c == ']':
 			d--
 		}
+		dst = append(dst, c)
 	}
-	return max
+	return dst, max
 }
 
 // DecodeUsage reads a usage request body and validates every report.

@@ -240,7 +240,7 @@ func TestPrepareMetadata(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			got, _, err := prepareMetadata(json.RawMessage(tc.raw), Limits{}.withDefaults())
+			got, _, _, err := prepareMetadata(nil, json.RawMessage(tc.raw), Limits{}.withDefaults())
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Errorf("got %s, %v; want an error containing %q", got, err, tc.wantErr)
@@ -266,7 +266,7 @@ func FuzzPrepareMetadata(f *testing.F) {
 		if !json.Valid(raw) {
 			return
 		}
-		out, _, err := prepareMetadata(raw, Limits{}.withDefaults())
+		out, _, _, err := prepareMetadata(nil, raw, Limits{}.withDefaults())
 		if err != nil || out == nil {
 			return
 		}
@@ -283,7 +283,7 @@ func FuzzPrepareMetadata(f *testing.F) {
 }
 
 func TestPrepareMetadataInvalidUTF8(t *testing.T) {
-	got, _, err := prepareMetadata(json.RawMessage("{\"a\":\"\xff\"}"), Limits{}.withDefaults())
+	got, _, _, err := prepareMetadata(nil, json.RawMessage("{\"a\":\"\xff\"}"), Limits{}.withDefaults())
 	if err != nil || !utf8.Valid(got) {
 		t.Errorf("got %q, %v; want valid UTF-8", got, err)
 	}
