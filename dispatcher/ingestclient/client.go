@@ -102,19 +102,24 @@ func (c *Client) Close() { c.http.CloseIdleConnections() }
 
 // SendEvents sends audit events (at most 10,000 per call).
 func (c *Client) SendEvents(ctx context.Context, events []audit.Event) (Result, error) {
-	return c.send(ctx, "/v1/ingest/events", map[string]any{"events": events})
+	// About 450 bytes an event, so the buffer rarely grows.
+	b, err := appendEventsBody(make([]byte, 0, 64+512*len(events)), events)
+	if err != nil {
+		return Result{}, &PermanentError{Message: "encode batch: " + err.Error(), Index: -1}
+	}
+	return c.send(ctx, "/v1/ingest/events", b)
 }
 
 // SendUsage sends usage reports (at most 10,000 per call).
 func (c *Client) SendUsage(ctx context.Context, reports []usage.Report) (Result, error) {
-	return c.send(ctx, "/v1/ingest/usage", map[string]any{"reports": reports})
-}
-
-func (c *Client) send(ctx context.Context, path string, body any) (Result, error) {
-	b, err := json.Marshal(body)
+	b, err := json.Marshal(map[string]any{"reports": reports})
 	if err != nil {
 		return Result{}, &PermanentError{Message: "encode batch: " + err.Error(), Index: -1}
 	}
+	return c.send(ctx, "/v1/ingest/usage", b)
+}
+
+func (c *Client) send(ctx context.Context, path string, b []byte) (Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+path, bytes.NewReader(b))
