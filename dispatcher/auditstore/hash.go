@@ -77,37 +77,43 @@ const hashVersion = "cordon-audit-chain-v1"
 // with prev_hash. It covers the chain position (org, class, month, seq), so
 // a row moved or renumbered no longer matches its hash.
 func (r *row) computeHash() []byte {
-	b := make([]byte, 0, 512)
-	put := func(s string) []byte {
-		b = binary.BigEndian.AppendUint32(b, uint32(len(s)))
-		return append(b, s...)
-	}
-	b = put(hashVersion)
-	b = put(r.org)
-	b = put(r.class)
-	b = put(r.month.Format("2006-01"))
-	b = put(strconv.FormatInt(r.seq, 10))
-	b = put(strconv.FormatInt(r.ts.UnixMicro(), 10))
-	b = put(r.eventType)
-	b = put(r.eventID)
-	b = put(r.actorType)
-	b = put(r.actorID)
-	b = put(r.actorIP)
-	b = put(r.actorUA)
-	b = put(r.resourceType)
-	b = put(r.resourceID)
-	b = put(r.action)
-	b = put(r.result)
+	// Most rows fit the stack buffer; the hash is computed for every row
+	// appended, so it allocates nothing else.
+	var buf [512]byte
+	var num [32]byte
+	b := buf[:0]
+	b = put(b, hashVersion)
+	b = put(b, r.org)
+	b = put(b, r.class)
+	b = put(b, r.month.AppendFormat(num[:0], "2006-01"))
+	b = put(b, strconv.AppendInt(num[:0], r.seq, 10))
+	b = put(b, strconv.AppendInt(num[:0], r.ts.UnixMicro(), 10))
+	b = put(b, r.eventType)
+	b = put(b, r.eventID)
+	b = put(b, r.actorType)
+	b = put(b, r.actorID)
+	b = put(b, r.actorIP)
+	b = put(b, r.actorUA)
+	b = put(b, r.resourceType)
+	b = put(b, r.resourceID)
+	b = put(b, r.action)
+	b = put(b, r.result)
 	if r.metadata == nil {
 		b = append(b, 0)
 	} else {
 		b = append(b, 1)
-		b = put(string(r.metadata))
+		b = put(b, r.metadata)
 	}
-	b = put(r.requestID)
-	b = put(string(r.prevHash))
+	b = put(b, r.requestID)
+	b = put(b, r.prevHash)
 	sum := sha256.Sum256(b)
 	return sum[:]
+}
+
+// put appends s to b, prefixed with its length.
+func put[S string | []byte](b []byte, s S) []byte {
+	b = binary.BigEndian.AppendUint32(b, uint32(len(s)))
+	return append(b, s...)
 }
 
 // genesis is the prev_hash of the first row of every chain.
