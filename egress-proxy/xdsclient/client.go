@@ -1,8 +1,13 @@
 // Package xdsclient is the egress proxy's side of xDS: it subscribes to
 // cordon-xds over ADS (gRPC, mTLS with the proxy's SVID), turns the Envoy
 // RouteConfigurations it receives back into allowlist policies
-// (xds/translate), hands them to an Applier (the proxy's policy store), and
-// ACKs what it applied or NACKs, with the reason, what it could not use.
+// (xds/routeconfig), hands them to an Applier (the proxy's policy store),
+// and ACKs what it applied or NACKs, with the reason, what it could not use.
+//
+// It speaks the standard Envoy v3 ADS protocol but does not import
+// go-control-plane: the two stream messages are written and read with
+// protowire (ads.go) and the resources with xds/routeconfig's strict
+// decoder, which keeps the sidecar agent that embeds this client small.
 //
 // Failure behaviour is the point of this package (DESIGN.md, "xDS"):
 //   - it starts deny-all: it never calls Apply until a good policy arrives;
@@ -23,28 +28,22 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"regexp"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/cordon-dev/cordon/internal/allowlist"
-	"github.com/cordon-dev/cordon/xds/translate"
+	"github.com/cordon-dev/cordon/xds/routeconfig"
 )
 
 // Applier swaps in a complete set of job policies atomically; on error
@@ -101,8 +100,6 @@ type Client struct {
 	applied  chan struct{} // closed and replaced on every apply
 }
 
-var jobPathRE = regexp.MustCompile(`^/org/([^/]+)/job/([^/]+)$`)
-
 // New checks cfg and returns a Client. It reads the SVID once to learn the
 // node ID (and the job, for a sidecar).
 func New(cfg Config, a Applier) (*Client, error) {
@@ -130,14 +127,27 @@ func New(cfg Config, a Applier) (*Client, error) {
 		c.log = slog.New(slog.DiscardHandler)
 	}
 	if !cfg.Gateway {
-		m := jobPathRE.FindStringSubmatch(svid.ID.Path())
-		if m == nil {
+		var ok bool
+		if c.org, c.job, ok = parseJobPath(svid.ID.Path()); !ok {
 			return nil, fmt.Errorf("xds client: SVID %s is not a job identity (spiffe://TD/org/ORG/job/JOB); set Gateway for a gateway", svid.ID)
 		}
-		c.org, c.job = m[1], m[2]
-		c.names = []string{translate.ResourceName(c.org, c.job)}
+		c.names = []string{routeconfig.ResourceName(c.org, c.job)}
 	}
 	return c, nil
+}
+
+// parseJobPath splits a job's SPIFFE ID path, "/org/ORG/job/JOB" (ORG and
+// JOB non-empty, without "/").
+func parseJobPath(path string) (org, job string, ok bool) {
+	rest, ok := strings.CutPrefix(path, "/org/")
+	if !ok {
+		return "", "", false
+	}
+	org, job, ok = strings.Cut(rest, "/job/")
+	if !ok || org == "" || job == "" || strings.Contains(org, "/") || strings.Contains(job, "/") {
+		return "", "", false
+	}
+	return org, job, true
 }
 
 // Version is the version of the last applied policy, "" before the first.
@@ -196,12 +206,11 @@ func (c *Client) Run(ctx context.Context) error {
 		return fmt.Errorf("xds client: dial %s: %w", c.cfg.Addr, err)
 	}
 	defer conn.Close()
-	ads := discoveryv3.NewAggregatedDiscoveryServiceClient(conn)
 
 	b := backoff.NewExponentialBackOff()
 	b.InitialInterval, b.MaxInterval = c.cfg.MinBackoff, c.cfg.MaxBackoff
 	for {
-		got, err := c.stream(ctx, ads)
+		got, err := c.stream(ctx, conn)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -223,44 +232,45 @@ func (c *Client) Run(ctx context.Context) error {
 
 // stream runs one ADS stream until it fails. got reports whether any
 // response arrived (the connection worked, so the backoff resets).
-func (c *Client) stream(ctx context.Context, ads discoveryv3.AggregatedDiscoveryServiceClient) (got bool, err error) {
+func (c *Client) stream(ctx context.Context, conn *grpc.ClientConn) (got bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	s, err := ads.StreamAggregatedResources(ctx, grpc.WaitForReady(false))
+	s, err := conn.NewStream(ctx, adsStream, adsMethod,
+		grpc.StaticMethod(), grpc.WaitForReady(false), grpc.ForceCodecV2(adsCodec{}))
 	if err != nil {
 		return false, fmt.Errorf("open stream: %w", err)
 	}
-	req := &discoveryv3.DiscoveryRequest{
-		Node:          &corev3.Node{Id: c.nodeID},
-		TypeUrl:       resource.RouteType,
+	req := &discoveryRequest{
+		NodeID:        c.nodeID,
+		TypeURL:       routeconfig.TypeURL,
 		ResourceNames: c.names,
 		// Resuming at our version: an unchanged control plane sends
 		// nothing new, a changed one sends its current snapshot.
 		VersionInfo: c.Version(),
 	}
-	if err := s.Send(req); err != nil {
+	if err := s.SendMsg(req); err != nil {
 		return false, fmt.Errorf("send subscription: %w", err)
 	}
 	for {
-		resp, err := s.Recv()
-		if err != nil {
+		resp := &discoveryResponse{}
+		if err := s.RecvMsg(resp); err != nil {
 			return got, fmt.Errorf("receive: %w", err)
 		}
 		got = true
-		next := &discoveryv3.DiscoveryRequest{
-			TypeUrl:       resource.RouteType,
+		next := &discoveryRequest{
+			TypeURL:       routeconfig.TypeURL,
 			ResourceNames: c.names,
-			ResponseNonce: resp.GetNonce(),
+			ResponseNonce: resp.Nonce,
 		}
 		if err := c.handle(resp); err != nil {
 			c.log.Error("xds response rejected, keeping the last applied policy",
-				"version", resp.GetVersionInfo(), "serving_version", c.Version(), "error", err)
+				"version", resp.VersionInfo, "serving_version", c.Version(), "error", err)
 			next.VersionInfo = c.Version()
-			next.ErrorDetail = &status.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
+			next.ErrorDetail = &rpcStatus{Code: int32(codes.InvalidArgument), Message: err.Error()}
 		} else {
-			next.VersionInfo = resp.GetVersionInfo()
+			next.VersionInfo = resp.VersionInfo
 		}
-		if err := s.Send(next); err != nil {
+		if err := s.SendMsg(next); err != nil {
 			return got, fmt.Errorf("send ack: %w", err)
 		}
 	}
@@ -268,7 +278,7 @@ func (c *Client) stream(ctx context.Context, ads discoveryv3.AggregatedDiscovery
 
 // handle decodes and applies one response; any error means nothing was
 // applied.
-func (c *Client) handle(resp *discoveryv3.DiscoveryResponse) error {
+func (c *Client) handle(resp *discoveryResponse) error {
 	policies, err := c.decode(resp)
 	if err == nil {
 		err = c.apply.Apply(policies)
@@ -280,35 +290,35 @@ func (c *Client) handle(resp *discoveryv3.DiscoveryResponse) error {
 		c.nacks++
 		return err
 	}
-	c.version, c.lastNACK = resp.GetVersionInfo(), ""
+	c.version, c.lastNACK = resp.VersionInfo, ""
 	close(c.applied)
 	c.applied = make(chan struct{})
-	c.log.Info("xds policy applied", "version", resp.GetVersionInfo(), "jobs", len(policies))
+	c.log.Info("xds policy applied", "version", resp.VersionInfo, "jobs", len(policies))
 	return nil
 }
 
-func (c *Client) decode(resp *discoveryv3.DiscoveryResponse) ([]*allowlist.JobPolicy, error) {
-	if resp.GetTypeUrl() != resource.RouteType {
-		return nil, fmt.Errorf("response type %q: want %s", resp.GetTypeUrl(), resource.RouteType)
+func (c *Client) decode(resp *discoveryResponse) ([]*allowlist.JobPolicy, error) {
+	if resp.TypeURL != routeconfig.TypeURL {
+		return nil, fmt.Errorf("response type %q: want %s", resp.TypeURL, routeconfig.TypeURL)
 	}
 	seen := map[string]bool{}
 	var out []*allowlist.JobPolicy
-	for i, a := range resp.GetResources() {
-		if a.GetTypeUrl() != resource.RouteType {
-			return nil, fmt.Errorf("resource %d: type %q: want %s", i, a.GetTypeUrl(), resource.RouteType)
+	for i, a := range resp.Resources {
+		if a.TypeURL != routeconfig.TypeURL {
+			return nil, fmt.Errorf("resource %d: type %q: want %s", i, a.TypeURL, routeconfig.TypeURL)
 		}
-		var rc routev3.RouteConfiguration
-		if err := a.UnmarshalTo(&rc); err != nil {
-			return nil, fmt.Errorf("resource %d: %w", i, err)
+		rc, err := routeconfig.Unmarshal(a.Value)
+		if err != nil {
+			return nil, fmt.Errorf("resource %d: decode route configuration: %w", i, err)
 		}
-		if seen[rc.GetName()] {
-			return nil, fmt.Errorf("resource %q sent twice", rc.GetName())
+		if seen[rc.Name] {
+			return nil, fmt.Errorf("resource %q sent twice", rc.Name)
 		}
-		seen[rc.GetName()] = true
-		if !c.cfg.Gateway && rc.GetName() != c.names[0] {
-			return nil, fmt.Errorf("resource %q: this proxy serves only %s", rc.GetName(), c.names[0])
+		seen[rc.Name] = true
+		if !c.cfg.Gateway && rc.Name != c.names[0] {
+			return nil, fmt.Errorf("resource %q: this proxy serves only %s", rc.Name, c.names[0])
 		}
-		p, err := translate.FromRouteConfiguration(&rc)
+		p, err := rc.Policy()
 		if err != nil {
 			return nil, err
 		}

@@ -19,10 +19,12 @@ func Decode(wire []byte) (*allowlist.JobPolicy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("decode route configuration: %w", err)
 	}
-	return decode(rc)
+	return rc.Policy()
 }
 
-func decode(rc *RouteConfiguration) (*allowlist.JobPolicy, error) {
+// Policy rebuilds the policy rc was built from. It errors unless rc is
+// exactly what Build makes of that policy.
+func (rc *RouteConfiguration) Policy() (*allowlist.JobPolicy, error) {
 	p, err := policyOf(rc)
 	if err != nil {
 		return nil, fmt.Errorf("decode route configuration %q: %w", rc.Name, err)
