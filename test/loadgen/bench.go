@@ -81,6 +81,11 @@ type Config struct {
 	// IdleTunnels is how many idle tunnels the memory phase opens. If zero,
 	// 10000; if negative, the phase is skipped.
 	IdleTunnels int
+	// PacedRate is the total request rate (requests per second over all
+	// clients) of the paced keep-alive phase, which measures the latency a
+	// proxy adds at a fixed load every target can carry. If zero, 5000; if
+	// negative, the phase is skipped.
+	PacedRate int
 	// SettleTime is how long the memory phase waits after opening the
 	// tunnels before reading memory. If zero, 1s.
 	SettleTime time.Duration
@@ -106,6 +111,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.IdleTunnels == 0 {
 		c.IdleTunnels = 10000
+	}
+	if c.PacedRate == 0 {
+		c.PacedRate = 5000
 	}
 	if c.SettleTime == 0 {
 		c.SettleTime = time.Second
@@ -184,9 +192,14 @@ type Result struct {
 	GOMAXPROCS int        `json:"gomaxprocs"`
 	NumCPU     int        `json:"num_cpu"`
 	KeepAlive  RateResult `json:"keep_alive"`
-	Tunnels    RateResult `json:"tunnels"`
-	Bulk       BulkResult `json:"bulk"`
-	Idle       IdleResult `json:"idle"`
+	// Paced is the keep-alive phase at PacedRate requests/s: latency from
+	// each request's scheduled start, so a stall counts for every request
+	// it delayed.
+	Paced     RateResult `json:"paced"`
+	PacedRate int        `json:"paced_rate"`
+	Tunnels   RateResult `json:"tunnels"`
+	Bulk      BulkResult `json:"bulk"`
+	Idle      IdleResult `json:"idle"`
 }
 
 // Run measures one target: keep-alive requests, new tunnels per request, one
@@ -212,12 +225,20 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	log := cfg.Logger.With("target", cfg.Name)
 
 	log.Info("phase start", "phase", "keep-alive")
-	res.KeepAlive = runRate(ctx, cfg, p, (*client).keepAliveOnce)
+	res.KeepAlive = runRate(ctx, cfg, p, 0, (*client).keepAliveOnce)
 	if err := ctx.Err(); err != nil {
 		return res, err
 	}
+	if cfg.PacedRate > 0 {
+		log.Info("phase start", "phase", "paced keep-alive", "rate", cfg.PacedRate)
+		res.Paced = runRate(ctx, cfg, p, cfg.PacedRate, (*client).keepAliveOnce)
+		res.PacedRate = cfg.PacedRate
+		if err := ctx.Err(); err != nil {
+			return res, err
+		}
+	}
 	log.Info("phase start", "phase", "tunnels")
-	res.Tunnels = runRate(ctx, cfg, p, (*client).tunnelOnce)
+	res.Tunnels = runRate(ctx, cfg, p, 0, (*client).tunnelOnce)
 	if err := ctx.Err(); err != nil {
 		return res, err
 	}
@@ -391,7 +412,13 @@ func (c *client) tunnelOnce(ctx context.Context) error {
 
 // runRate runs a closed-loop phase: every client repeats op until the end
 // of warm-up plus duration; only requests started after warm-up count.
-func runRate(ctx context.Context, cfg Config, p *plan, op func(*client, context.Context) error) RateResult {
+//
+// With rate > 0 the phase is paced instead (open loop): each client sends
+// on its own fixed schedule (rate/Clients requests per second, the clients
+// staggered). A client that falls behind sends at once, and the latency
+// of a request sent late counts from when it was due, so a stall is
+// charged to every request it held back (no coordinated omission).
+func runRate(ctx context.Context, cfg Config, p *plan, rate int, op func(*client, context.Context) error) RateResult {
 	start := time.Now()
 	from := start.Add(cfg.Warmup)
 	end := from.Add(cfg.Duration)
@@ -404,6 +431,7 @@ func runRate(ctx context.Context, cfg Config, p *plan, op func(*client, context.
 	var wg sync.WaitGroup
 	for i := range outs {
 		wg.Add(1)
+		idx := i
 		go func(out *workerOut) {
 			defer wg.Done()
 			c := newClient(p)
@@ -411,8 +439,28 @@ func runRate(ctx context.Context, cfg Config, p *plan, op func(*client, context.
 			defer c.close()
 			var connectsAtFrom uint64
 			measuring := false
+			var interval time.Duration
+			var due time.Time
+			if rate > 0 {
+				interval = time.Duration(float64(time.Second) * float64(cfg.Clients) / float64(rate))
+				due = start.Add(interval * time.Duration(idx) / time.Duration(cfg.Clients))
+			}
 			for ctx.Err() == nil {
 				t0 := time.Now()
+				if rate > 0 {
+					// On schedule: sleep, and count from the actual send
+					// (Go's timers may wake up to a millisecond late; that
+					// is the load tool's delay, not the target's). Behind
+					// schedule, because the last answer came late: count
+					// from when this request was due.
+					if wait := due.Sub(t0); wait > 0 {
+						time.Sleep(wait)
+						t0 = time.Now()
+					} else {
+						t0 = due
+					}
+					due = due.Add(interval)
+				}
 				if !t0.Before(end) {
 					break
 				}

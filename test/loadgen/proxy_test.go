@@ -140,7 +140,7 @@ func (e benchEnv) config(name, proxy string) Config {
 
 func checkClean(t *testing.T, r Result, cfg Config) {
 	t.Helper()
-	for name, rr := range map[string]RateResult{"keep-alive": r.KeepAlive, "tunnels": r.Tunnels} {
+	for name, rr := range map[string]RateResult{"keep-alive": r.KeepAlive, "paced": r.Paced, "tunnels": r.Tunnels} {
 		if rr.Errors != 0 || rr.Requests == 0 || rr.P50 <= 0 || rr.P99 < rr.P50 || rr.PerSecond <= 0 {
 			t.Errorf("%s: got %d requests, %d errors (%s), p50 %v, p99 %v; want requests, no errors, 0 < p50 <= p99",
 				name, rr.Requests, rr.Errors, rr.FirstError, rr.P50, rr.P99)
