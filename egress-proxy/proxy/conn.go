@@ -56,7 +56,11 @@ func (s *Server) serveConn(ctx context.Context, raw, conn net.Conn, idle *atomic
 			return
 		}
 		start := time.Now()
-		conn.SetReadDeadline(start.Add(s.lim.HeaderReadTimeout))
+		if buf, _ := cc.br.Peek(cc.br.Buffered()); h1.HeadEnd(buf, 0) == 0 {
+			// Only a head still arriving needs its own deadline (the
+			// usual request comes whole in its first segment).
+			conn.SetReadDeadline(start.Add(s.lim.HeaderReadTimeout))
+		}
 		n, err := readHead(cc.br, s.lim.MaxHeaderBytes)
 		if err != nil {
 			o := &outcome{job: job, actor: actor, remote: raw.RemoteAddr(), start: start, decision: decisionDeny, reason: policy.ReasonBadRequest}
@@ -74,8 +78,7 @@ func (s *Server) serveConn(ctx context.Context, raw, conn net.Conn, idle *atomic
 			return
 		}
 		req.headLen = n
-		conn.SetReadDeadline(start.Add(s.lim.TotalTimeout))
-		conn.SetWriteDeadline(start.Add(s.lim.TotalTimeout))
+		conn.SetDeadline(start.Add(s.lim.TotalTimeout))
 		// The write deadline outlives the request: nothing is written to
 		// an idle connection, and the next request sets its own.
 		if !s.handle(ctx, cc, &req, start) {

@@ -101,11 +101,12 @@ func (s *Server) record(ctx context.Context, o *outcome) {
 	if o.decision == decisionDeny {
 		level = slog.LevelWarn
 	}
-	// Build the attributes only for a handler that keeps the line: the
-	// arguments would be evaluated (and allocated) before LogAttrs itself
-	// checks.
-	if s.log.Enabled(ctx, level) {
-		s.log.LogAttrs(ctx, level, "egress decision",
+	// Build the attributes only for a handler that keeps the line, and
+	// hand the record to the handler directly: Logger.LogAttrs would also
+	// walk the stack for a source position nobody logs.
+	if h := s.log.Handler(); h.Enabled(ctx, level) {
+		r := slog.NewRecord(time.Now(), level, "egress decision", 0)
+		r.AddAttrs(
 			slog.String("job", o.job.String()),
 			slog.String("decision", o.decision),
 			slog.String("reason", string(o.reason)),
@@ -116,6 +117,7 @@ func (s *Server) record(ctx context.Context, o *outcome) {
 			slog.Int64("bytes", o.bytes),
 			slog.Duration("duration", dur),
 		)
+		h.Handle(ctx, r)
 	}
 	s.m.countDecision(o.decision, o.reason)
 	if s.audit != audit.Discard {
