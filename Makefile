@@ -12,7 +12,7 @@ all: build
 
 build:
 	@mkdir -p $(BIN)
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ ./egress-proxy/cmd/... ./xds/cmd/... ./sidecar/cmd/... ./dispatcher/cmd/... ./test/cmd/...
+	CGO_ENABLED=0 $(GO) build -trimpath -tags grpcnotrace -o $(BIN)/ ./egress-proxy/cmd/... ./xds/cmd/... ./sidecar/cmd/... ./dispatcher/cmd/... ./test/cmd/...
 
 # images builds one FROM scratch image per binary (cordon/<name>:dev), from
 # static binaries compiled here: no registry is needed.

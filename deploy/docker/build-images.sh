@@ -63,7 +63,10 @@ if [ "${NO_BUILD:-}" != 1 ]; then
 	echo "building ${#pkgs[@]} static binaries into $bin"
 	# Static (no libc to copy into scratch), reproducible paths, no symbol
 	# tables: the images stay small and identical builds hit the cache.
-	(cd "$root" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$bin/" "${pkgs[@]}")
+	# grpcnotrace drops gRPC's x/net/trace (unused), whose html/template
+	# keeps every exported method in the binary: 4.5 MB less per binary
+	# and 2.5 MiB less idle RSS for the sidecar agent.
+	(cd "$root" && CGO_ENABLED=0 go build -trimpath -tags grpcnotrace -ldflags "-s -w" -o "$bin/" "${pkgs[@]}")
 fi
 
 ctx_root=$(mktemp -d)

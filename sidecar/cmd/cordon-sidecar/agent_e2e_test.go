@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,18 +27,7 @@ func TestAgentAndRunEndToEnd(t *testing.T) {
 	proxyAddr := freeAddr(t)
 	agent := startAgent(t, endpoint, "--provider", "file", "--secrets-file", file, "--secrets", "monad_rpc_key",
 		"--shared-dir", shared, "--allowlists", writeAllowlist(t, 1), "--proxy-addr", proxyAddr)
-	if m := memOf(t, agent.cmd.Process.Pid); m.rss > 0 {
-		// The issue's target is idle RSS <= 20 MB. RSS also counts the
-		// clean, shared page-cache pages of the 27 MB binary's own code
-		// that start-up touched (RssFile), which the kernel reclaims under
-		// pressure and the agent does not own; the memory the agent owns
-		// is its anonymous memory, and that is what must stay small.
-		t.Logf("agent when ready and idle: RSS %.1f MiB = anon %.1f MiB + file %.1f MiB",
-			mib(m.rss), mib(m.anon), mib(m.file))
-		if m.anon > 20<<20 {
-			t.Errorf("agent anonymous RSS %.1f MiB, want <= 20 MiB", mib(m.anon))
-		}
-	}
+	checkIdleRSS(t, agent.cmd.Process.Pid, "ready and idle")
 
 	wrapper := filepath.Join(shared, "bin", "cordon-sidecar")
 	job := exec.Command(wrapper, "run", "--agent-socket", filepath.Join(shared, "run", "agent.sock"), "--",
@@ -73,6 +63,29 @@ func TestAgentAndRunEndToEnd(t *testing.T) {
 	}
 }
 
+// maxIdleRSS is issue 4's target for the agent: idle RSS <= 20 MB.
+const maxIdleRSS = 20 << 20
+
+// checkIdleRSS holds the agent's resident set, anonymous and file-backed
+// together, to maxIdleRSS. The file-backed part is the binary's pages that
+// start-up touched; the kernel maps them in 64 KiB windows (fault-around),
+// so it grows with how much of the binary runs at start-up and how big the
+// binary is, which is what keeping go-control-plane and gRPC's tracing out
+// of the binary bought (sidecar/cmd/cordon-sidecar/main.go).
+func checkIdleRSS(t *testing.T, pid int, when string) {
+	t.Helper()
+	m, err := memOf(pid)
+	if err != nil {
+		t.Errorf("agent %s: %v", when, err)
+		return
+	}
+	t.Logf("agent %s: RSS %.1f MiB = anon %.1f MiB + file %.1f MiB", when, mib(m.rss), mib(m.anon), mib(m.file))
+	if m.rss > maxIdleRSS {
+		t.Errorf("agent %s: RSS %.1f MiB (anon %.1f MiB + file %.1f MiB), want <= %.0f MiB",
+			when, mib(m.rss), mib(m.anon), mib(m.file), mib(maxIdleRSS))
+	}
+}
+
 // mem is a process's resident memory from /proc/PID/status.
 type mem struct{ rss, anon, file int64 }
 
@@ -80,11 +93,10 @@ func mib(b int64) float64 { return float64(b) / (1 << 20) }
 
 // memOf reads a process's resident set size and its anonymous and
 // file-backed parts from /proc.
-func memOf(t *testing.T, pid int) mem {
+func memOf(pid int) (mem, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
-		t.Logf("no /proc: %v", err)
-		return mem{}
+		return mem{}, fmt.Errorf("read resident memory: %w", err)
 	}
 	var m mem
 	for _, line := range strings.Split(string(b), "\n") {
@@ -95,5 +107,8 @@ func memOf(t *testing.T, pid int) mem {
 			}
 		}
 	}
-	return m
+	if m.rss == 0 {
+		return mem{}, fmt.Errorf("read resident memory: no VmRSS in /proc/%d/status", pid)
+	}
+	return m, nil
 }

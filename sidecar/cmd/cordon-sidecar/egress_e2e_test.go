@@ -82,7 +82,7 @@ func TestAgentEmbedsEgressProxy(t *testing.T) {
 			}
 		})
 	}
-	if m := memOf(t, a.cmd.Process.Pid); m.rss > 0 {
+	if m, err := memOf(a.cmd.Process.Pid); err == nil {
 		t.Logf("agent after proxying: RSS %.1f MiB = anon %.1f MiB + file %.1f MiB", mib(m.rss), mib(m.anon), mib(m.file))
 	}
 	if err := a.stop(); err != nil {

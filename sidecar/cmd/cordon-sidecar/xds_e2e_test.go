@@ -90,7 +90,7 @@ jobs:
 		t.Fatal(err)
 	}
 	xdsAddr, proxyAddr := freeAddr(t), freeAddr(t)
-	startAgent(t, endpoint, "--provider", "file", "--secrets-file", secretsFile(t, `{}`),
+	agent := startAgent(t, endpoint, "--provider", "file", "--secrets-file", secretsFile(t, `{}`),
 		"--shared-dir", filepath.Join(dir, "cordon"), "--xds", xdsAddr, "--dns", resolver,
 		"--unsafe-allow-cidr", "127.0.0.0/8", "--proxy-addr", proxyAddr)
 	c := proxyClient(proxyAddr)
@@ -117,6 +117,8 @@ jobs:
 			t.Fatalf("policy from the control plane not applied in 20s: got %d", code)
 		}
 	}
+	// The way it runs in a task: policy from xDS, and a few requests served.
+	checkIdleRSS(t, agent.cmd.Process.Pid, "with its xDS policy, idle")
 	stop()
 	time.Sleep(200 * time.Millisecond)
 	if code, reason := status(); code != http.StatusOK {
