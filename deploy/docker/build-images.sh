@@ -64,8 +64,8 @@ if [ "${NO_BUILD:-}" != 1 ]; then
 	# Static (no libc to copy into scratch), reproducible paths, no symbol
 	# tables: the images stay small and identical builds hit the cache.
 	# grpcnotrace drops gRPC's x/net/trace (unused), whose html/template
-	# keeps every exported method in the binary: 4.5 MB less per binary
-	# and 2.5 MiB less idle RSS for the sidecar agent.
+	# makes the linker keep every exported method: 2.8 to 4.6 MB less for
+	# each binary that uses gRPC, and 2.5 MiB less idle RSS for the agent.
 	(cd "$root" && CGO_ENABLED=0 go build -trimpath -tags grpcnotrace -ldflags "-s -w" -o "$bin/" "${pkgs[@]}")
 fi
 
