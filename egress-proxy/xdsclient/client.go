@@ -98,6 +98,7 @@ type Client struct {
 	lastNACK string
 	nacks    uint64        // rejected responses since start
 	applied  chan struct{} // closed and replaced on every apply
+	ready    chan struct{} // closed at the first apply
 }
 
 // New checks cfg and returns a Client. It reads the SVID once to learn the
@@ -122,7 +123,8 @@ func New(cfg Config, a Applier) (*Client, error) {
 			return nil, fmt.Errorf("xds client: %w", err)
 		}
 	}
-	c := &Client{cfg: cfg, log: cfg.Logger, apply: a, nodeID: svid.ID.String(), applied: make(chan struct{})}
+	c := &Client{cfg: cfg, log: cfg.Logger, apply: a, nodeID: svid.ID.String(),
+		applied: make(chan struct{}), ready: make(chan struct{})}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
@@ -163,6 +165,11 @@ func (c *Client) Applied() <-chan struct{} {
 	defer c.mu.Unlock()
 	return c.applied
 }
+
+// Ready returns a channel that is closed once the first policy has been
+// applied, and stays closed: until then the proxy denies everything (a
+// sidecar reports itself unhealthy until it is closed).
+func (c *Client) Ready() <-chan struct{} { return c.ready }
 
 // NACKs is how many responses the client has rejected since it started.
 func (c *Client) NACKs() uint64 {
@@ -291,6 +298,11 @@ func (c *Client) handle(resp *discoveryResponse) error {
 		return err
 	}
 	c.version, c.lastNACK = resp.VersionInfo, ""
+	select {
+	case <-c.ready:
+	default:
+		close(c.ready)
+	}
 	close(c.applied)
 	c.applied = make(chan struct{})
 	c.log.Info("xds policy applied", "version", resp.VersionInfo, "jobs", len(policies))

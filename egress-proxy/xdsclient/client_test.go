@@ -223,8 +223,18 @@ func TestStartsDenyAllThenAppliesAndACKs(t *testing.T) {
 	if calls := a.snapshot(); len(calls) != 0 {
 		t.Fatalf("got %d Apply calls before any policy was published, want 0 (deny-all)", len(calls))
 	}
+	select {
+	case <-c.Ready():
+		t.Fatal("Ready closed before any policy was applied")
+	default:
+	}
 	cp.publish(t, 1, pol("a", "a.example.com"), pol("b", "b.example.com"))
 	waitVersion(t, c, "v1")
+	select {
+	case <-c.Ready():
+	default:
+		t.Fatal("Ready not closed after the first policy was applied")
+	}
 	waitCounter(t, cp.metrics.ACKs, 1, "ACKs")
 	cp.publish(t, 2, pol("a", "a.example.com", "a2.example.com"), pol("b", "b.example.com"))
 	waitVersion(t, c, "v2")

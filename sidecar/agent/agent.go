@@ -4,7 +4,9 @@
 // the job's declared secrets (failing closed), copies its own binary into
 // the volume shared with the job container, hands the job's env to
 // `cordon-sidecar run` once over a peer-checked unix socket, and serves a
-// health endpoint that turns healthy only when all of that is done.
+// health endpoint that turns healthy only when all of that is done and the
+// embedded egress proxy enforces its job's policy (with xDS, once the first
+// policy from the control plane is applied).
 //
 // Seams for what other packages provide: Config.NewProxy (the embedded
 // egress proxy of egress-proxy/proxy, given the live SVID source for its
@@ -57,11 +59,16 @@ import (
 	"github.com/cordon-dev/cordon/sidecar/secrets"
 )
 
-// EgressProxy is the embedded egress proxy (egress-proxy/proxy satisfies
-// it). Serve blocks until Shutdown or ctx ends.
+// EgressProxy is the embedded egress proxy (sidecar/egress builds it).
+// Serve blocks until Shutdown or ctx ends.
 type EgressProxy interface {
 	Serve(ctx context.Context, ln net.Listener) error
 	Shutdown(ctx context.Context) error
+	// PolicyReady is closed once the proxy enforces its job's policy: at
+	// once for a static one, at the first policy applied for one from
+	// xDS (until then it denies everything). The agent is not healthy, so
+	// the job does not start, before it is closed.
+	PolicyReady() <-chan struct{}
 }
 
 // UsageSink takes usage reports for delivery to the dispatcher.
@@ -86,8 +93,9 @@ type Config struct {
 	// JobUID is the uid the job container runs as: the only peer the
 	// handoff socket serves. If negative, the agent's own uid.
 	JobUID int
-	// HealthAddr is where GET /healthz answers 200 once the agent is ready.
-	// If empty, 127.0.0.1:9902.
+	// HealthAddr is where GET /healthz answers 200 once the agent is ready
+	// and its egress proxy enforces its policy; before, 503 with "starting"
+	// or "waiting for the egress policy". If empty, 127.0.0.1:9902.
 	HealthAddr string
 	// ProxyAddr is where the egress proxy listens. If empty,
 	// 127.0.0.1:3128.
@@ -269,9 +277,13 @@ func SocketPath(sharedDir string) string { return filepath.Join(sharedDir, "run"
 
 // Agent is a running agent; see Run.
 type Agent struct {
-	cfg     Config
-	log     *slog.Logger
+	cfg Config
+	log *slog.Logger
+	// ready is closed when the set-up is done; policy, set before, is
+	// the proxy's PolicyReady (closed already without a proxy). Healthy is
+	// both closed.
 	ready   chan struct{}
+	policy  <-chan struct{}
 	started time.Time   // when the agent started: interim reports' StartedAt
 	final   atomic.Bool // the final usage report was sent
 	// ended receives the wrapper's final result, for the lease loop's
@@ -287,7 +299,10 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	a := &Agent{cfg: c, log: c.Logger, ready: make(chan struct{}), started: time.Now().UTC(), ended: make(chan jobrun.Result, 1)}
+	noPolicy := make(chan struct{})
+	close(noPolicy)
+	a := &Agent{cfg: c, log: c.Logger, ready: make(chan struct{}), policy: noPolicy,
+		started: time.Now().UTC(), ended: make(chan jobrun.Result, 1)}
 	return a.run(ctx)
 }
 
@@ -455,6 +470,7 @@ func (a *Agent) setUp(ctx context.Context, g *errgroup.Group) (err error) {
 			return fmt.Errorf("agent: egress proxy: %w", err)
 		}
 		g.Go(func() error { return proxy.Serve(ctx, ln) })
+		a.policy = proxy.PolicyReady()
 		g.Go(func() error {
 			<-ctx.Done()
 			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -468,7 +484,20 @@ func (a *Agent) setUp(ctx context.Context, g *errgroup.Group) (err error) {
 	// give it back so the idle agent stays small.
 	debug.FreeOSMemory()
 	close(a.ready)
-	log.Info("agent ready", "shared_dir", c.SharedDir, "job_uid", c.JobUID)
+	if a.policyApplied() {
+		log.Info("agent ready", "shared_dir", c.SharedDir, "job_uid", c.JobUID)
+	} else {
+		log.Info("agent set up, waiting for the egress policy before it reports healthy",
+			"shared_dir", c.SharedDir, "job_uid", c.JobUID)
+		g.Go(func() error {
+			select {
+			case <-a.policy:
+				log.Info("agent ready: egress policy applied")
+			case <-ctx.Done():
+			}
+			return nil
+		})
+	}
 	if c.UsageInterval > 0 && c.Usage != nil {
 		g.Go(func() error { a.interimReports(ctx, id); return nil })
 	}
@@ -629,12 +658,29 @@ func (a *Agent) healthHandler() http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-a.ready:
-			io.WriteString(w, "ok\n")
 		default:
 			http.Error(w, "starting", http.StatusServiceUnavailable)
+			return
 		}
+		if !a.policyApplied() {
+			http.Error(w, "waiting for the egress policy", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ok\n")
 	})
 	return mux
+}
+
+// policyApplied reports whether the egress proxy enforces its policy (true
+// without a proxy: there is nothing to wait for). Call it only after ready
+// is closed, which publishes a.policy.
+func (a *Agent) policyApplied() bool {
+	select {
+	case <-a.policy:
+		return true
+	default:
+		return false
+	}
 }
 
 // CheckHealth asks the agent's health endpoint at addr; it is what the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -104,8 +105,12 @@ func freeAddr(t *testing.T) string {
 // startAgent serves a dev Workload API for id and runs the agent with a
 // secrets file.
 // fakeProxy is an EgressProxy that answers every request with 418, to see
-// that the agent serves what NewProxy built on ProxyAddr.
-type fakeProxy struct{ srv *http.Server }
+// that the agent serves what NewProxy built on ProxyAddr. Its policy is
+// ready when policy is closed; nil means at once.
+type fakeProxy struct {
+	srv    *http.Server
+	policy chan struct{}
+}
 
 func (p *fakeProxy) Serve(ctx context.Context, ln net.Listener) error {
 	if err := p.srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
@@ -114,6 +119,14 @@ func (p *fakeProxy) Serve(ctx context.Context, ln net.Listener) error {
 	return nil
 }
 func (p *fakeProxy) Shutdown(ctx context.Context) error { return p.srv.Shutdown(ctx) }
+func (p *fakeProxy) PolicyReady() <-chan struct{} {
+	if p.policy == nil {
+		c := make(chan struct{})
+		close(c)
+		return c
+	}
+	return p.policy
+}
 
 func startAgent(t *testing.T, id string, secretsJSON string, names []string, opts ...func(*Config)) *fixture {
 	t.Helper()
@@ -426,6 +439,64 @@ func TestAgentUnhealthyUntilProxyListens(t *testing.T) {
 		t.Fatalf("proxy once healthy: got %v, %v; want it listening", resp, err)
 	} else {
 		resp.Body.Close()
+	}
+	f.cancel()
+	if err := <-f.done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
+
+// TestAgentUnhealthyUntilPolicyApplied: with a policy from xDS the proxy
+// denies everything until the first one arrives, so the job must not start
+// (the agent must not be healthy) before.
+func TestAgentUnhealthyUntilPolicyApplied(t *testing.T) {
+	leakCheck(t)
+	policy := make(chan struct{})
+	f := startAgent(t, "spiffe://cordon.test/org/acme/job/block_follower", `{}`, nil, func(c *Config) {
+		next := c.NewProxy
+		c.NewProxy = func(ctx context.Context, id Identity) (EgressProxy, error) {
+			p, err := next(ctx, id)
+			if err == nil {
+				p.(*fakeProxy).policy = policy
+			}
+			return p, err
+		}
+	})
+	health := func() (int, string) {
+		resp, err := http.Get("http://" + f.health + "/healthz")
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, strings.TrimSpace(string(b))
+	}
+	// Set up, serving the proxy, but waiting for the policy.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		code, body := health()
+		if code == http.StatusServiceUnavailable && body == "waiting for the egress policy" {
+			break
+		}
+		if code == http.StatusOK {
+			t.Fatal("agent healthy before its egress policy was applied")
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent not set up in 10s: health %d %q", code, body)
+		}
+	}
+	if resp, err := http.Get("http://" + f.proxy + "/"); err != nil || resp.StatusCode != http.StatusTeapot {
+		t.Fatalf("proxy while waiting for the policy: got %v, %v; want it listening (and denying)", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := CheckHealth(ctx, f.health); err == nil {
+		t.Fatal("CheckHealth: got nil before the policy was applied")
+	}
+	close(policy)
+	if code, body := health(); code != http.StatusOK {
+		t.Fatalf("health once the policy is applied: got %d %q, want 200", code, body)
 	}
 	f.cancel()
 	if err := <-f.done; err != nil {

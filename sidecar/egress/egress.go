@@ -199,6 +199,23 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 // Shutdown stops accepting and waits for requests in progress, up to ctx.
 func (p *Proxy) Shutdown(ctx context.Context) error { return p.srv.Shutdown(ctx) }
 
+// PolicyReady is closed once the proxy enforces its job's policy: a static
+// one is loaded before the proxy is built; an xDS one when the first
+// policy from the control plane is applied.
+func (p *Proxy) PolicyReady() <-chan struct{} {
+	if p.xds != nil {
+		return p.xds.Ready()
+	}
+	return loaded
+}
+
+// loaded is PolicyReady of a static policy: always closed.
+var loaded = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
+
 // MaxKeys bounds a Counter's destinations. The proxy's keys are already
 // bounded by the job's allowlist; this is the backstop should a policy be
 // huge: further destinations are summed under OverflowKey.

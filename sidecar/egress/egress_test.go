@@ -2,14 +2,18 @@ package egress
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/goleak"
 
 	"github.com/cordon-dev/cordon/egress-proxy/proxy"
 	"github.com/cordon-dev/cordon/internal/usage"
+	"github.com/cordon-dev/cordon/sidecar/agent"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -68,5 +72,26 @@ func TestCounterIsBounded(t *testing.T) {
 	}
 	if o := got[OverflowKey]; o.Requests != 100 || o.BytesOut != 100 {
 		t.Fatalf("overflow bucket: got %+v, want 100 requests and bytes", o)
+	}
+}
+
+// TestStaticPolicyIsReadyAtOnce: a static policy is loaded before the proxy
+// exists, so the agent need not wait for it (an xDS one is waited for; see
+// TestAgentWithXDSPolicy in cmd/cordon-sidecar).
+func TestStaticPolicyIsReadyAtOnce(t *testing.T) {
+	dir := t.TempDir()
+	yaml := "version: 1\norg: acme\nendpoint_sets:\n  s:\n    entries:\n      - host: a.example.com\n        ports: [443]\njobs:\n  j:\n    class: platform\n    allow: [s]\n"
+	if err := os.WriteFile(filepath.Join(dir, "acme.yaml"), []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	id := agent.Identity{JobIdentity: agent.JobIdentity{ID: spiffeid.RequireFromString("spiffe://cordon.test/org/acme/job/j"), Org: "acme", Job: "j"}}
+	p, err := build(Config{Allowlists: dir}, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.PolicyReady():
+	default:
+		t.Fatal("PolicyReady of a static policy is not closed")
 	}
 }

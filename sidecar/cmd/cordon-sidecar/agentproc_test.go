@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -71,6 +73,20 @@ type agentProc struct {
 // until it is healthy. It is stopped (SIGTERM) at cleanup.
 func startAgent(t *testing.T, endpoint string, args ...string) *agentProc {
 	t.Helper()
+	a := launchAgent(t, endpoint, args...)
+	a.waitHealth(t, "healthy", func(code int, _ string) bool { return code == http.StatusOK })
+	// What the container health check runs agrees.
+	if err := exec.Command(bin, "health", "--addr", a.health).Run(); err != nil {
+		t.Fatalf("cordon-sidecar health: %v", err)
+	}
+	return a
+}
+
+// launchAgent starts the agent with args plus --health-addr and returns at
+// once; waitHealth waits for the state a test needs. It is stopped
+// (SIGTERM) at cleanup.
+func launchAgent(t *testing.T, endpoint string, args ...string) *agentProc {
+	t.Helper()
 	a := &agentProc{t: t, health: freeAddr(t), done: make(chan error, 1), eof: make(chan struct{})}
 	a.cmd = exec.Command(bin, append([]string{"agent", "--health-addr", a.health}, args...)...)
 	a.cmd.Env = []string{"SPIFFE_ENDPOINT_SOCKET=" + endpoint}
@@ -93,20 +109,36 @@ func startAgent(t *testing.T, endpoint string, args ...string) *agentProc {
 	}()
 	go func() { <-a.eof; a.done <- a.cmd.Wait() }()
 	t.Cleanup(func() { a.stop() })
+	return a
+}
+
+// waitHealth polls GET /healthz until ok accepts its status and body,
+// failing after 15s or when the agent exits.
+func (a *agentProc) waitHealth(t *testing.T, what string, ok func(code int, body string) bool) {
+	t.Helper()
+	c := &http.Client{Timeout: 2 * time.Second}
 	deadline := time.Now().Add(15 * time.Second)
-	for exec.Command(bin, "health", "--addr", a.health).Run() != nil {
+	for {
+		code, body := 0, ""
+		if resp, err := c.Get("http://" + a.health + "/healthz"); err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			code, body = resp.StatusCode, strings.TrimSpace(string(b))
+		}
+		if ok(code, body) {
+			return
+		}
 		select {
 		case err := <-a.done:
 			a.done <- err
-			t.Fatalf("agent exited before it was healthy: %v\n%s", err, a.Logs())
+			t.Fatalf("agent exited before it was %s: %v\n%s", what, err, a.Logs())
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("agent not healthy in 15s:\n%s", a.Logs())
+			t.Fatalf("agent not %s in 15s (health: %d %q):\n%s", what, code, body, a.Logs())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return a
 }
 
 func (a *agentProc) Logs() string {

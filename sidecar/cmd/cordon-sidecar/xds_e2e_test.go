@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -56,8 +57,9 @@ func startControlPlane(t *testing.T, ca *spiffedev.CA, addr, allowDir string) (s
 }
 
 // TestAgentWithXDSPolicy: with --xds the embedded proxy denies everything
-// until the control plane's first policy, then serves it, and keeps it
-// when the control plane goes away.
+// until the control plane's first policy, and the agent is not healthy (the
+// job does not start) until then; then it serves the policy, turns healthy,
+// and keeps the policy when the control plane goes away.
 func TestAgentWithXDSPolicy(t *testing.T) {
 	dir := t.TempDir()
 	ca, err := spiffedev.NewCA(testTD)
@@ -90,9 +92,13 @@ jobs:
 		t.Fatal(err)
 	}
 	xdsAddr, proxyAddr := freeAddr(t), freeAddr(t)
-	agent := startAgent(t, endpoint, "--provider", "file", "--secrets-file", secretsFile(t, `{}`),
+	agent := launchAgent(t, endpoint, "--provider", "file", "--secrets-file", secretsFile(t, `{}`),
 		"--shared-dir", filepath.Join(dir, "cordon"), "--xds", xdsAddr, "--dns", resolver,
 		"--unsafe-allow-cidr", "127.0.0.0/8", "--proxy-addr", proxyAddr)
+	// Set up (the proxy listens) but not healthy: no policy yet.
+	agent.waitHealth(t, "set up and waiting for its policy", func(code int, body string) bool {
+		return code == http.StatusServiceUnavailable && body == "waiting for the egress policy"
+	})
 	c := proxyClient(proxyAddr)
 	url := "http://allowed.test:" + strconv.Itoa(upPort) + "/"
 	status := func() (int, string) {
@@ -107,6 +113,9 @@ jobs:
 	if code, reason := status(); code != http.StatusForbidden || reason == "" {
 		t.Fatalf("before any policy: got %d %q, want 403 with a reason (deny-all)", code, reason)
 	}
+	if err := exec.Command(bin, "health", "--addr", agent.health).Run(); err == nil {
+		t.Fatal("cordon-sidecar health succeeded before the agent had a policy")
+	}
 	stop := startControlPlane(t, ca, xdsAddr, allow)
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 		code, _ := status()
@@ -117,6 +126,7 @@ jobs:
 			t.Fatalf("policy from the control plane not applied in 20s: got %d", code)
 		}
 	}
+	agent.waitHealth(t, "healthy once its policy was applied", func(code int, _ string) bool { return code == http.StatusOK })
 	// The way it runs in a task: policy from xDS, and a few requests served.
 	checkIdleRSS(t, agent.cmd.Process.Pid, "with its xDS policy, idle")
 	stop()
