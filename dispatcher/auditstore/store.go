@@ -127,14 +127,37 @@ func (s *Store) Append(ctx context.Context, org string, events []audit.Event, re
 	return s.AppendRecords(ctx, org, recs, reports)
 }
 
-// AppendRecords stores events and usage reports of one org in one transaction:
-// events are appended to their (org, class, month) hash chains, each chain
-// locked through its head row so replicas append one at a time; events and
-// reports already stored are skipped. When Append returns nil, everything
-// is durably committed. events and reports must be validated by the caller
-// and belong to org; timestamps are stored with microsecond precision.
+// AppendRecords stores events and usage reports of one org in one
+// transaction; it is AppendBatches with one batch.
+func (s *Store) AppendRecords(ctx context.Context, org string, events []Record, reports []usage.Report) (AppendResult, error) {
+	res, err := s.AppendBatches(ctx, []OrgBatch{{Org: org, Events: events, Reports: reports}})
+	if err != nil {
+		return AppendResult{EventStored: make([]bool, len(events)), UsageStored: make([]bool, len(reports))}, err
+	}
+	return res[0], nil
+}
+
+// OrgBatch is one org's events and usage reports for AppendBatches. They
+// must be validated by the caller and belong to Org.
+type OrgBatch struct {
+	Org     string
+	Events  []Record
+	Reports []usage.Report
+}
+
+// AppendBatches stores the batches of several orgs in one transaction, so
+// they share one commit and one WAL flush: events are appended to their
+// (org, class, month) hash chains, each chain locked through its head row
+// so replicas append one at a time; events and reports already stored are
+// skipped (an event ID is stored once per chain). Each org's rows are written with that org set for row-level
+// security. When it returns nil, everything is durably committed, and
+// result i says what batch i stored. An org may appear only once.
+// Timestamps are stored with microsecond precision.
 //
-// Most batches hold no event stored before, so Append first inserts
+// Chains are locked in one global order (org, class, month), so two
+// transactions, of this replica or another, never deadlock.
+//
+// Most batches hold no event stored before, so AppendBatches first inserts
 // optimistically without looking for duplicates; if the insert meets any
 // (a unique violation on audit_events_event_id), the transaction is rolled
 // back and redone looking them up first, so that sequence numbers stay
@@ -142,10 +165,10 @@ func (s *Store) Append(ctx context.Context, org string, events []audit.Event, re
 // NOTHING: with the chains locked nothing else can insert the same rows,
 // and ON CONFLICT would cost every row a probe of both unique indexes and
 // a speculative insertion (an extra WAL record) on top of the insert.
-func (s *Store) AppendRecords(ctx context.Context, org string, events []Record, reports []usage.Report) (AppendResult, error) {
-	res, err := s.append(ctx, org, events, reports, true)
+func (s *Store) AppendBatches(ctx context.Context, batches []OrgBatch) ([]AppendResult, error) {
+	res, err := s.appendBatches(ctx, batches, true)
 	if errors.Is(err, errDuplicates) {
-		res, err = s.append(ctx, org, events, reports, false)
+		res, err = s.appendBatches(ctx, batches, false)
 	}
 	return res, err
 }
@@ -153,17 +176,42 @@ func (s *Store) AppendRecords(ctx context.Context, org string, events []Record, 
 // errDuplicates aborts an optimistic append that met stored events.
 var errDuplicates = errors.New("batch holds events already stored")
 
-func (s *Store) append(ctx context.Context, org string, events []Record, reports []usage.Report, optimistic bool) (AppendResult, error) {
-	res := AppendResult{EventStored: make([]bool, len(events)), UsageStored: make([]bool, len(reports))}
-	rows := make([]row, len(events))
-	chains := map[chainKey][]int{} // chain -> indexes into rows of first occurrences
+// orgAppend is one org's part of a transaction.
+type orgAppend struct {
+	org       string
+	events    []Record
+	reports   []usage.Report
+	res       *AppendResult
+	rows      []row
+	chains    map[chainKey][]int // chain -> indexes into rows of first occurrences
+	keys      []chainKey         // the chains, in lock order
+	reportIdx []int              // first occurrence of each report
+	heads     []chainHead        // one per key, as locked
+	existing  []map[string]bool  // one per key: event IDs already stored
+	stage     *columns           // the new rows
+	// The chain heads to move forward.
+	headClasses []string
+	headMonths  []time.Time
+	headSeqs    []int64
+	headHashes  [][]byte
+}
+
+type chainHead struct {
+	seq  int64
+	hash []byte
+}
+
+// newOrgAppend numbers nothing yet: it builds the rows and finds the chains.
+func newOrgAppend(b *OrgBatch, res *AppendResult) (*orgAppend, error) {
+	a := &orgAppend{org: b.Org, events: b.Events, reports: b.Reports, res: res,
+		rows: make([]row, len(b.Events)), chains: map[chainKey][]int{}}
 	seen := map[chainKey]map[string]bool{}
-	for i := range events {
-		r, err := newRow(org, &events[i])
+	for i := range b.Events {
+		r, err := newRow(b.Org, &b.Events[i])
 		if err != nil {
-			return res, err
+			return nil, err
 		}
-		rows[i] = r
+		a.rows[i] = r
 		k := chainKey{r.class, r.month}
 		if seen[k] == nil {
 			seen[k] = map[string]bool{}
@@ -172,153 +220,198 @@ func (s *Store) append(ctx context.Context, org string, events []Record, reports
 			continue // duplicate within the batch
 		}
 		seen[k][r.eventID] = true
-		chains[k] = append(chains[k], i)
+		a.chains[k] = append(a.chains[k], i)
 	}
-	keys := make([]chainKey, 0, len(chains))
-	for k := range chains {
-		keys = append(keys, k)
+	a.keys = make([]chainKey, 0, len(a.chains))
+	for k := range a.chains {
+		a.keys = append(a.keys, k)
 	}
-	// Lock chains in one global order so two transactions never deadlock.
-	sort.Slice(keys, func(i, j int) bool {
-		if keys[i].class != keys[j].class {
-			return keys[i].class < keys[j].class
+	sort.Slice(a.keys, func(i, j int) bool {
+		if a.keys[i].class != a.keys[j].class {
+			return a.keys[i].class < a.keys[j].class
 		}
-		return keys[i].month.Before(keys[j].month)
+		return a.keys[i].month.Before(a.keys[j].month)
 	})
-	reportIdx := dedupeReports(reports)
+	a.reportIdx = dedupeReports(b.Reports)
+	a.heads = make([]chainHead, len(a.keys))
+	a.existing = make([]map[string]bool, len(a.keys))
+	return a, nil
+}
+
+// queueLock queues, for the first round trip, what locks a's chains (and,
+// unless optimistic, finds its events already stored).
+func (a *orgAppend) queueLock(b *pgx.Batch, optimistic bool) {
+	b.Queue("SELECT set_config('cordon.org_id', $1, true)", a.org)
+	b.Queue("INSERT INTO orgs (org_id) VALUES ($1) ON CONFLICT DO NOTHING", a.org)
+	for i, k := range a.keys {
+		b.Queue(`INSERT INTO audit_chain_heads AS h (org_id, retention_class, chain_month, last_seq, last_hash)
+			VALUES ($1, $2, $3, 0, $4)
+			ON CONFLICT (org_id, retention_class, chain_month) DO UPDATE SET last_seq = h.last_seq
+			RETURNING last_seq, last_hash`, a.org, k.class, k.month, genesis).QueryRow(func(r pgx.Row) error {
+			return r.Scan(&a.heads[i].seq, &a.heads[i].hash)
+		})
+		a.existing[i] = map[string]bool{}
+		if optimistic {
+			continue
+		}
+		ids := make([]string, 0, len(a.chains[k]))
+		for _, ri := range a.chains[k] {
+			ids = append(ids, a.rows[ri].eventID)
+		}
+		b.Queue(`SELECT event_id FROM audit_events
+			WHERE org_id = $1 AND retention_class = $2 AND chain_month = $3 AND event_id = ANY($4)`,
+			a.org, k.class, k.month, ids).Query(func(rs pgx.Rows) error {
+			var id string
+			_, err := pgx.ForEachRow(rs, []any{&id}, func() error { a.existing[i][id] = true; return nil })
+			return err
+		})
+	}
+}
+
+// chain numbers and hashes the new rows of each chain from its locked head.
+func (a *orgAppend) chain() {
+	a.stage = newColumns(len(a.events))
+	for i, k := range a.keys {
+		seq, prev := a.heads[i].seq, a.heads[i].hash
+		for _, ri := range a.chains[k] {
+			r := &a.rows[ri]
+			if a.existing[i][r.eventID] {
+				continue
+			}
+			seq++
+			r.seq, r.prevHash = seq, prev
+			r.hash = r.computeHash()
+			prev = r.hash
+			a.res.EventStored[ri] = true
+			a.stage.add(r)
+		}
+		if seq != a.heads[i].seq {
+			a.headClasses = append(a.headClasses, k.class)
+			a.headMonths = append(a.headMonths, k.month)
+			a.headSeqs = append(a.headSeqs, seq)
+			a.headHashes = append(a.headHashes, prev)
+		}
+	}
+}
+
+// queueWrite queues, for the second round trip, a's inserts: the new
+// audit rows, the chain heads, and its usage reports from usage_stage
+// (which holds every org's: RLS is checked against the org set here).
+func (a *orgAppend) queueWrite(b *pgx.Batch, optimistic bool, stored map[string]bool) {
+	b.Queue("SELECT set_config('cordon.org_id', $1, true)", a.org)
+	if n := len(a.stage.seq); n > 0 {
+		b.Queue(insertAuditSQL, a.stage.args(a.org)...).Exec(func(ct pgconn.CommandTag) error {
+			if ct.RowsAffected() != int64(n) {
+				if optimistic {
+					return errDuplicates
+				}
+				return fmt.Errorf("%w: org %s: inserted %d of %d new rows", ErrChainConflict, a.org, ct.RowsAffected(), n)
+			}
+			return nil
+		})
+		b.Queue(`UPDATE audit_chain_heads h SET last_seq = u.seq, last_hash = u.hash, updated_at = now()
+			FROM unnest($2::text[], $3::date[], $4::bigint[], $5::bytea[]) AS u(class, month, seq, hash)
+			WHERE h.org_id = $1 AND h.retention_class = u.class AND h.chain_month = u.month`,
+			a.org, a.headClasses, a.headMonths, a.headSeqs, a.headHashes)
+	}
+	if len(a.reportIdx) == 0 {
+		return
+	}
+	b.Queue("INSERT INTO jobs (org_id, job_id) SELECT DISTINCT org_id, job_id FROM usage_stage WHERE org_id = $1 ON CONFLICT DO NOTHING", a.org)
+	b.Queue(`INSERT INTO runs (org_id, job_id, run_id, started_at, last_report_at, final, exit_code)
+		SELECT DISTINCT ON (run_id) org_id, job_id, run_id, started_at, ended_at, final, exit_code
+		FROM usage_stage WHERE org_id = $1 ORDER BY run_id, final DESC, ended_at DESC
+		ON CONFLICT (org_id, run_id) DO UPDATE SET
+			last_report_at = greatest(runs.last_report_at, EXCLUDED.last_report_at),
+			final = runs.final OR EXCLUDED.final,
+			exit_code = coalesce(EXCLUDED.exit_code, runs.exit_code)`, a.org)
+	b.Queue(`INSERT INTO usage_reports SELECT * FROM usage_stage WHERE org_id = $1
+		ON CONFLICT (org_id, report_id) DO NOTHING RETURNING report_id`, a.org).Query(func(rs pgx.Rows) error {
+		var id string
+		_, err := pgx.ForEachRow(rs, []any{&id}, func() error { stored[id] = true; return nil })
+		return err
+	})
+}
+
+func (s *Store) appendBatches(ctx context.Context, batches []OrgBatch, optimistic bool) ([]AppendResult, error) {
+	res := make([]AppendResult, len(batches))
+	orgs := make([]*orgAppend, len(batches))
+	for i := range batches {
+		res[i] = AppendResult{EventStored: make([]bool, len(batches[i].Events)), UsageStored: make([]bool, len(batches[i].Reports))}
+		a, err := newOrgAppend(&batches[i], &res[i])
+		if err != nil {
+			return nil, err
+		}
+		orgs[i] = a
+	}
+	// Lock order: by org, then (within an org) by class and month.
+	sort.Slice(orgs, func(i, j int) bool { return orgs[i].org < orgs[j].org })
+	for i := 1; i < len(orgs); i++ {
+		if orgs[i].org == orgs[i-1].org {
+			return nil, fmt.Errorf("append audit batches: org %s appears twice, merge its batches", orgs[i].org)
+		}
+	}
+	names := func() string {
+		if len(orgs) == 1 {
+			return "org " + orgs[0].org
+		}
+		return fmt.Sprintf("%d orgs", len(orgs))
+	}
 
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		b := &pgx.Batch{}
-		b.Queue("SELECT set_config('cordon.org_id', $1, true)", org)
-		b.Queue("INSERT INTO orgs (org_id) VALUES ($1) ON CONFLICT DO NOTHING", org)
-		heads := make([]struct {
-			seq  int64
-			hash []byte
-		}, len(keys))
-		existing := make([]map[string]bool, len(keys))
-		for i, k := range keys {
-			i := i
-			b.Queue(`INSERT INTO audit_chain_heads AS h (org_id, retention_class, chain_month, last_seq, last_hash)
-				VALUES ($1, $2, $3, 0, $4)
-				ON CONFLICT (org_id, retention_class, chain_month) DO UPDATE SET last_seq = h.last_seq
-				RETURNING last_seq, last_hash`, org, k.class, k.month, genesis).QueryRow(func(r pgx.Row) error {
-				return r.Scan(&heads[i].seq, &heads[i].hash)
-			})
-			ids := make([]string, 0, len(chains[k]))
-			for _, ri := range chains[k] {
-				ids = append(ids, rows[ri].eventID)
-			}
-			existing[i] = map[string]bool{}
-			if optimistic {
-				continue
-			}
-			b.Queue(`SELECT event_id FROM audit_events
-				WHERE org_id = $1 AND retention_class = $2 AND chain_month = $3 AND event_id = ANY($4)`,
-				org, k.class, k.month, ids).Query(func(rs pgx.Rows) error {
-				var id string
-				_, err := pgx.ForEachRow(rs, []any{&id}, func() error { existing[i][id] = true; return nil })
-				return err
-			})
+		for _, a := range orgs {
+			a.queueLock(b, optimistic)
 		}
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
-			return fmt.Errorf("lock audit chains of org %s: %w", org, err)
+			return fmt.Errorf("lock audit chains of %s: %w", names(), err)
 		}
 
-		// Number and hash the new rows of each chain.
-		stage := newColumns(len(events))
-		headOrgs, headClasses, headMonths := []string{}, []string{}, []time.Time{}
-		headSeqs, headHashes := []int64{}, [][]byte{}
-		for i, k := range keys {
-			seq, prev := heads[i].seq, heads[i].hash
-			for _, ri := range chains[k] {
-				r := &rows[ri]
-				if existing[i][r.eventID] {
-					continue
-				}
-				seq++
-				r.seq, r.prevHash = seq, prev
-				r.hash = r.computeHash()
-				prev = r.hash
-				res.EventStored[ri] = true
-				stage.add(r)
-			}
-			if seq != heads[i].seq {
-				headOrgs = append(headOrgs, org)
-				headClasses = append(headClasses, k.class)
-				headMonths = append(headMonths, k.month)
-				headSeqs = append(headSeqs, seq)
-				headHashes = append(headHashes, prev)
-			}
-		}
 		var usageRows [][]any
-		for _, i := range reportIdx {
-			v, err := usageValues(org, &reports[i])
-			if err != nil {
-				return err
+		for _, a := range orgs {
+			a.chain()
+			for _, i := range a.reportIdx {
+				v, err := usageValues(a.org, &a.reports[i])
+				if err != nil {
+					return err
+				}
+				usageRows = append(usageRows, v)
 			}
-			usageRows = append(usageRows, v)
 		}
 		if len(usageRows) > 0 {
 			if _, err := tx.CopyFrom(ctx, pgx.Identifier{"usage_stage"}, usageColumns, pgx.CopyFromRows(usageRows)); err != nil {
-				return fmt.Errorf("copy usage reports of org %s: %w", org, err)
+				return fmt.Errorf("copy usage reports of %s: %w", names(), err)
 			}
 		}
 
 		b = &pgx.Batch{}
-		if n := len(stage.seq); n > 0 {
-			b.Queue(insertAuditSQL, stage.args(org)...).Exec(func(ct pgconn.CommandTag) error {
-				if ct.RowsAffected() != int64(n) {
-					if optimistic {
-						return errDuplicates
-					}
-					return fmt.Errorf("%w: org %s: inserted %d of %d new rows", ErrChainConflict, org, ct.RowsAffected(), n)
-				}
-				return nil
-			})
-			b.Queue(`UPDATE audit_chain_heads h SET last_seq = u.seq, last_hash = u.hash, updated_at = now()
-				FROM unnest($1::text[], $2::text[], $3::date[], $4::bigint[], $5::bytea[]) AS u(org_id, class, month, seq, hash)
-				WHERE h.org_id = u.org_id AND h.retention_class = u.class AND h.chain_month = u.month`,
-				headOrgs, headClasses, headMonths, headSeqs, headHashes)
+		stored := make([]map[string]bool, len(orgs))
+		for i, a := range orgs {
+			stored[i] = map[string]bool{}
+			a.queueWrite(b, optimistic, stored[i])
 		}
-		stored := map[string]bool{}
-		if len(usageRows) > 0 {
-			b.Queue("INSERT INTO jobs (org_id, job_id) SELECT DISTINCT org_id, job_id FROM usage_stage ON CONFLICT DO NOTHING")
-			b.Queue(`INSERT INTO runs (org_id, job_id, run_id, started_at, last_report_at, final, exit_code)
-				SELECT DISTINCT ON (run_id) org_id, job_id, run_id, started_at, ended_at, final, exit_code
-				FROM usage_stage ORDER BY run_id, final DESC, ended_at DESC
-				ON CONFLICT (org_id, run_id) DO UPDATE SET
-					last_report_at = greatest(runs.last_report_at, EXCLUDED.last_report_at),
-					final = runs.final OR EXCLUDED.final,
-					exit_code = coalesce(EXCLUDED.exit_code, runs.exit_code)`)
-			b.Queue(`INSERT INTO usage_reports SELECT * FROM usage_stage
-				ON CONFLICT (org_id, report_id) DO NOTHING RETURNING report_id`).Query(func(rs pgx.Rows) error {
-				var id string
-				_, err := pgx.ForEachRow(rs, []any{&id}, func() error { stored[id] = true; return nil })
-				return err
-			})
-		}
-		if b.Len() > 0 {
-			if err := tx.SendBatch(ctx, b).Close(); err != nil {
-				if isUniqueViolation(err) {
-					// An event already stored: the plain INSERT refused it.
-					if optimistic {
-						return errDuplicates
-					}
-					// The chains are locked and stored events were left out,
-					// so this is not the client's data at fault: never pass
-					// on the PgError, which would read as a data error.
-					return fmt.Errorf("%w: org %s: %v", ErrChainConflict, org, err)
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			if isUniqueViolation(err) {
+				// An event already stored: the plain INSERT refused it.
+				if optimistic {
+					return errDuplicates
 				}
-				return fmt.Errorf("insert batch of org %s: %w", org, err)
+				// The chains are locked and stored events were left out,
+				// so this is not the client's data at fault: never pass
+				// on the PgError, which would read as a data error.
+				return fmt.Errorf("%w: %s: %v", ErrChainConflict, names(), err)
 			}
+			return fmt.Errorf("insert batch of %s: %w", names(), err)
 		}
-		for _, i := range reportIdx {
-			res.UsageStored[i] = stored[reports[i].ReportID]
+		for i, a := range orgs {
+			for _, ri := range a.reportIdx {
+				a.res.UsageStored[ri] = stored[i][a.reports[ri].ReportID]
+			}
 		}
 		return nil
 	})
 	if err != nil {
-		return AppendResult{EventStored: make([]bool, len(events)), UsageStored: make([]bool, len(reports))}, err
+		return nil, err
 	}
 	return res, nil
 }

@@ -223,6 +223,89 @@ func TestAppendStoresOnceAndChains(t *testing.T) {
 	}
 }
 
+func records(evs []audit.Event) []auditstore.Record {
+	recs := make([]auditstore.Record, len(evs))
+	for i := range evs {
+		recs[i].Event = evs[i]
+	}
+	return recs
+}
+
+// TestAppendBatchesSeveralOrgsInOneTransaction: each org's rows land in its
+// own chains under its own org (row-level security is checked per org),
+// redelivery inside a multi-org transaction stores nothing twice, and an
+// org given twice is refused.
+func TestAppendBatchesSeveralOrgsInOneTransaction(t *testing.T) {
+	url := migratedDB(t)
+	s := openStore(t, url)
+	ctx := ctxT(t)
+	acme, globex := events("acme", "etl", 10), events("globex", "web", 6)
+	globex[2].Result = audit.ResultDenied
+	repA, repG := report("acme", "etl", "run-a"), report("globex", "web", "run-g")
+
+	// Given out of lock order: results still come back in the order given.
+	res, err := s.AppendBatches(ctx, []auditstore.OrgBatch{
+		{Org: "globex", Events: records(globex[:3]), Reports: []usage.Report{repG}},
+		{Org: "acme", Events: records(acme[:5])},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != 2 || len(res[0].EventStored) != 3 || len(res[1].EventStored) != 5 || !res[0].UsageStored[0] {
+		t.Fatalf("got results %+v, want globex's (3 events, 1 report) then acme's (5 events)", res)
+	}
+	// Redeliver: some of each org stored already, one org's report too.
+	res, err = s.AppendBatches(ctx, []auditstore.OrgBatch{
+		{Org: "acme", Events: records(acme), Reports: []usage.Report{repA}},
+		{Org: "globex", Events: records(globex), Reports: []usage.Report{repG}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	newCount := func(stored []bool) int {
+		n := 0
+		for _, ok := range stored {
+			if ok {
+				n++
+			}
+		}
+		return n
+	}
+	if a, g := newCount(res[0].EventStored), newCount(res[1].EventStored); a != 5 || g != 3 {
+		t.Errorf("redelivery stored %d acme and %d globex events, want 5 and 3 (the new ones)", a, g)
+	}
+	if !res[0].UsageStored[0] || res[1].UsageStored[0] {
+		t.Errorf("usage stored %v and %v, want acme's new report stored and globex's not again", res[0].UsageStored, res[1].UsageStored)
+	}
+	c := connect(t, url)
+	for _, tc := range []struct {
+		org, job    string
+		rows, usage int
+	}{{"acme", "etl", 10, 1}, {"globex", "web", 6, 1}} {
+		// Every row stored under an org is one of that org's events.
+		if n := count(t, c, "SELECT count(*) FROM audit_events WHERE org_id = $1 AND actor_id LIKE '%/org/' || $1 || '/job/' || $2", tc.org, tc.job); n != tc.rows {
+			t.Errorf("%s: got %d audit rows of its own, want %d", tc.org, n, tc.rows)
+		}
+		if n := count(t, c, "SELECT count(*) FROM usage_reports WHERE org_id = $1 AND job_id = $2", tc.org, tc.job); n != tc.usage {
+			t.Errorf("%s: got %d usage rows, want %d", tc.org, n, tc.usage)
+		}
+	}
+	if n := count(t, c, "SELECT count(*) FROM audit_events"); n != 16 {
+		t.Errorf("got %d audit rows in all, want 16", n)
+	}
+	if n := count(t, c, "SELECT count(*) FROM runs WHERE (org_id, job_id, run_id) IN (('acme', 'etl', 'run-a'), ('globex', 'web', 'run-g'))"); n != 2 {
+		t.Errorf("got %d runs, want one per org", n)
+	}
+	if rep := verifyOK(t, url); rep.Rows != 16 || rep.Chains != 3 {
+		t.Errorf("verify checked %d rows in %d chains, want 16 in 3", rep.Rows, rep.Chains)
+	}
+
+	_, err = s.AppendBatches(ctx, []auditstore.OrgBatch{{Org: "acme"}, {Org: "acme"}})
+	if err == nil || !strings.Contains(err.Error(), "appears twice") {
+		t.Errorf("acme twice: got %v, want an error saying so", err)
+	}
+}
+
 func TestConcurrentAppendersShareOneChain(t *testing.T) {
 	url := migratedDB(t)
 	a, b := openStore(t, url), openStore(t, url)

@@ -502,13 +502,13 @@ type gated struct {
 	open chan struct{}
 }
 
-func (g *gated) AppendRecords(ctx context.Context, org string, evs []auditstore.Record, rs []usage.Report) (auditstore.AppendResult, error) {
+func (g *gated) AppendBatches(ctx context.Context, batches []auditstore.OrgBatch) ([]auditstore.AppendResult, error) {
 	select {
 	case <-g.open:
 	case <-ctx.Done():
-		return auditstore.AppendResult{}, ctx.Err()
+		return nil, ctx.Err()
 	}
-	return g.Appender.AppendRecords(ctx, org, evs, rs)
+	return g.Appender.AppendBatches(ctx, batches)
 }
 
 func TestIngestFullQueueAnswers429(t *testing.T) {

@@ -15,7 +15,7 @@ import (
 
 // Appender is the store the writers commit to (*auditstore.Store).
 type Appender interface {
-	AppendRecords(ctx context.Context, org string, events []auditstore.Record, reports []usage.Report) (auditstore.AppendResult, error)
+	AppendBatches(ctx context.Context, batches []auditstore.OrgBatch) ([]auditstore.AppendResult, error)
 }
 
 var _ Appender = (*auditstore.Store)(nil)
@@ -37,10 +37,11 @@ func (w *work) size() int { return len(w.events) + len(w.reports) }
 
 // writers is the group of goroutines that coalesce queued requests into
 // transactions: each takes whatever is queued for it (up to maxBatch
-// items), groups it by org and commits one transaction per org. An org's
-// requests always go to the same writer, so they coalesce instead of
-// waiting on each other's chain locks. Requests are answered only after
-// their transaction commits.
+// items) and commits it in one transaction, every org's requests as one
+// batch (so a round costs one commit, one WAL flush). An org's requests
+// always go to the same writer, so they coalesce instead of waiting on
+// each other's chain locks. Requests are answered only after their
+// transaction commits.
 type writers struct {
 	store    Appender
 	queues   []chan *work
@@ -134,78 +135,106 @@ func (w *writers) loop(ctx context.Context, queue chan *work) {
 	}
 }
 
-// commit writes batch, one transaction per org.
+// orgWork is one org's requests in a round.
+type orgWork struct {
+	org string
+	ws  []*work
+}
+
+// commit writes batch in one transaction. If the database refuses the
+// data of one request, it retries org by org, then request by request, so
+// that one bad request does not sink the others.
 func (w *writers) commit(ctx context.Context, batch []*work) {
-	byOrg := map[string][]*work{}
-	var orgs []string
+	var groups []orgWork
+	index := map[string]int{}
 	for _, wk := range batch {
-		if byOrg[wk.org] == nil {
-			orgs = append(orgs, wk.org)
+		i, ok := index[wk.org]
+		if !ok {
+			i = len(groups)
+			index[wk.org] = i
+			groups = append(groups, orgWork{org: wk.org})
 		}
-		byOrg[wk.org] = append(byOrg[wk.org], wk)
+		groups[i].ws = append(groups[i].ws, wk)
 	}
-	for _, org := range orgs {
-		ws := byOrg[org]
-		err := w.commitOrg(ctx, org, ws)
-		if err != nil && len(ws) > 1 && isDataError(err) {
-			// One request the database refuses must not sink the others.
-			for _, wk := range ws {
-				w.commitOrg(ctx, org, []*work{wk})
-			}
+	if err := w.commitGroups(ctx, groups, len(batch) > 1); err == nil || !isDataError(err) {
+		return
+	}
+	for _, g := range groups {
+		if err := w.commitGroups(ctx, []orgWork{g}, len(g.ws) > 1); err == nil || !isDataError(err) {
+			continue
+		}
+		for _, wk := range g.ws {
+			w.commitGroups(ctx, []orgWork{{org: g.org, ws: []*work{wk}}}, false)
 		}
 	}
 }
 
-func (w *writers) commitOrg(ctx context.Context, org string, ws []*work) error {
-	var events []auditstore.Record
-	var reports []usage.Report
-	for _, wk := range ws {
-		events = append(events, wk.events...)
-		reports = append(reports, wk.reports...)
+// commitGroups commits groups in one transaction and answers their
+// requests, except when the database refuses the data and retry is set:
+// then it returns the error unanswered for commit to retry in smaller parts.
+func (w *writers) commitGroups(ctx context.Context, groups []orgWork, retry bool) error {
+	batches := make([]auditstore.OrgBatch, len(groups))
+	items := 0
+	for i, g := range groups {
+		b := &batches[i]
+		b.Org = g.org
+		for _, wk := range g.ws {
+			b.Events = append(b.Events, wk.events...)
+			b.Reports = append(b.Reports, wk.reports...)
+		}
+		items += len(b.Events) + len(b.Reports)
 	}
 	tctx, cancel := context.WithTimeout(ctx, w.timeout)
 	start := time.Now()
-	res, err := w.store.AppendRecords(tctx, org, events, reports)
+	res, err := w.store.AppendBatches(tctx, batches)
 	cancel()
 	w.m.batchSeconds.Observe(time.Since(start).Seconds())
-	w.m.batchItems.Observe(float64(len(events) + len(reports)))
+	w.m.batchItems.Observe(float64(items))
 	if err != nil {
-		if isDataError(err) && len(ws) > 1 {
-			return err // commit retries them one by one
+		if retry && isDataError(err) {
+			return err
 		}
 		// One line per failed transaction, not per request.
-		w.log.Warn("ingest batch not committed", "org", org, "requests", len(ws), "items", len(events)+len(reports), "error", err.Error())
+		requests := 0
+		for _, g := range groups {
+			requests += len(g.ws)
+		}
+		w.log.Warn("ingest batch not committed", "orgs", len(groups), "requests", requests, "items", items, "error", err.Error())
 		if !isDataError(err) {
 			w.mu.Lock()
 			w.unavailable = time.Now().Add(retryAfter)
 			w.mu.Unlock()
 			err = errors.Join(errUnavailable, err)
 		}
-		for _, wk := range ws {
-			wk.done <- outcome{err: err}
+		for _, g := range groups {
+			for _, wk := range g.ws {
+				wk.done <- outcome{err: err}
+			}
 		}
 		return err
 	}
-	ei, ui := 0, 0
-	for _, wk := range ws {
-		var o outcome
-		for range wk.events {
-			if res.EventStored[ei] {
-				o.stored++
-			} else {
-				o.duplicates++
+	for i, g := range groups {
+		ei, ui := 0, 0
+		for _, wk := range g.ws {
+			var o outcome
+			for range wk.events {
+				if res[i].EventStored[ei] {
+					o.stored++
+				} else {
+					o.duplicates++
+				}
+				ei++
 			}
-			ei++
-		}
-		for range wk.reports {
-			if res.UsageStored[ui] {
-				o.stored++
-			} else {
-				o.duplicates++
+			for range wk.reports {
+				if res[i].UsageStored[ui] {
+					o.stored++
+				} else {
+					o.duplicates++
+				}
+				ui++
 			}
-			ui++
+			wk.done <- o
 		}
-		wk.done <- o
 	}
 	return nil
 }
