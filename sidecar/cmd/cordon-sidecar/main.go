@@ -44,6 +44,7 @@ import (
 
 	"github.com/cordon-dev/cordon/dispatcher/ingestclient"
 	"github.com/cordon-dev/cordon/internal/admit"
+	"github.com/cordon-dev/cordon/internal/logbuf"
 	"github.com/cordon-dev/cordon/sidecar/agent"
 	"github.com/cordon-dev/cordon/sidecar/confine"
 	"github.com/cordon-dev/cordon/sidecar/credserver"
@@ -210,7 +211,12 @@ func agentCmd(args []string) int {
 		fmt.Fprintf(os.Stderr, "cordon-sidecar agent: unexpected arguments %s\n", strings.Join(fs.Args(), " "))
 		return 2
 	}
-	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	// The embedded proxy logs one line per egress decision: buffered
+	// (internal/logbuf), or each would be its own write(2). Close,
+	// deferred, writes what is left on exit.
+	logw := logbuf.New(os.Stderr, 0, 0)
+	defer logw.Close()
+	log := slog.New(slog.NewJSONHandler(logw, nil))
 	for _, v := range []struct {
 		flag, val string
 		dst       *spiffeid.ID
