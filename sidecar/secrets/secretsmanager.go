@@ -5,12 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sort"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
-	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 	"github.com/aws/smithy-go"
 )
@@ -92,14 +92,14 @@ func NewSecretsManager(cfg SecretsManagerConfig) (*SecretsManager, error) {
 
 // ClientConfig configures NewSecretsManagerClient.
 type ClientConfig struct {
-	// Region is the AWS region. If empty, the SDK's default chain
-	// (AWS_REGION, config files).
+	// Region is the AWS region. If empty, AWS_REGION or
+	// AWS_DEFAULT_REGION.
 	Region string
 	// Endpoint overrides the service endpoint (tests, VPC endpoints). If
 	// empty, the SDK's resolver.
 	Endpoint string
-	// Credentials overrides the SDK's default credential chain. If nil, the
-	// chain (on ECS, the task role via the container credentials endpoint).
+	// Credentials overrides the sidecar's credential chain (awscreds.go:
+	// the environment's keys, else the ECS task role). If nil, that chain.
 	Credentials aws.CredentialsProvider
 	// MaxAttempts bounds attempts per call, first included. If zero, 5.
 	MaxAttempts int
@@ -121,24 +121,26 @@ func NewSecretsManagerClient(ctx context.Context, cc ClientConfig) (*secretsmana
 	if maxBackoff == 0 {
 		maxBackoff = 5 * time.Second
 	}
-	opts := []func(*config.LoadOptions) error{
-		config.WithRetryer(func() aws.Retryer {
+	reg, err := region(cc.Region, os.Getenv)
+	if err != nil {
+		return nil, err
+	}
+	creds := cc.Credentials
+	if creds == nil {
+		if creds, err = taskCredentials(os.Getenv); err != nil {
+			return nil, err
+		}
+	}
+	awsCfg := aws.Config{
+		Region:      reg,
+		Credentials: creds,
+		Retryer: func() aws.Retryer {
 			return retry.NewStandard(func(o *retry.StandardOptions) {
 				o.MaxAttempts = attempts
 				o.MaxBackoff = maxBackoff
 				o.Backoff = retry.NewExponentialJitterBackoff(maxBackoff)
 			})
-		}),
-	}
-	if cc.Region != "" {
-		opts = append(opts, config.WithRegion(cc.Region))
-	}
-	if cc.Credentials != nil {
-		opts = append(opts, config.WithCredentialsProvider(cc.Credentials))
-	}
-	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("load AWS config: %w", err)
+		},
 	}
 	return secretsmanager.NewFromConfig(awsCfg, func(o *secretsmanager.Options) {
 		if cc.Endpoint != "" {
