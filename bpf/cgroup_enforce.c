@@ -6,8 +6,10 @@
 // Programs (each returns 1 to let the operation through, 0 to refuse it,
 // which the caller sees as EPERM):
 //   cgroup/connect4, cgroup/connect6   TCP: proxy addr:port, DNS addr:port
-//                                      (TCP 53 for truncated answers) and
-//                                      allowed CIDRs; UDP connect(): DNS only
+//                                      (TCP 53 for truncated answers),
+//                                      allowed endpoints (exact addr:port)
+//                                      and allowed CIDRs; UDP connect():
+//                                      DNS only
 //   cgroup/sendmsg4, cgroup/sendmsg6   unconnected UDP: DNS addr:port only
 //   cgroup_skb/egress                  counts every IP packet the cgroup
 //                                      sends and drops any the policy does
@@ -59,27 +61,47 @@ char __license[] SEC("license") = "Apache-2.0";
 #define FAMILY_V6 6
 
 // Bits of lpm_val.flags.
-#define ALLOW_PROXY 1 // TCP to proxy_port
-#define ALLOW_DNS 2   // UDP or TCP to dns_port
-#define ALLOW_CIDR 4  // TCP to any port
+#define ALLOW_PROXY 1    // TCP to proxy_port
+#define ALLOW_DNS 2      // UDP or TCP to dns_port
+#define ALLOW_CIDR 4     // TCP to any port
+#define ALLOW_ENDPOINT 8 // TCP to the port in this entry's key (see lpm_key)
 
-// MAX_POLICY_ENTRIES bounds the trie: the proxy, the resolver and up to
-// 1022 CIDRs (enforce.go checks it before building a trie).
-#define MAX_POLICY_ENTRIES 1024
+// MAX_POLICY_ENTRIES bounds the trie: the proxy, the resolver, the
+// metadata addresses, up to 1000 CIDRs and up to 64 endpoints (policy.go's
+// MaxCIDRs and MaxEndpoints; it checks the count before building a trie).
+// The trie is not preallocated, so the bound costs no memory.
+#define MAX_POLICY_ENTRIES 1088
 
-// lpm_key is the trie key. prefixlen counts the 32 family bits plus the
-// address bits, so a lookup uses 32+32 (IPv4) or 32+128 (IPv6). An IPv4
-// address fills addr[0..3]; the rest stays zero.
+// KEY_PREFIXLEN is the prefixlen of a lookup key: the 32 family bits, 128
+// address bits (an IPv4 address uses the first 32, the rest are zero) and
+// the 16 port bits.
+#define KEY_PREFIXLEN (32 + 128 + 16)
+
+// lpm_key is the trie key. prefixlen counts bits from family on. A lookup
+// always gives the whole key, destination port included (KEY_PREFIXLEN).
+// Entries come in two kinds:
+//   - networks and hosts (CIDRs, the proxy, the resolver, metadata): 32
+//     family bits plus the prefix's address bits; port is zero and never
+//     reached, so they match every port;
+//   - endpoints (one address and TCP port): all KEY_PREFIXLEN bits, so
+//     they match that port only, and being longer than any host entry
+//     they win for it.
+// An IPv4 address fills addr[0..3]; addr[4..15] stays zero, in entries and
+// in lookup keys alike.
 struct lpm_key {
 	__u32 prefixlen;
 	__u32 family;
 	__u8 addr[16];
+	__u8 port[2]; // big-endian (network order, so bits compare in order)
+	__u8 pad[2];  // always zero: part of the key bytes, beyond any prefixlen
 };
 
 // lpm_val says what a prefix allows. The proxy and resolver are single
-// addresses (/32 or /128); user space merges ALLOW_CIDR into them when an
-// allowed CIDR covers them, because a trie lookup returns only the longest
-// match.
+// addresses (/32 or /128). A trie lookup returns only the longest match, so
+// user space merges what shorter entries allow into longer ones: ALLOW_CIDR
+// into a host or endpoint inside an allowed CIDR, and the flags and ports
+// of a host entry into an endpoint on that host. ALLOW_ENDPOINT appears
+// only on endpoint entries: matching one already means the port is right.
 struct lpm_val {
 	__u32 flags;
 	__u16 proxy_port; // host byte order
@@ -151,7 +173,7 @@ static __always_inline int allowed(const struct lpm_val *v, __u8 proto, __u16 po
 	if (!v)
 		return 0;
 	if (proto == IPPROTO_TCP) {
-		if (v->flags & ALLOW_CIDR)
+		if (v->flags & (ALLOW_CIDR | ALLOW_ENDPOINT))
 			return 1;
 		if ((v->flags & ALLOW_PROXY) && port == v->proxy_port)
 			return 1;
@@ -164,9 +186,10 @@ static __always_inline int allowed(const struct lpm_val *v, __u8 proto, __u16 po
 	return 0;
 }
 
+// key_v4, key_v6 and key_port fill a zeroed lookup key.
 static __always_inline void key_v4(struct lpm_key *k, __u32 addr_be)
 {
-	k->prefixlen = 32 + 32;
+	k->prefixlen = KEY_PREFIXLEN;
 	k->family = FAMILY_V4;
 	*(__u32 *)&k->addr[0] = addr_be;
 }
@@ -180,12 +203,19 @@ static __always_inline void key_v6(struct lpm_key *k, __u32 w0, __u32 w1, __u32 
 		key_v4(k, w3);
 		return;
 	}
-	k->prefixlen = 32 + 128;
+	k->prefixlen = KEY_PREFIXLEN;
 	k->family = FAMILY_V6;
 	*(__u32 *)&k->addr[0] = w0;
 	*(__u32 *)&k->addr[4] = w1;
 	*(__u32 *)&k->addr[8] = w2;
 	*(__u32 *)&k->addr[12] = w3;
+}
+
+// key_port sets the key's port; port is in host byte order.
+static __always_inline void key_port(struct lpm_key *k, __u16 port)
+{
+	k->port[0] = port >> 8;
+	k->port[1] = port & 0xff;
 }
 
 // sock_proto maps a socket to the protocol its policy row applies to, or 0
@@ -200,7 +230,9 @@ static __always_inline __u8 sock_proto(struct bpf_sock_addr *ctx)
 
 static __always_inline int verdict_connect(struct bpf_sock_addr *ctx, struct lpm_key *k)
 {
-	if (allowed(lookup(k), sock_proto(ctx), be16_to_cpu(ctx->user_port)))
+	__u16 port = be16_to_cpu(ctx->user_port);
+	key_port(k, port);
+	if (allowed(lookup(k), sock_proto(ctx), port))
 		return 1;
 	struct counters *c = my_counters();
 	if (c)
@@ -211,7 +243,9 @@ static __always_inline int verdict_connect(struct bpf_sock_addr *ctx, struct lpm
 static __always_inline int verdict_sendmsg(struct bpf_sock_addr *ctx, struct lpm_key *k)
 {
 	__u8 proto = sock_proto(ctx);
-	if (proto == IPPROTO_UDP && allowed(lookup(k), proto, be16_to_cpu(ctx->user_port)))
+	__u16 port = be16_to_cpu(ctx->user_port);
+	key_port(k, port);
+	if (proto == IPPROTO_UDP && allowed(lookup(k), proto, port))
 		return 1;
 	struct counters *c = my_counters();
 	if (c)
@@ -351,10 +385,15 @@ int egress(struct __sk_buff *skb)
 
 	__u32 payload = 0;
 	if (ok) {
-		struct lpm_val *v = lookup(&p.key);
 		if (p.later_frag) {
 			// The first fragment carried the ports and was judged on
-			// them; later ones may only go where some entry points.
+			// them; later ones may only go where some network or
+			// host entry points (the key has port 0, which no endpoint
+			// entry has: an address reachable only through endpoints
+			// gets no later fragments, which costs nothing in practice,
+			// since TCP, the only protocol endpoints allow, sizes its
+			// segments to the path MTU and is not fragmented).
+			struct lpm_val *v = lookup(&p.key);
 			ok = v != 0 && v->flags != 0;
 			payload = len - p.l3_hdr_len;
 		} else if (p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP) {
@@ -371,11 +410,14 @@ int egress(struct __sk_buff *skb)
 			} else {
 				if (p.proto == IPPROTO_TCP)
 					l4hdr = (__u32)(doff >> 4) * 4;
-				ok = allowed(v, p.proto, ((__u16)ports[2] << 8) | ports[3]);
+				__u16 dport = ((__u16)ports[2] << 8) | ports[3];
+				key_port(&p.key, dport);
+				ok = allowed(lookup(&p.key), p.proto, dport);
 				if (len >= p.l3_hdr_len + l4hdr)
 					payload = len - p.l3_hdr_len - l4hdr;
 			}
 		} else {
+			struct lpm_val *v = lookup(&p.key);
 			ok = v != 0 && (v->flags & ALLOW_CIDR);
 		}
 	}

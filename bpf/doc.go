@@ -8,9 +8,12 @@
 //
 // A process in the job's cgroup (and in any cgroup below it) may:
 //   - connect() over TCP to the proxy address:port, to the DNS resolver's
-//     address:port (DNS over TCP, for truncated answers), and to any address
-//     inside Policy.AllowCIDRs (any port; the allowlist's `cidr` entries,
-//     such as VPC endpoints);
+//     address:port (DNS over TCP, for truncated answers), to each of
+//     Policy.AllowEndpoints (that address and port only, no other port of
+//     the address: the agent's credentials endpoint on a loopback shared
+//     with the agent's other listeners), and to any address inside
+//     Policy.AllowCIDRs (any port; the allowlist's `cidr` entries, such as
+//     VPC endpoints);
 //   - send UDP, connected or not, only to the DNS resolver address:port. No
 //     DNS tunnel through another resolver, no QUIC around the proxy;
 //   - nothing else: other connect() and sendmsg() calls fail with EPERM, and
@@ -21,7 +24,8 @@
 // forms that embed IPv4 (NAT64, 6to4, ::a.b.c.d) are plain IPv6 addresses
 // and need an IPv6 CIDR. The cloud metadata addresses (169.254.169.254,
 // 169.254.170.2, fd00:ec2::254) are never reachable, even inside an allowed
-// CIDR (DESIGN.md: "metadata never").
+// CIDR (DESIGN.md: "metadata never"); naming one as the proxy, the resolver
+// or an allowed endpoint is a validation error.
 //
 // Behind the socket hooks a cgroup_skb/egress program sees every IP packet
 // the cgroup's sockets send. It counts them (Counters, for usage reports) and
@@ -34,6 +38,9 @@
 // # Policy updates
 //
 // The policy lives in one LPM trie held in slot 0 of an array-of-maps.
+// Its keys are family, address and port; every lookup gives all three, so
+// an allowed endpoint is an entry covering all of them (one port) and a
+// CIDR or host entry one that stops after the address (every port).
 // Update builds a complete new trie and swaps it in with a single map
 // update, so the change is atomic in this sense: every hook invocation
 // judges against exactly one policy generation, old or new, never a mix and
@@ -59,7 +66,8 @@
 //     the agent's socket) and AF_VSOCK (a VM's host) are outside it: do not
 //     give the job any it should not use.
 //   - It judges destinations by address and port only; names are the proxy's
-//     business. Whatever an allowed CIDR reaches, the job reaches directly.
+//     business. Whatever an allowed CIDR or endpoint reaches, the job
+//     reaches directly.
 //   - The programs stay attached only while the Enforcement is open: they
 //     are held by bpf_link file descriptors in the sidecar, not pinned.
 //

@@ -29,6 +29,8 @@ type enforceLpmKey struct {
 	Prefixlen uint32
 	Family    uint32
 	Addr      [16]uint8
+	Port      [2]uint8
+	Pad       [2]uint8
 }
 
 type enforceLpmVal struct {

@@ -63,5 +63,7 @@ func Example() {
 		Proxy:      netip.MustParseAddrPort("127.0.0.1:3128"),
 		DNS:        netip.MustParseAddrPort("169.254.169.253:53"),
 		AllowCIDRs: []netip.Prefix{netip.MustParsePrefix("10.20.0.0/16")},
+		// The agent's credentials endpoint: this port of 127.0.0.1 only.
+		AllowEndpoints: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:8090")},
 	}
 }

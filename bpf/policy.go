@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -24,21 +25,44 @@ type Policy struct {
 	// form (no host bits set) and IPv4 prefixes must be written as IPv4, not
 	// as ::ffff:0:0/96 sub-prefixes. If nil, none.
 	AllowCIDRs []netip.Prefix
+	// AllowEndpoints are services the job may reach directly over TCP on
+	// exactly this address and port, and on no other port of that address:
+	// the agent's credentials endpoint on loopback (sidecar/credserver),
+	// which the AWS SDKs call without the proxy. The rules are the
+	// proxy's: an IPv4-mapped address is stored as its IPv4 form; port 0,
+	// zones, unspecified, multicast and metadata addresses are errors, and
+	// so is an endpoint listed twice. No UDP: UDP goes to DNS only. At most
+	// MaxEndpoints. If nil, none.
+	AllowEndpoints []netip.AddrPort
 }
 
-// MaxCIDRs is the most AllowCIDRs entries a Policy may hold: the trie holds
-// MaxCIDRs plus the proxy, the resolver and the metadata entries.
-const MaxCIDRs = 1000
+// MaxCIDRs is the most AllowCIDRs entries a Policy may hold, and
+// MaxEndpoints the most AllowEndpoints entries: the trie holds these, the
+// proxy, the resolver and the metadata entries.
+const (
+	MaxCIDRs     = 1000
+	MaxEndpoints = 64
+)
 
 // policyTrieSize is MAX_POLICY_ENTRIES in cgroup_enforce.c.
-const policyTrieSize = 1024
+const policyTrieSize = 1088
+
+// The largest valid policy fits the trie (a compile error otherwise): one
+// entry per CIDR and per endpoint, the proxy, the resolver and the three
+// metadata addresses.
+const _ = uint(policyTrieSize - (MaxCIDRs + MaxEndpoints + 2 + 3))
 
 // Flags of lpm_val, as in cgroup_enforce.c.
 const (
-	allowProxy = 1
-	allowDNS   = 2
-	allowCIDR  = 4
+	allowProxy    = 1
+	allowDNS      = 2
+	allowCIDR     = 4
+	allowEndpoint = 8
 )
+
+// keyPrefixLen is KEY_PREFIXLEN in cgroup_enforce.c: family, address and
+// port bits, the length of every lookup key and of every endpoint entry.
+const keyPrefixLen = 32 + 128 + 16
 
 // Address family tags of lpm_key, as in cgroup_enforce.c.
 const (
@@ -80,6 +104,20 @@ func (p Policy) Validate() error {
 			return fmt.Errorf("bpf policy: allowed CIDR %s has host bits set; did you mean %s", c, c.Masked())
 		}
 	}
+	if len(p.AllowEndpoints) > MaxEndpoints {
+		return fmt.Errorf("bpf policy: %d allowed endpoints, at most %d fit the kernel map; reach the rest through the proxy, or allow their network as a CIDR", len(p.AllowEndpoints), MaxEndpoints)
+	}
+	seen := make(map[netip.AddrPort]int, len(p.AllowEndpoints))
+	for i, ep := range p.AllowEndpoints {
+		if err := checkEndpoint(fmt.Sprintf("allowed endpoint #%d", i), ep); err != nil {
+			return err
+		}
+		u := netip.AddrPortFrom(ep.Addr().Unmap(), ep.Port())
+		if j, dup := seen[u]; dup {
+			return fmt.Errorf("bpf policy: allowed endpoints #%d (%s) and #%d (%s) are the same endpoint; remove one", j, p.AllowEndpoints[j], i, ep)
+		}
+		seen[u] = i
+	}
 	return nil
 }
 
@@ -91,7 +129,7 @@ func checkEndpoint(what string, ap netip.AddrPort) error {
 	case ap.Port() == 0:
 		return fmt.Errorf("bpf policy: %s %s has port 0; set the port the job connects to", what, ap)
 	case a.Zone() != "":
-		return fmt.Errorf("bpf policy: %s %s has an IPv6 zone; zones cannot be matched in the kernel", what, ap)
+		return fmt.Errorf("bpf policy: %s %s has an IPv6 zone; zones cannot be matched in the kernel, remove it", what, ap)
 	case a.IsUnspecified() || a.IsMulticast():
 		return fmt.Errorf("bpf policy: %s %s is not a unicast address", what, ap)
 	case slices.Contains(metadataAddrs, a):
@@ -104,11 +142,13 @@ func checkEndpoint(what string, ap netip.AddrPort) error {
 var errTooManyEntries = errors.New("too many entries")
 
 // entries turns a validated policy into the trie's contents. Keys that
-// appear twice are merged; a host entry (proxy, resolver, metadata) inside
-// an allowed CIDR carries allowCIDR itself, because a trie lookup returns only
-// the longest matching prefix.
+// appear twice are merged. A trie lookup returns only the longest matching
+// prefix, so a longer entry carries what the shorter ones covering it
+// allow: a host entry (proxy, resolver) inside an allowed CIDR carries
+// allowCIDR, and an endpoint entry carries its host's entry (the proxy on
+// the same address keeps working) besides allowEndpoint.
 func (p Policy) entries() (map[enforceLpmKey]enforceLpmVal, error) {
-	out := make(map[enforceLpmKey]enforceLpmVal, len(p.AllowCIDRs)+2+len(metadataAddrs))
+	out := make(map[enforceLpmKey]enforceLpmVal, len(p.AllowCIDRs)+len(p.AllowEndpoints)+2+len(metadataAddrs))
 	for _, c := range p.AllowCIDRs {
 		k := lpmKey(c)
 		v := out[k]
@@ -137,6 +177,20 @@ func (p Policy) entries() (map[enforceLpmKey]enforceLpmVal, error) {
 		v.DnsPort = p.DNS.Port()
 		out[k] = v
 	}
+	for _, ep := range p.AllowEndpoints {
+		a := ep.Addr().Unmap()
+		if slices.Contains(metadataAddrs, a) {
+			// Validate refuses these; an endpoint entry would be longer
+			// than the metadata host entry and win over it, so never make
+			// one whatever the caller did.
+			continue
+		}
+		// What the address allows on its other ports: its host entry
+		// (proxy, resolver) and any covering CIDR.
+		_, v := host(a)
+		v.Flags |= allowEndpoint
+		out[endpointKey(netip.AddrPortFrom(a, ep.Port()))] = v
+	}
 	for _, a := range metadataAddrs {
 		// Overrides any allow flags: metadata is never reachable.
 		out[lpmKey(netip.PrefixFrom(a, a.BitLen()))] = enforceLpmVal{}
@@ -147,8 +201,18 @@ func (p Policy) entries() (map[enforceLpmKey]enforceLpmVal, error) {
 	return out, nil
 }
 
+// endpointKey encodes an address and port as an endpoint entry: every bit
+// of the key counts, so it matches that one port (see lpm_key in
+// cgroup_enforce.c).
+func endpointKey(ep netip.AddrPort) enforceLpmKey {
+	k := lpmKey(netip.PrefixFrom(ep.Addr(), ep.Addr().BitLen()))
+	k.Prefixlen = keyPrefixLen
+	binary.BigEndian.PutUint16(k.Port[:], ep.Port())
+	return k
+}
+
 // lpmKey encodes a prefix the way cgroup_enforce.c looks it up: 32 bits of
-// family tag, then the address bits.
+// family tag, then the address bits; the port bits are beyond its length.
 func lpmKey(c netip.Prefix) enforceLpmKey {
 	a := c.Addr()
 	k := enforceLpmKey{Prefixlen: uint32(32 + c.Bits())}

@@ -20,6 +20,20 @@ func TestPolicyValidate(t *testing.T) {
 	for i := range many {
 		many[i] = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24)
 	}
+	eps := func(s ...string) []netip.AddrPort {
+		var out []netip.AddrPort
+		for _, e := range s {
+			out = append(out, netip.MustParseAddrPort(e))
+		}
+		return out
+	}
+	manyEndpoints := func(n int) []netip.AddrPort {
+		out := make([]netip.AddrPort, n)
+		for i := range out {
+			out[i] = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(8000+i))
+		}
+		return out
+	}
 	for _, c := range []struct {
 		name    string
 		p       Policy
@@ -43,6 +57,23 @@ func TestPolicyValidate(t *testing.T) {
 		{"cidr v4-mapped", Policy{Proxy: proxy, AllowCIDRs: pfx("::ffff:10.0.0.0/104")}, "IPv4-mapped"},
 		{"cidr zero value", Policy{Proxy: proxy, AllowCIDRs: []netip.Prefix{{}}}, "invalid"},
 		{"too many cidrs", Policy{Proxy: proxy, AllowCIDRs: many}, "at most 1000"},
+		{"endpoints", Policy{Proxy: proxy, AllowEndpoints: eps("127.0.0.1:8080", "[::1]:8080", "10.0.0.9:443")}, ""},
+		{"endpoint on the proxy's address and port", Policy{Proxy: proxy, AllowEndpoints: eps(proxy.String())}, ""},
+		{"endpoint v4-mapped is its IPv4 form", Policy{Proxy: proxy, AllowEndpoints: eps("[::ffff:127.0.0.1]:8080")}, ""},
+		{"endpoints, as many as fit", Policy{Proxy: proxy, AllowCIDRs: many[:MaxCIDRs], AllowEndpoints: manyEndpoints(MaxEndpoints)}, ""},
+		{"endpoint port 0", Policy{Proxy: proxy, AllowEndpoints: eps("127.0.0.1:0")}, "allowed endpoint #0 127.0.0.1:0 has port 0"},
+		{"endpoint zero value", Policy{Proxy: proxy, AllowEndpoints: []netip.AddrPort{{}}}, "allowed endpoint #0 address is missing"},
+		{"endpoint with zone", Policy{Proxy: proxy, AllowEndpoints: eps("[fe80::1%eth0]:8080")}, "zone"},
+		{"endpoint unspecified", Policy{Proxy: proxy, AllowEndpoints: eps("0.0.0.0:8080")}, "not a unicast"},
+		{"endpoint mapped unspecified", Policy{Proxy: proxy, AllowEndpoints: eps("[::ffff:0.0.0.0]:8080")}, "not a unicast"},
+		{"endpoint multicast", Policy{Proxy: proxy, AllowEndpoints: eps("[ff02::1]:8080")}, "not a unicast"},
+		{"endpoint is ECS credentials", Policy{Proxy: proxy, AllowEndpoints: eps("169.254.170.2:80")}, "metadata"},
+		{"endpoint is IMDS, v4-mapped", Policy{Proxy: proxy, AllowEndpoints: eps("[::ffff:169.254.169.254]:80")}, "metadata"},
+		{"endpoint is IMDS over IPv6", Policy{Proxy: proxy, AllowEndpoints: eps("[fd00:ec2::254]:80")}, "metadata"},
+		{"endpoint listed twice", Policy{Proxy: proxy, AllowEndpoints: eps("127.0.0.1:8080", "[::1]:8080", "127.0.0.1:8080")}, "#0 (127.0.0.1:8080) and #2 (127.0.0.1:8080) are the same endpoint; remove one"},
+		{"endpoint listed twice, once v4-mapped", Policy{Proxy: proxy, AllowEndpoints: eps("127.0.0.1:8080", "[::ffff:127.0.0.1]:8080")}, "are the same endpoint"},
+		{"same address, other ports", Policy{Proxy: proxy, AllowEndpoints: eps("127.0.0.1:8080", "127.0.0.1:8081")}, ""},
+		{"too many endpoints", Policy{Proxy: proxy, AllowEndpoints: manyEndpoints(MaxEndpoints + 1)}, "65 allowed endpoints, at most 64"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			err := c.p.Validate()
@@ -93,5 +124,81 @@ func TestPolicyEntries(t *testing.T) {
 	// Families never share keys: ::/0 covers no IPv4 address.
 	if k4, k6 := key("0.0.0.0/0"), key("::/0"); k4 == k6 {
 		t.Errorf("IPv4 and IPv6 default routes share key %+v", k4)
+	}
+}
+
+func TestPolicyEntriesEndpoints(t *testing.T) {
+	host := func(s string) enforceLpmKey { return lpmKey(netip.MustParsePrefix(s)) }
+	ep := func(s string) enforceLpmKey { return endpointKey(netip.MustParseAddrPort(s)) }
+	p := Policy{
+		Proxy:      netip.MustParseAddrPort("127.0.0.1:3128"),
+		DNS:        netip.MustParseAddrPort("10.0.0.2:53"),
+		AllowCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")},
+		AllowEndpoints: []netip.AddrPort{
+			netip.MustParseAddrPort("127.0.0.1:8080"),
+			netip.MustParseAddrPort("[::ffff:127.0.0.1]:9090"),
+			netip.MustParseAddrPort("10.0.0.2:443"),
+			netip.MustParseAddrPort("[::1]:8080"),
+			// Validate refuses this; entries must not open it either.
+			netip.MustParseAddrPort("169.254.170.2:80"),
+		},
+	}
+	got, err := p.entries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[enforceLpmKey]enforceLpmVal{
+		host("10.0.0.0/8"):   {Flags: allowCIDR},
+		host("127.0.0.1/32"): {Flags: allowProxy, ProxyPort: 3128},
+		host("10.0.0.2/32"):  {Flags: allowDNS | allowCIDR, DnsPort: 53},
+		// Endpoints carry what their host's other entries allow, so that
+		// the proxy and the resolver stay reachable through them.
+		ep("127.0.0.1:8080"): {Flags: allowEndpoint | allowProxy, ProxyPort: 3128},
+		ep("127.0.0.1:9090"): {Flags: allowEndpoint | allowProxy, ProxyPort: 3128},
+		ep("10.0.0.2:443"):   {Flags: allowEndpoint | allowDNS | allowCIDR, DnsPort: 53},
+		ep("[::1]:8080"):     {Flags: allowEndpoint},
+		// Metadata: host entries that allow nothing, and no endpoint.
+		host("169.254.169.254/32"): {},
+		host("169.254.170.2/32"):   {},
+		host("fd00:ec2::254/128"):  {},
+	}
+	if len(got) != len(want) {
+		t.Errorf("got %d entries, want %d: %v", len(got), len(want), got)
+	}
+	for k, w := range want {
+		if g, ok := got[k]; !ok || g != w {
+			t.Errorf("entry %d/%v/%v/%v: got %+v (present %v), want %+v", k.Family, k.Addr, k.Port, k.Prefixlen, g, ok, w)
+		}
+	}
+
+	// The key layout cgroup_enforce.c looks up: every bit counts, the port
+	// big-endian after the 16 address bytes.
+	k := ep("127.0.0.1:8080")
+	if k.Prefixlen != 32+128+16 || k.Family != familyV4 || k.Addr != [16]byte{127, 0, 0, 1} || k.Port != [2]byte{0x1f, 0x90} || k.Pad != [2]byte{} {
+		t.Errorf("endpoint key of 127.0.0.1:8080: got %+v", k)
+	}
+}
+
+// TestPolicyEntriesFit: the largest policy Validate accepts fits the trie.
+func TestPolicyEntriesFit(t *testing.T) {
+	p := Policy{
+		Proxy: netip.MustParseAddrPort("127.0.0.1:3128"),
+		DNS:   netip.MustParseAddrPort("127.0.0.11:53"),
+	}
+	for i := range MaxCIDRs {
+		p.AllowCIDRs = append(p.AllowCIDRs, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24))
+	}
+	for i := range MaxEndpoints {
+		p.AllowEndpoints = append(p.AllowEndpoints, netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}), 443))
+	}
+	if err := p.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := p.entries()
+	if err != nil {
+		t.Fatalf("entries of the largest valid policy: %v", err)
+	}
+	if want := MaxCIDRs + MaxEndpoints + 2 + len(metadataAddrs); len(got) != want {
+		t.Errorf("got %d entries, want %d", len(got), want)
 	}
 }
