@@ -2,8 +2,9 @@
 // env it gets (issue 7, "Use from the sidecar"): where the host lets us load
 // eBPF (EC2 launch type, our own machines) the job starts inside a cgroup
 // v2 of its own with bpf/'s connect and sendmsg hooks attached, so it can
-// reach nothing but its proxy and its DNS resolver, however it ignores
-// HTTP_PROXY; on Fargate (no eBPF) the job runs network-only and the
+// reach nothing but its proxy, its DNS resolver, the allowed CIDRs and the
+// agent's loopback endpoints it is given (each one address:port), however
+// it ignores HTTP_PROXY; on Fargate (no eBPF) the job runs network-only and the
 // network (no NAT, the gateway) confines it. Either way the job starts
 // with no_new_privs and without CAP_NET_RAW.
 //
@@ -32,6 +33,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -83,11 +85,12 @@ func (c *Config) Validate() error {
 
 // Confiner implements jobrun.Confiner.
 type Confiner struct {
-	cfg   Config
-	log   *slog.Logger
-	level string
-	cg    *bpf.JobCgroup   // nil: network-only
-	enf   *bpf.Enforcement // nil: network-only
+	cfg       Config
+	log       *slog.Logger
+	endpoints []netip.AddrPort // from AllowLoopbackEndpoint
+	level     string
+	cg        *bpf.JobCgroup   // nil: network-only
+	enf       *bpf.Enforcement // nil: network-only
 }
 
 var _ jobrun.Confiner = (*Confiner)(nil)
@@ -109,16 +112,24 @@ func New(cfg Config) (*Confiner, error) {
 
 // AllowLoopbackEndpoint lets the job reach addr directly: the agent's
 // scoped-credentials endpoint on loopback (sidecar/credserver), which the
-// SDKs call without the proxy. It must be a loopback address and is
-// called before Setup. bpf.Policy has no single-port entries, so the
-// address's whole host is allowed (/32 or /128): on Fargate the loopback
-// is shared only by the job and the Cordon sidecar.
+// SDKs call without the proxy. It must be a loopback address with a port
+// and is called before Setup; allowing the same endpoint again changes
+// nothing. Only that TCP port is allowed (bpf.Policy.AllowEndpoints), not
+// the whole address: the loopback is shared with the agent's other
+// listeners (its health endpoint, by default 127.0.0.1:9902) and, in a
+// task, with every container of the task's network namespace.
 func (c *Confiner) AllowLoopbackEndpoint(addr netip.AddrPort) error {
 	a := addr.Addr().Unmap()
-	if !a.IsLoopback() {
+	switch {
+	case !a.IsLoopback():
 		return fmt.Errorf("confine: %s is not a loopback address; only the agent's loopback endpoints are allowed directly", addr)
+	case addr.Port() == 0:
+		return fmt.Errorf("confine: loopback endpoint %s has no port; give the port the agent listens on", addr)
 	}
-	c.cfg.AllowCIDRs = append(append([]netip.Prefix(nil), c.cfg.AllowCIDRs...), netip.PrefixFrom(a, a.BitLen()))
+	ep := netip.AddrPortFrom(a, addr.Port())
+	if !slices.Contains(c.endpoints, ep) {
+		c.endpoints = append(c.endpoints, ep)
+	}
 	return nil
 }
 
@@ -165,14 +176,19 @@ func (c *Confiner) Setup(proxyURL string) error {
 	if err != nil {
 		return c.unsupported(fmt.Errorf("job cgroup: %w", err))
 	}
-	enf, err := bpf.Enforce(cg.Path(), bpf.Policy{Proxy: proxy, DNS: dns, AllowCIDRs: c.cfg.AllowCIDRs})
+	enf, err := bpf.Enforce(cg.Path(), c.policy(proxy, dns))
 	if err != nil {
 		cg.Remove()
 		return c.unsupported(fmt.Errorf("confine job: %w", err))
 	}
 	c.cg, c.enf, c.level = cg, enf, bpf.LevelCgroupEBPF
-	c.log.Debug("job confined", "cgroup", cg.Path(), "proxy", proxy.String(), "dns", dns.String())
+	c.log.Debug("job confined", "cgroup", cg.Path(), "proxy", proxy.String(), "dns", dns.String(), "endpoints", len(c.endpoints))
 	return nil
+}
+
+// policy is what the job's cgroup may reach.
+func (c *Confiner) policy(proxy, dns netip.AddrPort) bpf.Policy {
+	return bpf.Policy{Proxy: proxy, DNS: dns, AllowCIDRs: c.cfg.AllowCIDRs, AllowEndpoints: c.endpoints}
 }
 
 // unsupported returns nil, having logged why, when err means the host
