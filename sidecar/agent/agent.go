@@ -57,6 +57,8 @@ import (
 	"github.com/cordon-dev/cordon/sidecar/handoff"
 	"github.com/cordon-dev/cordon/sidecar/jobrun"
 	"github.com/cordon-dev/cordon/sidecar/secrets"
+
+	"github.com/cordon-dev/cordon/internal/jobid"
 )
 
 // EgressProxy is the embedded egress proxy (sidecar/egress builds it).
@@ -180,22 +182,6 @@ type JobIdentity struct {
 	Job string
 }
 
-// validSegment reports whether s may be an org or job in a job's SPIFFE
-// ID: 1 to 63 of [a-z0-9_-], starting with a letter or digit (the regexp
-// ^[a-z0-9][a-z0-9_-]{0,62}$, written out: compiled at init it cost the
-// agent 50 KB of heap for good).
-func validSegment(s string) bool {
-	if len(s) == 0 || len(s) > 63 || s[0] == '_' || s[0] == '-' {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
-}
-
 // ParseJobID reads spiffe://TD/org/ORG/job/JOB. Org and job must be
 // lowercase slugs: they become paths (/{env}/{org}/...) and labels.
 func ParseJobID(id spiffeid.ID) (JobIdentity, error) {
@@ -204,8 +190,8 @@ func ParseJobID(id spiffeid.ID) (JobIdentity, error) {
 		return JobIdentity{}, fmt.Errorf("SPIFFE ID %s: want spiffe://TD/org/ORG/job/JOB", id)
 	}
 	org, job := parts[1], parts[3]
-	if !validSegment(org) || !validSegment(job) {
-		return JobIdentity{}, fmt.Errorf("SPIFFE ID %s: org and job must be lowercase letters, digits, '_' or '-'", id)
+	if !jobid.IsSlug(org) || !jobid.IsSlug(job) {
+		return JobIdentity{}, fmt.Errorf("SPIFFE ID %s: org and job must be %s", id, jobid.SlugRule)
 	}
 	return JobIdentity{ID: id, Org: org, Job: job}, nil
 }

@@ -13,6 +13,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 	"github.com/aws/smithy-go"
+
+	"github.com/cordon-dev/cordon/internal/jobid"
 )
 
 // SecretsManagerAPI is the part of the Secrets Manager client the provider
@@ -26,23 +28,6 @@ var _ SecretsManagerAPI = (*secretsmanager.Client)(nil)
 
 // batchLimit is the most secret IDs one BatchGetSecretValue call takes.
 const batchLimit = 20
-
-// validPathSegment reports whether s may be the env or org: they are path
-// components of /{env}/{org_slug}/{secret_name}, so nothing that could
-// climb or glob. 1 to 63 of [a-z0-9_-], starting with a letter or digit
-// (the regexp ^[a-z0-9][a-z0-9_-]{0,62}$, written out: compiled at init it
-// cost the agent 50 KB of heap for good).
-func validPathSegment(s string) bool {
-	if len(s) == 0 || len(s) > 63 || s[0] == '_' || s[0] == '-' {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
-}
 
 // SecretsManager is a Provider backed by AWS Secrets Manager. A secret name
 // n is read from /{Env}/{Org}/{n} (seeds/000 "Secrets Naming Convention").
@@ -77,11 +62,11 @@ func NewSecretsManager(cfg SecretsManagerConfig) (*SecretsManager, error) {
 	if cfg.Client == nil {
 		return nil, errors.New("secrets manager provider: no client")
 	}
-	if !validPathSegment(cfg.Env) {
-		return nil, fmt.Errorf("secrets manager provider: env %q: want lowercase letters, digits, '_' or '-'", cfg.Env)
+	if !jobid.IsSlug(cfg.Env) {
+		return nil, fmt.Errorf("secrets manager provider: env %q: want %s", cfg.Env, jobid.SlugRule)
 	}
-	if !validPathSegment(cfg.Org) {
-		return nil, fmt.Errorf("secrets manager provider: org %q: want lowercase letters, digits, '_' or '-'", cfg.Org)
+	if !jobid.IsSlug(cfg.Org) {
+		return nil, fmt.Errorf("secrets manager provider: org %q: want %s", cfg.Org, jobid.SlugRule)
 	}
 	log := cfg.Logger
 	if log == nil {
