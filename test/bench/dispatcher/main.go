@@ -43,7 +43,7 @@ func main() {
 	duration := flag.Duration("duration", 20*time.Second, "how long to send")
 	batch := flag.Int("batch", 100, "events per request")
 	usageEvery := flag.Int("usage-every", 10, "send a usage report every N requests")
-	rate := flag.Int("rate", 0, "paced mode: requests are scheduled as if every one carried -batch events, this many events/s over all clients (every -usage-every th request carries one usage report instead, so about 90% of it is offered); 0: each client sends as fast as it is answered")
+	rate := flag.Int("rate", 0, "paced mode: this many items/s (events and usage reports) offered over all clients; 0: each client sends as fast as it is answered")
 	writers := flag.Int("writers", 4, "dispatcher writer goroutines")
 	durable := flag.Bool("durable", true, "keep fsync and synchronous_commit on in Postgres")
 	pgStat := flag.Bool("pgstat", false, "print the statements Postgres spent most time on")
@@ -136,10 +136,19 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 		wg        sync.WaitGroup
 		firstErr  atomic.Pointer[error]
 	)
-	// interval is each client's time between requests when paced.
+	// interval is each client's time between requests when paced. A
+	// request carries batchSize events, or one usage report every
+	// usageEvery-th, so the offered items/s is rate (the target is
+	// in events stored per second; an earlier version scheduled as if every
+	// request carried batchSize items and so offered only about 90% of
+	// rate).
 	var interval time.Duration
 	if rate > 0 {
-		interval = time.Duration(float64(time.Second) * float64(nClients*batchSize) / float64(rate))
+		perRequest := float64(batchSize)
+		if usageEvery > 0 {
+			perRequest = (float64(batchSize)*float64(usageEvery-1) + 1) / float64(usageEvery)
+		}
+		interval = time.Duration(float64(time.Second) * float64(nClients) * perRequest / float64(rate))
 	}
 	pgPID, err := cluster.PID()
 	if err != nil {
@@ -232,7 +241,7 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 	}
 	mode := "closed loop (as fast as answered)"
 	if rate > 0 {
-		mode = fmt.Sprintf("paced at %d events/s offered", rate)
+		mode = fmt.Sprintf("paced at %d items/s offered", rate)
 	}
 	fmt.Printf("\ndispatcher ingest, %s: %d clients, %d orgs, %d events/request, usage every %d requests, %d writers, durable=%v\n\n",
 		mode, nClients, nOrgs, batchSize, usageEvery, writers, durable)
