@@ -25,6 +25,7 @@ package h1
 import (
 	"bytes"
 	"errors"
+	"iter"
 	"strconv"
 )
 
@@ -245,42 +246,42 @@ func parseFields(b []byte, h *Head) error {
 	}
 }
 
-// count returns how many fields are named name (ASCII case-insensitive)
-// and the last one's value.
-func (h *Head) count(name string) (n int, last []byte) {
+// Get returns the value of the one field named name (ASCII
+// case-insensitive) and the number of fields with that name (0: absent;
+// more than 1: the value is the last).
+func (h *Head) Get(name string) (last []byte, n int) {
 	for _, f := range h.Fields {
 		if equalFold(f.Name, name) {
 			n++
 			last = f.Value
 		}
 	}
-	return n, last
+	return last, n
 }
 
-// Get returns the value of the one field named name and the number of
-// fields with that name (0: absent; more than 1: the value is the last).
-func (h *Head) Get(name string) ([]byte, int) {
-	n, v := h.count(name)
-	return v, n
-}
-
-// HasToken reports whether a comma-separated list field (Connection,
-// Transfer-Encoding) named name lists token, in any of its fields.
-func (h *Head) HasToken(name, token string) bool {
-	for _, f := range h.Fields {
-		if !equalFold(f.Name, name) {
-			continue
+// Tokens yields the items of every comma-separated list field named name
+// (Connection, Transfer-Encoding), without their surrounding whitespace;
+// empty items are skipped.
+func (h *Head) Tokens(name string) iter.Seq[[]byte] {
+	return func(yield func([]byte) bool) {
+		for _, f := range h.Fields {
+			if !equalFold(f.Name, name) {
+				continue
+			}
+			for item := range bytes.SplitSeq(f.Value, []byte(",")) {
+				if item = trimOWS(item); len(item) > 0 && !yield(item) {
+					return
+				}
+			}
 		}
-		for v := f.Value; len(v) > 0; {
-			var item []byte
-			if i := bytes.IndexByte(v, ','); i >= 0 {
-				item, v = v[:i], v[i+1:]
-			} else {
-				item, v = v, nil
-			}
-			if equalFold(trimOWS(item), token) {
-				return true
-			}
+	}
+}
+
+// HasToken reports whether a list field named name lists token.
+func (h *Head) HasToken(name, token string) bool {
+	for item := range h.Tokens(name) {
+		if equalFold(item, token) {
+			return true
 		}
 	}
 	return false
@@ -315,11 +316,11 @@ var (
 // at most one (an absolute-form target names the destination, so a
 // missing Host is tolerated; the proxy writes its own).
 func RequestFraming(h *Head) (Framing, error) {
-	if n, _ := h.count("Host"); n > 1 {
+	if _, n := h.Get("Host"); n > 1 {
 		return Framing{}, errMultipleHost
 	}
-	nCL, cl := h.count("Content-Length")
-	nTE, te := h.count("Transfer-Encoding")
+	cl, nCL := h.Get("Content-Length")
+	te, nTE := h.Get("Transfer-Encoding")
 	switch {
 	case nTE > 0 && nCL > 0:
 		return Framing{}, errCLandTE
@@ -351,7 +352,7 @@ func RequestFraming(h *Head) (Framing, error) {
 func ResponseFraming(h *Head, head bool) (Framing, error) {
 	// The framing fields are checked even where they do not apply: an
 	// answer that is malformed there is not trusted elsewhere either.
-	nTE, te := h.count("Transfer-Encoding")
+	te, nTE := h.Get("Transfer-Encoding")
 	nCL := 0
 	length := int64(-1)
 	for _, f := range h.Fields {
@@ -428,7 +429,7 @@ func trimOWS(b []byte) []byte {
 // equalFold is ASCII case-insensitive equality of b and s (header names
 // and tokens are ASCII; no Unicode folding, so "K" never matches a
 // Kelvin sign).
-func equalFold(b []byte, s string) bool {
+func equalFold[S string | []byte](b []byte, s S) bool {
 	if len(b) != len(s) {
 		return false
 	}
@@ -448,7 +449,7 @@ func equalFold(b []byte, s string) bool {
 }
 
 // EqualFold is equalFold for callers outside the package.
-func EqualFold(b []byte, s string) bool { return equalFold(b, s) }
+func EqualFold[S string | []byte](b []byte, s S) bool { return equalFold(b, s) }
 
 func isDigit(c byte) bool { return '0' <= c && c <= '9' }
 

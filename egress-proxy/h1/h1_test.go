@@ -268,3 +268,28 @@ func FuzzResponseAgreesWithNetHTTP(f *testing.F) {
 		}
 	})
 }
+
+// TestParseDoesNotAllocate: parsing a head, reading its framing and walking
+// its Connection tokens (what the proxy does per request) allocates nothing
+// once the Fields slice has grown.
+func TestParseDoesNotAllocate(t *testing.T) {
+	raw := []byte("GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nAccept: */*\r\n\r\n")
+	var h Head
+	allocs := testing.AllocsPerRun(100, func() {
+		if err := ParseRequest(raw, &h); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := RequestFraming(&h); err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range h.Fields {
+			for named := range h.Tokens("Connection") {
+				_ = EqualFold(f.Name, named)
+			}
+		}
+		_ = h.HasToken("Connection", "close")
+	})
+	if allocs != 0 {
+		t.Fatalf("%.1f allocations per request head, want 0", allocs)
+	}
+}

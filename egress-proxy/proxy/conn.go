@@ -56,12 +56,16 @@ func (s *Server) serveConn(ctx context.Context, raw, conn net.Conn, idle *atomic
 			return
 		}
 		start := time.Now()
-		if buf, _ := cc.br.Peek(cc.br.Buffered()); h1.HeadEnd(buf, 0) == 0 {
-			// Only a head still arriving needs its own deadline (the
-			// usual request comes whole in its first segment).
+		// The usual request arrives whole in its first segment; only a head
+		// still arriving (or too long) goes through readHead, under its
+		// own deadline.
+		var err error
+		buf, _ := cc.br.Peek(cc.br.Buffered())
+		n := h1.HeadEnd(buf, 0)
+		if n == 0 || n > s.lim.MaxHeaderBytes {
 			conn.SetReadDeadline(start.Add(s.lim.HeaderReadTimeout))
+			n, err = readHead(cc.br, s.lim.MaxHeaderBytes)
 		}
-		n, err := readHead(cc.br, s.lim.MaxHeaderBytes)
 		if err != nil {
 			o := &outcome{job: job, actor: actor, remote: raw.RemoteAddr(), start: start, decision: decisionDeny, reason: policy.ReasonBadRequest}
 			if errors.Is(err, errHeadTooLarge) {

@@ -31,7 +31,7 @@ func isHopByHop(name []byte) bool {
 }
 
 // dropField reports whether a field of h is not forwarded: hop-by-hop,
-// named by a Connection field, or one the proxy writes itself.
+// one the proxy writes itself (own), or named by a Connection field.
 func dropField(h *h1.Head, f h1.Field, own ...string) bool {
 	if isHopByHop(f.Name) {
 		return true
@@ -41,7 +41,12 @@ func dropField(h *h1.Head, f h1.Field, own ...string) bool {
 			return true
 		}
 	}
-	return h.HasToken("Connection", string(f.Name))
+	for named := range h.Tokens("Connection") {
+		if h1.EqualFold(f.Name, named) {
+			return true
+		}
+	}
+	return false
 }
 
 // forward sends an allowed plain HTTP request upstream and the response
@@ -166,14 +171,11 @@ func (s *Server) forward(ctx context.Context, cc *clientConn, js *jobState, req 
 	switch {
 	case rechunk:
 		b = append(b, "Transfer-Encoding: chunked\r\n"...)
-	case ex.framing.Declared && (ex.framing.Length >= 0):
-		// Also a HEAD or 304 answer's Content-Length: it describes the
-		// representation, not this message's (absent) body.
-		if v, n := resp.Get("Content-Length"); n > 0 {
-			b = append(b, "Content-Length: "...)
-			b = append(b, v...)
-			b = append(b, "\r\n"...)
-		}
+	case ex.framing.Declared:
+		// As sent, so also a HEAD or 304 answer's Content-Length: it
+		// describes the representation, not this message's (absent) body.
+		v, _ := resp.Get("Content-Length")
+		b = h1.AppendField(b, []byte("Content-Length"), v)
 	}
 	if !keep {
 		b = append(b, "Connection: close\r\n"...)
