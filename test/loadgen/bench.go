@@ -431,7 +431,6 @@ func runRate(ctx context.Context, cfg Config, p *plan, rate int, op func(*client
 	var wg sync.WaitGroup
 	for i := range outs {
 		wg.Add(1)
-		idx := i
 		go func(out *workerOut) {
 			defer wg.Done()
 			c := newClient(p)
@@ -443,7 +442,7 @@ func runRate(ctx context.Context, cfg Config, p *plan, rate int, op func(*client
 			var due time.Time
 			if rate > 0 {
 				interval = time.Duration(float64(time.Second) * float64(cfg.Clients) / float64(rate))
-				due = start.Add(interval * time.Duration(idx) / time.Duration(cfg.Clients))
+				due = start.Add(interval * time.Duration(i) / time.Duration(cfg.Clients))
 			}
 			for ctx.Err() == nil {
 				t0 := time.Now()

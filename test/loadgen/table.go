@@ -86,7 +86,7 @@ func Verdicts(base, r Result) []Verdict {
 		return v
 	}
 	out = append(out, p99("p99 added <= "+fmtDur(GoalP99Added)+" (closed loop)", base.KeepAlive, r.KeepAlive))
-	out = append(out, p99(fmt.Sprintf("p99 added <= %s at %d req/s", fmtDur(GoalP99Added), r.PacedRate), base.Paced, r.Paced))
+	out = append(out, p99(fmt.Sprintf("p99 added <= %s at %d req/s", fmtDur(GoalP99Added), max(r.PacedRate, base.PacedRate)), base.Paced, r.Paced))
 
 	idle := Verdict{Goal: fmt.Sprintf("%d idle tunnels <= %d MB", GoalIdleTunnels, GoalIdleRSS/1_000_000)}
 	switch {
