@@ -262,7 +262,7 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 	srv.Shutdown(context.Background())
 	printBatches(reg)
 	if pgStat {
-		printStatements(ctx, cluster.URL("postgres"), db)
+		printStatements(ctx, db)
 	}
 	vstart := time.Now()
 	rep, err := auditstore.Verify(ctx, db, "")
@@ -338,7 +338,7 @@ func printBatches(reg *prometheus.Registry) {
 	}
 }
 
-func printStatements(ctx context.Context, adminURL, db string) {
+func printStatements(ctx context.Context, db string) {
 	conn, err := pgx.Connect(ctx, db)
 	if err != nil {
 		log.Print(err)
@@ -364,7 +364,6 @@ func printStatements(ctx context.Context, adminURL, db string) {
 			fmt.Printf("| %d | %.0f | %.2f | %d | %s |\n", calls, total, total/float64(calls), nrows, q)
 		}
 	}
-	_ = adminURL
 }
 
 type walStats struct{ records, fpi, bytes int64 }
