@@ -246,7 +246,7 @@ func TestDecodeRefusesHostileRoutes(t *testing.T) {
 			rc.VirtualHosts[0].Domains = append(rc.VirtualHosts[0].Domains, "evil.example:443")
 		}},
 		{"mode allow", func(rc *routev3.RouteConfiguration) {
-			rc.Metadata.FilterMetadata[translate.MetadataKey].Fields["mode"] = structpb.NewStringValue("allow")
+			rc.Metadata.FilterMetadata[routeconfig.MetadataKey].Fields["mode"] = structpb.NewStringValue("allow")
 		}},
 		{"deny host removed", func(rc *routev3.RouteConfiguration) { rc.VirtualHosts = rc.VirtualHosts[:len(rc.VirtualHosts)-1] }},
 		{"ignore port in host matching", func(rc *routev3.RouteConfiguration) { rc.IgnorePortInHostMatching = true }},
@@ -271,6 +271,26 @@ func TestDecodeRefusesHostileRoutes(t *testing.T) {
 				t.Errorf("got policy %+v, want an error", p)
 			}
 		})
+	}
+}
+
+func TestParseResourceName(t *testing.T) {
+	tests := []struct {
+		name, org, job string
+		ok             bool
+	}{
+		{"egress/acme/block_follower", "acme", "block_follower", true},
+		{"egress/acme", "", "", false},
+		{"egress/acme/a/b", "", "", false},
+		{"egress//j", "", "", false},
+		{"ingress/acme/j", "", "", false},
+		{"egress/ACME/j", "", "", false},
+	}
+	for _, tt := range tests {
+		org, job, err := routeconfig.ParseResourceName(tt.name)
+		if (err == nil) != tt.ok || org != tt.org || job != tt.job {
+			t.Errorf("ParseResourceName(%q) = %q, %q, %v; want %q, %q, ok=%v", tt.name, org, job, err, tt.org, tt.job, tt.ok)
+		}
 	}
 }
 

@@ -46,7 +46,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/cordon-dev/cordon/xds/translate"
+	"github.com/cordon-dev/cordon/xds/routeconfig"
 )
 
 // Config configures a Server.
@@ -155,7 +155,7 @@ func (s *Server) Publish(ctx context.Context, version uint64, routes []*routev3.
 	all := sha256.New()
 	opts := proto.MarshalOptions{Deterministic: true}
 	for _, rc := range routes {
-		org, job, err := translate.ParseResourceName(rc.GetName())
+		org, job, err := routeconfig.ParseResourceName(rc.GetName())
 		if err != nil {
 			return fmt.Errorf("publish version %d: %w", version, err)
 		}

@@ -27,28 +27,6 @@ import (
 	"github.com/cordon-dev/cordon/xds/routeconfig"
 )
 
-// The mapping's names, from xds/routeconfig.
-const (
-	// NamePrefix starts every RouteConfiguration name: "egress/<org>/<job>".
-	NamePrefix = routeconfig.NamePrefix
-	// MetadataKey is the filter_metadata key of Cordon's extras.
-	MetadataKey = routeconfig.MetadataKey
-	// Cluster is the cluster allowed traffic is routed to.
-	Cluster = routeconfig.Cluster
-	// DenyReasonHeader carries the machine-readable reason of a 403.
-	DenyReasonHeader = routeconfig.DenyReasonHeader
-	// DenyReason is the reason a request that matched no rule is denied.
-	DenyReason = routeconfig.DenyReason
-)
-
-// ResourceName is the RouteConfiguration name of job in org.
-func ResourceName(org, job string) string { return routeconfig.ResourceName(org, job) }
-
-// ParseResourceName splits "egress/<org>/<job>" into org and job.
-func ParseResourceName(name string) (org, job string, err error) {
-	return routeconfig.ParseResourceName(name)
-}
-
 // ToRouteConfiguration translates p. It errors when p cannot be represented
 // (an empty org or job, an unknown class or mode, a rule with no ports, both
 // or neither of host and CIDR) and when the result fails Envoy validation.

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/cordon-dev/cordon/internal/allowlist"
+	"github.com/cordon-dev/cordon/xds/routeconfig"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files and fuzz seeds in testdata/")
@@ -233,10 +234,10 @@ func TestToRouteConfigurationRejects(t *testing.T) {
 func TestFromRouteConfigurationRejects(t *testing.T) {
 	base := goldenPolicies()["platform_rpc"]
 	meta := func(rc *routev3.RouteConfiguration) map[string]*structpb.Value {
-		return rc.Metadata.FilterMetadata[MetadataKey].Fields
+		return rc.Metadata.FilterMetadata[routeconfig.MetadataKey].Fields
 	}
 	vmeta := func(rc *routev3.RouteConfiguration, i int) map[string]*structpb.Value {
-		return rc.VirtualHosts[i].Metadata.FilterMetadata[MetadataKey].Fields
+		return rc.VirtualHosts[i].Metadata.FilterMetadata[routeconfig.MetadataKey].Fields
 	}
 	tests := []struct {
 		name   string
@@ -298,26 +299,6 @@ func TestFromRouteConfigurationRejects(t *testing.T) {
 	}
 	if _, err := FromRouteConfiguration(nil); err == nil {
 		t.Error("FromRouteConfiguration(nil): got no error")
-	}
-}
-
-func TestParseResourceName(t *testing.T) {
-	tests := []struct {
-		name, org, job string
-		ok             bool
-	}{
-		{"egress/acme/block_follower", "acme", "block_follower", true},
-		{"egress/acme", "", "", false},
-		{"egress/acme/a/b", "", "", false},
-		{"egress//j", "", "", false},
-		{"ingress/acme/j", "", "", false},
-		{"egress/ACME/j", "", "", false},
-	}
-	for _, tt := range tests {
-		org, job, err := ParseResourceName(tt.name)
-		if (err == nil) != tt.ok || org != tt.org || job != tt.job {
-			t.Errorf("ParseResourceName(%q) = %q, %q, %v; want %q, %q, ok=%v", tt.name, org, job, err, tt.org, tt.job, tt.ok)
-		}
 	}
 }
 
