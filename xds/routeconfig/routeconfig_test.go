@@ -235,26 +235,67 @@ func TestUnmarshalRefuses(t *testing.T) {
 	}
 }
 
-// TestDecodeRefusesHostileRoutes mirrors xds/translate's table of
-// hostile but well-formed route configurations, built with the real types.
+// TestDecodeRefusesHostileRoutes feeds the decoder route configurations a
+// broken or hostile control plane could send, well-formed and built with
+// the real types: every one must be refused (the client NACKs and keeps
+// its last good policy).
 func TestDecodeRefusesHostileRoutes(t *testing.T) {
+	meta := func(rc *routev3.RouteConfiguration) map[string]*structpb.Value {
+		return rc.Metadata.FilterMetadata[routeconfig.MetadataKey].Fields
+	}
+	vmeta := func(rc *routev3.RouteConfiguration, i int) map[string]*structpb.Value {
+		return rc.VirtualHosts[i].Metadata.FilterMetadata[routeconfig.MetadataKey].Fields
+	}
 	tests := []struct {
 		name   string
 		mutate func(rc *routev3.RouteConfiguration)
 	}{
+		{"nil metadata", func(rc *routev3.RouteConfiguration) { rc.Metadata = nil }},
+		{"wrong name", func(rc *routev3.RouteConfiguration) { rc.Name = "egress/acme/other" }},
+		{"not egress name", func(rc *routev3.RouteConfiguration) { rc.Name = "acme/block_follower" }},
+		{"mode allow", func(rc *routev3.RouteConfiguration) { meta(rc)["mode"] = structpb.NewStringValue("allow") }},
+		{"mode number", func(rc *routev3.RouteConfiguration) { meta(rc)["mode"] = structpb.NewNumberValue(1) }},
+		{"unknown field", func(rc *routev3.RouteConfiguration) { meta(rc)["allow_all"] = structpb.NewBoolValue(true) }},
 		{"extra domain", func(rc *routev3.RouteConfiguration) {
 			rc.VirtualHosts[0].Domains = append(rc.VirtualHosts[0].Domains, "evil.example:443")
 		}},
-		{"mode allow", func(rc *routev3.RouteConfiguration) {
-			rc.Metadata.FilterMetadata[routeconfig.MetadataKey].Fields["mode"] = structpb.NewStringValue("allow")
-		}},
+		{"star domain on allow host", func(rc *routev3.RouteConfiguration) { rc.VirtualHosts[0].Domains = []string{"*"} }},
 		{"deny host removed", func(rc *routev3.RouteConfiguration) { rc.VirtualHosts = rc.VirtualHosts[:len(rc.VirtualHosts)-1] }},
-		{"ignore port in host matching", func(rc *routev3.RouteConfiguration) { rc.IgnorePortInHostMatching = true }},
-		{"require tls on a host", func(rc *routev3.RouteConfiguration) { rc.VirtualHosts[0].RequireTls = routev3.VirtualHost_ALL }},
+		{"deny host routes to cluster", func(rc *routev3.RouteConfiguration) {
+			last := rc.VirtualHosts[len(rc.VirtualHosts)-1]
+			last.Routes = rc.VirtualHosts[0].Routes
+		}},
 		{"deny status 200", func(rc *routev3.RouteConfiguration) {
 			last := rc.VirtualHosts[len(rc.VirtualHosts)-1]
 			last.Routes[0].GetDirectResponse().Status = 200
 		}},
+		{"unexplained vhost", func(rc *routev3.RouteConfiguration) {
+			vh := proto.Clone(rc.VirtualHosts[0]).(*routev3.VirtualHost)
+			vh.Name, vh.Domains, vh.Metadata = "allow:evil", []string{"*.com:443"}, nil
+			rc.VirtualHosts = append([]*routev3.VirtualHost{vh}, rc.VirtualHosts...)
+		}},
+		{"duplicate index", func(rc *routev3.RouteConfiguration) {
+			r := vmeta(rc, 1)["rules"].GetListValue().Values[0].GetStructValue().Fields
+			r["index"] = structpb.NewNumberValue(0)
+		}},
+		{"fractional port", func(rc *routev3.RouteConfiguration) {
+			r := vmeta(rc, 1)["rules"].GetListValue().Values[0].GetStructValue().Fields
+			r["ports"] = structpb.NewListValue(&structpb.ListValue{Values: []*structpb.Value{structpb.NewNumberValue(443.5)}})
+		}},
+		{"port out of range", func(rc *routev3.RouteConfiguration) {
+			r := meta(rc)["cidr_rules"].GetListValue().Values[0].GetStructValue().Fields
+			r["ports"] = structpb.NewListValue(&structpb.ListValue{Values: []*structpb.Value{structpb.NewNumberValue(70000)}})
+		}},
+		{"cidr unparseable", func(rc *routev3.RouteConfiguration) {
+			r := meta(rc)["cidr_rules"].GetListValue().Values[0].GetStructValue().Fields
+			r["cidr"] = structpb.NewStringValue("0.0.0.0/0x")
+		}},
+		{"huge index", func(rc *routev3.RouteConfiguration) {
+			r := meta(rc)["cidr_rules"].GetListValue().Values[0].GetStructValue().Fields
+			r["index"] = structpb.NewNumberValue(1e12)
+		}},
+		{"ignore port in host matching", func(rc *routev3.RouteConfiguration) { rc.IgnorePortInHostMatching = true }},
+		{"require tls on a host", func(rc *routev3.RouteConfiguration) { rc.VirtualHosts[0].RequireTls = routev3.VirtualHost_ALL }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
