@@ -148,24 +148,3 @@ func FuzzDiscoveryResponse(f *testing.F) {
 		sameResponse(t, &got, &want)
 	})
 }
-
-func TestParseJobPath(t *testing.T) {
-	tests := []struct {
-		path, org, job string
-		ok             bool
-	}{
-		{"/org/acme/job/block_follower", "acme", "block_follower", true},
-		{"/org/acme/job/", "", "", false},
-		{"/org//job/j", "", "", false},
-		{"/org/acme/job/j/x", "", "", false},
-		{"/org/a/b/job/j", "", "", false},
-		{"/cordon/xds", "", "", false},
-		{"/org/acme/jobs/j", "", "", false},
-	}
-	for _, tt := range tests {
-		org, job, ok := parseJobPath(tt.path)
-		if ok != tt.ok || org != tt.org || job != tt.job {
-			t.Errorf("parseJobPath(%q) = %q, %q, %v; want %q, %q, %v", tt.path, org, job, ok, tt.org, tt.job, tt.ok)
-		}
-	}
-}

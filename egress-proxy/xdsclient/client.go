@@ -43,6 +43,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/cordon-dev/cordon/internal/allowlist"
+	"github.com/cordon-dev/cordon/internal/jobid"
 	"github.com/cordon-dev/cordon/xds/routeconfig"
 )
 
@@ -129,27 +130,14 @@ func New(cfg Config, a Applier) (*Client, error) {
 		c.log = slog.New(slog.DiscardHandler)
 	}
 	if !cfg.Gateway {
-		var ok bool
-		if c.org, c.job, ok = parseJobPath(svid.ID.Path()); !ok {
-			return nil, fmt.Errorf("xds client: SVID %s is not a job identity (spiffe://TD/org/ORG/job/JOB); set Gateway for a gateway", svid.ID)
+		j, err := jobid.FromID(svid.ID, svid.ID.TrustDomain())
+		if err != nil {
+			return nil, fmt.Errorf("xds client: own SVID: %w (set Gateway for a gateway)", err)
 		}
+		c.org, c.job = j.Org, j.Job
 		c.names = []string{routeconfig.ResourceName(c.org, c.job)}
 	}
 	return c, nil
-}
-
-// parseJobPath splits a job's SPIFFE ID path, "/org/ORG/job/JOB" (ORG and
-// JOB non-empty, without "/").
-func parseJobPath(path string) (org, job string, ok bool) {
-	rest, ok := strings.CutPrefix(path, "/org/")
-	if !ok {
-		return "", "", false
-	}
-	org, job, ok = strings.Cut(rest, "/job/")
-	if !ok || org == "" || job == "" || strings.Contains(org, "/") || strings.Contains(job, "/") {
-		return "", "", false
-	}
-	return org, job, true
 }
 
 // Version is the version of the last applied policy, "" before the first.

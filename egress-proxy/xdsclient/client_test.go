@@ -367,11 +367,45 @@ func TestWrongServerIdentityIsNeverTrusted(t *testing.T) {
 	}
 }
 
-func TestNewRefusesNonJobIdentity(t *testing.T) {
-	ca, _ := spiffedev.NewCA("cordon.test")
-	svid, _ := ca.MintX509SVID(spiffeid.RequireFromString("spiffe://cordon.test/cordon/dispatcher"), 0)
-	if _, err := New(Config{Addr: "127.0.0.1:1", SVID: svid, Bundles: ca.Bundle()}, &recordingApplier{}); err == nil {
-		t.Fatal("got nil error for a non-job identity without Gateway")
+// TestNewJobIdentity: without Gateway, New takes the job from its SVID
+// (spiffe://TD/org/ORG/job/JOB, internal/jobid's rule) and refuses any
+// other identity.
+func TestNewJobIdentity(t *testing.T) {
+	ca, err := spiffedev.NewCA("cordon.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		path, org, job string
+		ok             bool
+	}{
+		{"/org/acme/job/block_follower", "acme", "block_follower", true},
+		{"/org/acme/job/j/x", "", "", false},
+		{"/org/a/b/job/j", "", "", false},
+		{"/cordon/xds", "", "", false},
+		{"/cordon/dispatcher", "", "", false},
+		{"/org/acme/jobs/j", "", "", false},
+		{"/org/ACME/job/j", "", "", false},
+	}
+	for _, tt := range tests {
+		svid, err := ca.MintX509SVID(spiffeid.RequireFromPath(ca.TrustDomain(), tt.path), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := New(Config{Addr: "127.0.0.1:1", SVID: svid, Bundles: ca.Bundle()}, &recordingApplier{})
+		if (err == nil) != tt.ok {
+			t.Errorf("New with %s: got error %v, want ok=%v", tt.path, err, tt.ok)
+			continue
+		}
+		if err == nil && (c.org != tt.org || c.job != tt.job) {
+			t.Errorf("New with %s: got job %s/%s, want %s/%s", tt.path, c.org, c.job, tt.org, tt.job)
+		}
+	}
+	// An empty org or job cannot reach New: it is not a SPIFFE ID.
+	for _, p := range []string{"/org/acme/job/", "/org//job/j"} {
+		if _, err := spiffeid.FromPath(ca.TrustDomain(), p); err == nil {
+			t.Errorf("spiffeid.FromPath(%q): got nil error", p)
+		}
 	}
 }
 
