@@ -118,19 +118,14 @@ type Record struct {
 	RawMetadata []byte
 }
 
-// Append is AppendRecords for events whose metadata is to be encoded.
+// Append stores events and usage reports of one org in one transaction,
+// encoding the events' metadata: it is AppendBatches with one batch.
 func (s *Store) Append(ctx context.Context, org string, events []audit.Event, reports []usage.Report) (AppendResult, error) {
 	recs := make([]Record, len(events))
 	for i := range events {
 		recs[i].Event = events[i]
 	}
-	return s.AppendRecords(ctx, org, recs, reports)
-}
-
-// AppendRecords stores events and usage reports of one org in one
-// transaction; it is AppendBatches with one batch.
-func (s *Store) AppendRecords(ctx context.Context, org string, events []Record, reports []usage.Report) (AppendResult, error) {
-	res, err := s.AppendBatches(ctx, []OrgBatch{{Org: org, Events: events, Reports: reports}})
+	res, err := s.AppendBatches(ctx, []OrgBatch{{Org: org, Events: recs, Reports: reports}})
 	if err != nil {
 		return AppendResult{EventStored: make([]bool, len(events)), UsageStored: make([]bool, len(reports))}, err
 	}
@@ -149,9 +144,10 @@ type OrgBatch struct {
 // they share one commit and one WAL flush: events are appended to their
 // (org, class, month) hash chains, each chain locked through its head row
 // so replicas append one at a time; events and reports already stored are
-// skipped (an event ID is stored once per chain). Each org's rows are written with that org set for row-level
-// security. When it returns nil, everything is durably committed, and
-// result i says what batch i stored. An org may appear only once.
+// skipped (an event ID is stored once per chain). Each org's rows are
+// written with that org set for row-level security. When it returns nil,
+// everything is durably committed, and result i says what batch i stored.
+// An org may appear only once.
 // Timestamps are stored with microsecond precision.
 //
 // Chains are locked in one global order (org, class, month), so two
@@ -297,14 +293,14 @@ func (a *orgAppend) chain() {
 // queueWrite queues, for the second round trip, a's inserts: the new
 // audit rows, the chain heads, and its usage reports from usage_stage
 // (which holds every org's: RLS is checked against the org set here).
-func (a *orgAppend) queueWrite(b *pgx.Batch, optimistic bool, stored map[string]bool) {
+func (a *orgAppend) queueWrite(b *pgx.Batch, stored map[string]bool) {
 	b.Queue("SELECT set_config('cordon.org_id', $1, true)", a.org)
 	if n := len(a.stage.seq); n > 0 {
+		// A plain INSERT stores every row or fails (a stored event is a
+		// unique violation, handled by appendBatches): fewer rows would
+		// mean something dropped them, and the heads must not move.
 		b.Queue(insertAuditSQL, a.stage.args(a.org)...).Exec(func(ct pgconn.CommandTag) error {
 			if ct.RowsAffected() != int64(n) {
-				if optimistic {
-					return errDuplicates
-				}
 				return fmt.Errorf("%w: org %s: inserted %d of %d new rows", ErrChainConflict, a.org, ct.RowsAffected(), n)
 			}
 			return nil
@@ -388,7 +384,7 @@ func (s *Store) appendBatches(ctx context.Context, batches []OrgBatch, optimisti
 		stored := make([]map[string]bool, len(orgs))
 		for i, a := range orgs {
 			stored[i] = map[string]bool{}
-			a.queueWrite(b, optimistic, stored[i])
+			a.queueWrite(b, stored[i])
 		}
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			if isUniqueViolation(err) {
