@@ -5,12 +5,13 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"regexp"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
+
+	"github.com/cordon-dev/cordon/internal/jobid"
 )
 
 // DefaultGatewayPath is the SPIFFE ID path of the egress gateway, which gets
@@ -48,8 +49,6 @@ type Identity struct {
 	Org, Job string
 }
 
-var jobPathRE = regexp.MustCompile(`^/org/([a-z0-9][a-z0-9_-]{0,62})/job/([a-z0-9][a-z0-9_-]{0,62})$`)
-
 // Classify decides what id may fetch: spiffe://td/org/ORG/job/JOB is that
 // job, spiffe://td<gatewayPath> is the gateway, anything else (another trust
 // domain, another path, extra segments) is KindNone.
@@ -62,8 +61,8 @@ func Classify(id spiffeid.ID, td spiffeid.TrustDomain, gatewayPath string) Ident
 		ident.Kind = KindGateway
 		return ident
 	}
-	if m := jobPathRE.FindStringSubmatch(id.Path()); m != nil {
-		ident.Kind, ident.Org, ident.Job = KindJob, m[1], m[2]
+	if j, err := jobid.FromID(id, td); err == nil {
+		ident.Kind, ident.Org, ident.Job = KindJob, j.Org, j.Job
 	}
 	return ident
 }

@@ -343,6 +343,7 @@ func TestClassify(t *testing.T) {
 		{"spiffe://cordon.test/org/acme/job/a/b", KindNone, "", ""},
 		{"spiffe://cordon.test/org/acme", KindNone, "", ""},
 		{"spiffe://cordon.test/org/ACME/job/a", KindNone, "", ""},
+		{"spiffe://cordon.test/org/acme/job/a-", KindNone, "", ""}, // no allowlist can name it
 		{"spiffe://cordon.test/cordon/egress-gateway/x", KindNone, "", ""},
 	}
 	for _, tt := range tests {
