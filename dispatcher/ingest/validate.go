@@ -394,47 +394,6 @@ func validateEvent(ev *audit.Event, lim Limits, now time.Time) *InvalidError {
 	return nil
 }
 
-// encodedSize is an upper bound of len(json.Marshal(v)) for decoded JSON,
-// without encoding it.
-func encodedSize(v any) int {
-	switch x := v.(type) {
-	case string:
-		n := 2
-		for _, r := range x {
-			switch {
-			case r < 0x20 || r == '<' || r == '>' || r == '&' || r == 0x2028 || r == 0x2029 || r == utf8.RuneError:
-				n += 6
-			case r == '"' || r == '\\':
-				n += 2
-			default:
-				n += utf8.RuneLen(r)
-			}
-		}
-		return n
-	case json.Number:
-		return len(x)
-	case bool:
-		return 5
-	case nil:
-		return 4
-	case map[string]any:
-		n := 2
-		for k, val := range x {
-			n += encodedSize(k) + 2 + encodedSize(val)
-		}
-		return n
-	case []any:
-		n := 2
-		for _, val := range x {
-			n += 1 + encodedSize(val)
-		}
-		return n
-	default:
-		b, _ := json.Marshal(x)
-		return len(b)
-	}
-}
-
 func depth(v any, d int) int {
 	if d > 8 {
 		return d
