@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/cordon-dev/cordon/internal/audit"
+	"github.com/cordon-dev/cordon/internal/dispatcherclient"
 	"github.com/cordon-dev/cordon/internal/usage"
 )
 
@@ -82,13 +83,8 @@ const DefaultRetryAfter = time.Second
 // e.g. from tlsconfig.MTLSClientConfig).
 func New(baseURL string, tlsConfig *tls.Config, opts ...Option) *Client {
 	c := &Client{
-		base: strings.TrimRight(baseURL, "/"),
-		http: &http.Client{Transport: &http.Transport{
-			TLSClientConfig:     tlsConfig,
-			MaxIdleConnsPerHost: 4,
-			IdleConnTimeout:     90 * time.Second,
-			TLSHandshakeTimeout: 10 * time.Second,
-		}},
+		base:    strings.TrimRight(baseURL, "/"),
+		http:    dispatcherclient.HTTPClient(tlsConfig, 0),
 		timeout: 30 * time.Second,
 	}
 	for _, o := range opts {

@@ -26,6 +26,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/cordon-dev/cordon/internal/dispatcherclient"
 )
 
 // Endpoints, as dispatcher/admission serves them. {id} is the run ID.
@@ -112,9 +114,9 @@ type Client struct {
 // with tlsConfig (the sidecar's SVID, the dispatcher authorised by its
 // SPIFFE ID). Each call is bounded by timeout; if zero, 10s.
 func New(base string, tlsConfig *tls.Config, timeout time.Duration) (*Client, error) {
-	u, err := url.Parse(base)
-	if err != nil || u.Scheme != "https" || u.Host == "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
-		return nil, fmt.Errorf("admit: dispatcher URL %q must be https://host[:port]", base)
+	b, err := dispatcherclient.BaseURL(base)
+	if err != nil {
+		return nil, fmt.Errorf("admit: %w", err)
 	}
 	if tlsConfig == nil {
 		return nil, errors.New("admit: no TLS configuration (the sidecar's mTLS client config is required)")
@@ -122,12 +124,7 @@ func New(base string, tlsConfig *tls.Config, timeout time.Duration) (*Client, er
 	if timeout == 0 {
 		timeout = 10 * time.Second
 	}
-	tr := &http.Transport{TLSClientConfig: tlsConfig, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 2,
-		IdleConnTimeout: time.Minute, TLSHandshakeTimeout: 10 * time.Second}
-	return &Client{base: strings.TrimRight(u.String(), "/"), hc: &http.Client{Transport: tr, Timeout: timeout,
-		// The dispatcher never redirects; following one could send the
-		// request elsewhere.
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}, nil
+	return &Client{base: b, hc: dispatcherclient.HTTPClient(tlsConfig, timeout)}, nil
 }
 
 // Close releases idle connections. It is idempotent.

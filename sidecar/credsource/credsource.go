@@ -21,17 +21,15 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/cordon-dev/cordon/internal/datasets"
+	"github.com/cordon-dev/cordon/internal/dispatcherclient"
 	"github.com/cordon-dev/cordon/sidecar/credserver"
 )
 
@@ -64,13 +62,10 @@ type Config struct {
 	HTTPClient *http.Client
 }
 
-// TLSConfig is the client configuration Config.TLS wants: TLS 1.3, the
-// sidecar's SVID from svid (a *workloadapi.X509Source is both sources) and
-// only the server whose SPIFFE ID is dispatcher accepted.
+// TLSConfig is the client configuration Config.TLS wants:
+// dispatcherclient.TLSConfig.
 func TLSConfig(svid x509svid.Source, bundle x509bundle.Source, dispatcher spiffeid.ID) *tls.Config {
-	c := tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeID(dispatcher))
-	c.MinVersion = tls.VersionTLS13
-	return c
+	return dispatcherclient.TLSConfig(svid, bundle, dispatcher)
 }
 
 // Source fetches the run's credentials from the dispatcher. It is safe for
@@ -87,9 +82,9 @@ var _ credserver.Source = (*Source)(nil)
 
 // New validates cfg and returns a Source. It makes no request.
 func New(cfg Config) (*Source, error) {
-	u, err := url.Parse(cfg.URL)
-	if err != nil || u.Scheme != "https" || u.Host == "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
-		return nil, fmt.Errorf("credsource: dispatcher URL %q must be https://host[:port] (credentials travel only over mTLS)", cfg.URL)
+	base, err := dispatcherclient.BaseURL(cfg.URL)
+	if err != nil {
+		return nil, fmt.Errorf("credsource: %w (credentials travel only over mTLS)", err)
 	}
 	if cfg.RunID == "" {
 		return nil, errors.New("credsource: RunID is required")
@@ -110,24 +105,12 @@ func New(cfg Config) (*Source, error) {
 	if len(body) > datasets.MaxPayloadBytes {
 		return nil, fmt.Errorf("credsource: request is %d bytes, more than the dispatcher's %d", len(body), datasets.MaxPayloadBytes)
 	}
-	s := &Source{endpoint: strings.TrimSuffix(u.String(), "/") + Path, body: body, runID: cfg.RunID, client: cfg.HTTPClient}
+	s := &Source{endpoint: base + Path, body: body, runID: cfg.RunID, client: cfg.HTTPClient}
 	if s.client == nil {
 		if cfg.TLS == nil {
 			return nil, errors.New("credsource: TLS (the sidecar's mTLS client config) is required")
 		}
-		s.client = &http.Client{
-			Timeout: 30 * time.Second,
-			Transport: &http.Transport{
-				TLSClientConfig:     cfg.TLS,
-				ForceAttemptHTTP2:   true,
-				MaxIdleConns:        2,
-				IdleConnTimeout:     90 * time.Second,
-				TLSHandshakeTimeout: 10 * time.Second,
-			},
-			// The dispatcher never redirects; following one could send
-			// the request elsewhere.
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		}
+		s.client = dispatcherclient.HTTPClient(cfg.TLS, 30*time.Second)
 		s.owned = true
 	}
 	return s, nil

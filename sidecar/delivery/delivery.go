@@ -13,7 +13,6 @@ package delivery
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -22,10 +21,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/cordon-dev/cordon/dispatcher/ingestclient"
@@ -239,13 +234,4 @@ func (t *tracked[T]) run(ctx, stop context.Context, drain time.Duration, d spool
 		}
 		return err
 	}))
-}
-
-// ClientTLS is the mTLS client config for the dispatcher: the task's SVID,
-// only the dispatcher's SPIFFE ID (spiffe://TD/dispatcher by default)
-// authorised, TLS 1.3 only.
-func ClientTLS(svid x509svid.Source, bundles x509bundle.Source, dispatcher spiffeid.ID) *tls.Config {
-	c := tlsconfig.MTLSClientConfig(svid, bundles, tlsconfig.AuthorizeID(dispatcher))
-	c.MinVersion = tls.VersionTLS13
-	return c
 }

@@ -44,6 +44,7 @@ import (
 
 	"github.com/cordon-dev/cordon/dispatcher/ingestclient"
 	"github.com/cordon-dev/cordon/internal/admit"
+	"github.com/cordon-dev/cordon/internal/dispatcherclient"
 	"github.com/cordon-dev/cordon/internal/logbuf"
 	"github.com/cordon-dev/cordon/sidecar/agent"
 	"github.com/cordon-dev/cordon/sidecar/confine"
@@ -276,7 +277,7 @@ func agentCmd(args []string) int {
 			}
 			// A request that hangs (a dispatcher mid-restart) is abandoned and
 			// retried well before the spool notices nothing moves.
-			client := ingestclient.New(dispatcher, delivery.ClientTLS(id.Source, id.Source, server), ingestclient.WithTimeout(10*time.Second))
+			client := ingestclient.New(dispatcher, dispatcherclient.TLSConfig(id.Source, id.Source, server), ingestclient.WithTimeout(10*time.Second))
 			defer client.Close()
 			return d.Run(ctx, client)
 		}
@@ -286,7 +287,7 @@ func agentCmd(args []string) int {
 				if err != nil {
 					return nil, err
 				}
-				return admit.New(dispatcher, delivery.ClientTLS(id.Source, id.Source, server), 10*time.Second)
+				return admit.New(dispatcher, dispatcherclient.TLSConfig(id.Source, id.Source, server), 10*time.Second)
 			}
 		}
 		if haveDecl {
@@ -296,7 +297,7 @@ func agentCmd(args []string) int {
 					return nil, err
 				}
 				return credsource.New(credsource.Config{URL: dispatcher, RunID: runID, Declaration: decl,
-					TLS: credsource.TLSConfig(id.Source, id.Source, server)})
+					TLS: dispatcherclient.TLSConfig(id.Source, id.Source, server)})
 			}
 		}
 	} else {
