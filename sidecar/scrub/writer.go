@@ -137,11 +137,10 @@ func (w *Writer) process(from int) {
 			}
 			continue
 		}
+		// A rule scanner is running: every byte goes to it.
 		pos := base + int64(i)
 		w.pos = pos
-		if w.nVals > 0 {
-			w.feedAll(buf[i], pos)
-		}
+		w.feedAll(buf[i], pos)
 		w.state = ac.step(w.state, buf[i])
 		i++
 		w.pos = pos + 1
