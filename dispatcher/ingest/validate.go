@@ -81,18 +81,16 @@ func (e *TooLargeError) Error() string {
 }
 
 // decodeStrict reads at most limit bytes and decodes exactly one JSON value
-// into v, refusing unknown fields and trailing data.
+// into v, refusing unknown fields and trailing data. Only usage bodies use
+// it: events bodies are decoded by hand (decode.go).
 func decodeStrict(r io.Reader, limit int64, v any) error {
-	b, err := io.ReadAll(io.LimitReader(r, limit+1))
+	body, err := readBody(r, limit)
 	if err != nil {
-		return fmt.Errorf("read request body: %w", err)
+		return err
 	}
-	if int64(len(b)) > limit {
-		return &TooLargeError{Limit: limit}
-	}
-	dec := json.NewDecoder(bytes.NewReader(b))
+	defer putBody(body) // encoding/json copies what it decodes out of it
+	dec := json.NewDecoder(body)
 	dec.DisallowUnknownFields()
-	dec.UseNumber() // metadata numbers keep their exact text
 	if err := dec.Decode(v); err != nil {
 		return &InvalidError{Index: -1, Reason: "malformed JSON body: " + err.Error()}
 	}
