@@ -38,15 +38,18 @@ func BenchmarkScrub(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	data := benchLog(1 << 20)
-	const writeSize = 32 << 10
+	benchWrites(b, s, benchLog(1<<20), 32<<10)
+}
+
+// benchWrites measures s scrubbing data, written in writes of size bytes
+// to one Writer.
+func benchWrites(b *testing.B, s *Scrubber, data []byte, size int) {
 	w := s.NewWriter(io.Discard)
 	b.SetBytes(int64(len(data)))
 	b.ReportAllocs()
-	b.ResetTimer()
 	for b.Loop() {
 		for p := data; len(p) > 0; {
-			n := min(writeSize, len(p))
+			n := min(size, len(p))
 			if _, err := w.Write(p[:n]); err != nil {
 				b.Fatal(err)
 			}
@@ -99,7 +102,6 @@ func BenchmarkNaiveBaseline(b *testing.B) {
 	const writeSize = 32 << 10
 	b.SetBytes(int64(len(data)))
 	b.ReportAllocs()
-	b.ResetTimer()
 	for b.Loop() {
 		for p := data; len(p) > 0; {
 			k := min(writeSize, len(p))
@@ -129,18 +131,7 @@ func BenchmarkScrubWithHits(b *testing.B) {
 			sb.WriteString(hits[r.IntN(len(hits))])
 		}
 	}
-	data := []byte(sb.String())
-	w := s.NewWriter(io.Discard)
-	b.SetBytes(int64(len(data)))
-	b.ReportAllocs()
-	b.ResetTimer()
-	for b.Loop() {
-		for p := data; len(p) > 0; {
-			n := min(32<<10, len(p))
-			w.Write(p[:n])
-			p = p[n:]
-		}
-	}
+	benchWrites(b, s, []byte(sb.String()), 32<<10)
 }
 
 // BenchmarkScrubSmallWrites measures line-sized writes (80 bytes).
@@ -149,18 +140,7 @@ func BenchmarkScrubSmallWrites(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	data := benchLog(1 << 20)
-	w := s.NewWriter(io.Discard)
-	b.SetBytes(int64(len(data)))
-	b.ReportAllocs()
-	b.ResetTimer()
-	for b.Loop() {
-		for p := data; len(p) > 0; {
-			n := min(80, len(p))
-			w.Write(p[:n])
-			p = p[n:]
-		}
-	}
+	benchWrites(b, s, benchLog(1<<20), 80)
 }
 
 func BenchmarkNew1000(b *testing.B) {
@@ -196,16 +176,5 @@ func BenchmarkScrubHexHeavy(b *testing.B) {
 	for sb.Len() < 1<<20 {
 		fmt.Fprintf(&sb, "INFO block %d tx 0x%016x%016x%016x%016x status=ok\n", r.IntN(1e8), r.Uint64(), r.Uint64(), r.Uint64(), r.Uint64())
 	}
-	data := []byte(sb.String())
-	w := s.NewWriter(io.Discard)
-	b.SetBytes(int64(len(data)))
-	b.ReportAllocs()
-	b.ResetTimer()
-	for b.Loop() {
-		for p := data; len(p) > 0; {
-			n := min(32<<10, len(p))
-			w.Write(p[:n])
-			p = p[n:]
-		}
-	}
+	benchWrites(b, s, []byte(sb.String()), 32<<10)
 }
