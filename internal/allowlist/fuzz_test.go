@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/cordon-dev/cordon/internal/jobid"
 )
 
 // FuzzParse checks that Parse never panics, that every failure is a
@@ -33,7 +35,7 @@ func FuzzParse(f *testing.F) {
 			}
 			return
 		}
-		if file.Version != 1 || !slugRE.MatchString(file.Org) {
+		if file.Version != 1 || !jobid.IsSlug(file.Org) {
 			t.Fatalf("accepted version %d org %q", file.Version, file.Org)
 		}
 		td := spiffeid.RequireTrustDomainFromString("example.org")

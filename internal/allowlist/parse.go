@@ -15,6 +15,8 @@ import (
 
 	"golang.org/x/net/publicsuffix"
 	"gopkg.in/yaml.v3"
+
+	"github.com/cordon-dev/cordon/internal/jobid"
 )
 
 // MaxFileSize is the largest allowlist file Parse reads, in bytes. Real
@@ -29,12 +31,6 @@ var (
 	entryFields = []string{"host", "cidr", "ports"}
 	jobFields   = []string{"class", "mode", "allow", "webhooks"}
 )
-
-// slugRE is an org, job or endpoint set name: lowercase, and a valid SPIFFE
-// ID path segment (org and job become spiffe://TD/org/ORG/job/JOB).
-var slugRE = regexp.MustCompile(`^[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?$`)
-
-const slugRule = "use 1 to 63 lowercase letters, digits, '-' or '_', starting and ending with a letter or digit"
 
 // parsed is Parse's result plus what LoadDir needs to check across files.
 type parsed struct {
@@ -453,8 +449,10 @@ func (p *parser) slug(n *yaml.Node, what string) (string, bool) {
 	if !ok {
 		return "", false
 	}
-	if !slugRE.MatchString(s) {
-		p.errorf(n, "%s %q is not a valid name: %s", what, s, slugRule)
+	// An org, job or endpoint set name is a slug: lowercase, and a valid
+	// SPIFFE ID path segment (org and job become spiffe://TD/org/ORG/job/JOB).
+	if !jobid.IsSlug(s) {
+		p.errorf(n, "%s %q is not a valid name: use %s", what, s, jobid.SlugRule)
 		return "", false
 	}
 	return s, true

@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/cordon-dev/cordon/internal/jobid"
 )
 
 // TestSlugsAreSPIFFESegments checks the name rule against go-spiffe: every
@@ -36,7 +38,7 @@ func TestSlugsAreSPIFFESegments(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := slugRE.MatchString(tc.name); got != tc.ok {
+			if got := jobid.IsSlug(tc.name); got != tc.ok {
 				t.Fatalf("slug %q: got %v, want %v", tc.name, got, tc.ok)
 			}
 			if tc.ok {

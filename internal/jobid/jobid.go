@@ -88,9 +88,9 @@ func splitPath(p string) (org, job string, ok bool) {
 // SlugRule says what IsSlug accepts, for error messages.
 const SlugRule = "1 to 63 lowercase letters, digits, '-' or '_', starting and ending with a letter or digit"
 
-// IsSlug reports whether s is an org or job name: the allowlist's name
-// rule (internal/allowlist, ^[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?$, which
-// that package does not export) and the schema's CHECKs.
+// IsSlug reports whether s is an org or job name,
+// ^[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?$: the rule internal/allowlist
+// applies to the names in its files and the schema's CHECKs.
 func IsSlug(s string) bool {
 	if len(s) == 0 || len(s) > 63 {
 		return false
