@@ -182,35 +182,15 @@ type JobIdentity struct {
 	Job string
 }
 
-// ParseJobID reads spiffe://TD/org/ORG/job/JOB. Org and job must be
-// lowercase slugs: they become paths (/{env}/{org}/...) and labels.
+// ParseJobID reads spiffe://TD/org/ORG/job/JOB (internal/jobid, the rule
+// the dispatcher and the control plane apply to the same IDs). Org and job
+// must be slugs: they become paths (/{env}/{org}/...) and labels.
 func ParseJobID(id spiffeid.ID) (JobIdentity, error) {
-	parts := splitPath(id.Path())
-	if len(parts) != 4 || parts[0] != "org" || parts[2] != "job" {
-		return JobIdentity{}, fmt.Errorf("SPIFFE ID %s: want spiffe://TD/org/ORG/job/JOB", id)
+	j, err := jobid.FromID(id, id.TrustDomain())
+	if err != nil {
+		return JobIdentity{}, err
 	}
-	org, job := parts[1], parts[3]
-	if !jobid.IsSlug(org) || !jobid.IsSlug(job) {
-		return JobIdentity{}, fmt.Errorf("SPIFFE ID %s: org and job must be %s", id, jobid.SlugRule)
-	}
-	return JobIdentity{ID: id, Org: org, Job: job}, nil
-}
-
-func splitPath(p string) []string {
-	var out []string
-	for len(p) > 0 {
-		if p[0] != '/' {
-			return nil
-		}
-		p = p[1:]
-		i := 0
-		for i < len(p) && p[i] != '/' {
-			i++
-		}
-		out = append(out, p[:i])
-		p = p[i:]
-	}
-	return out
+	return JobIdentity{ID: j.ID, Org: j.Org, Job: j.Job}, nil
 }
 
 func (c *Config) withDefaults() (Config, error) {

@@ -290,7 +290,7 @@ func TestAgentFailsClosed(t *testing.T) {
 	}{
 		{name: "missing secret", id: "spiffe://cordon.test/org/acme/job/x", secrets: `{"a_key": "value-aaaaaaaa"}`,
 			names: []string{"a_key", "b_key"}, wantErr: `secret "b_key"`},
-		{name: "not a job identity", id: "spiffe://cordon.test/service/xds", secrets: `{}`, wantErr: "want spiffe://TD/org/ORG/job/JOB"},
+		{name: "not a job identity", id: "spiffe://cordon.test/service/xds", secrets: `{}`, wantErr: "is not a job identity: want spiffe://cordon.test/org/ORG/job/JOB"},
 		{name: "secret too short to scrub", id: "spiffe://cordon.test/org/acme/job/x", secrets: `{"pin": "1234"}`,
 			names: []string{"pin"}, wantErr: `"PIN"`},
 	}
