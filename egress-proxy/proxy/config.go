@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"time"
@@ -143,4 +144,17 @@ type Config struct {
 	// gateway over mTLS instead of resolving and dialling destinations
 	// (see GatewayUpstream). If nil, this proxy dials destinations itself.
 	Gateway *GatewayUpstream
+}
+
+// ParseUnsafeCIDR parses one --unsafe-allow-cidr value (for
+// UnsafeAllowCIDRs): a prefix whose host bits are zero.
+func ParseUnsafeCIDR(s string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("--unsafe-allow-cidr %q: %w", s, err)
+	}
+	if p.Masked() != p {
+		return netip.Prefix{}, fmt.Errorf("--unsafe-allow-cidr %q: host bits set (did you mean %s?)", s, p.Masked())
+	}
+	return p, nil
 }

@@ -156,18 +156,6 @@ func parseJob(s string) (string, string, error) {
 	return org, job, nil
 }
 
-// ParseCIDR parses one --unsafe-allow-cidr value; host bits must be zero.
-func ParseCIDR(s string) (netip.Prefix, error) {
-	p, err := netip.ParsePrefix(s)
-	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("--unsafe-allow-cidr %q: %w", s, err)
-	}
-	if p.Masked() != p {
-		return netip.Prefix{}, fmt.Errorf("--unsafe-allow-cidr %q: host bits set (did you mean %s?)", s, p.Masked())
-	}
-	return p, nil
-}
-
 // Check loads and validates the allowlist directory and compiles every
 // job's policy, without serving.
 func Check(dir string) (int, error) {

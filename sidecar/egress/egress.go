@@ -277,15 +277,3 @@ func (c *Counter) Snapshot() (map[string]usage.Egress, int64) {
 	}
 	return out, c.denials
 }
-
-// ParseCIDR parses one --unsafe-allow-cidr value; host bits must be zero.
-func ParseCIDR(s string) (netip.Prefix, error) {
-	p, err := netip.ParsePrefix(s)
-	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("--unsafe-allow-cidr %q: %w", s, err)
-	}
-	if p.Masked() != p {
-		return netip.Prefix{}, fmt.Errorf("--unsafe-allow-cidr %q: host bits set (did you mean %s?)", s, p.Masked())
-	}
-	return p, nil
-}

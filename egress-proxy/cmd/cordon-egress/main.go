@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/cordon-dev/cordon/egress-proxy/proxy"
 	"github.com/cordon-dev/cordon/egress-proxy/serve"
 	"github.com/cordon-dev/cordon/internal/logbuf"
 )
@@ -46,7 +47,7 @@ type cidrList []netip.Prefix
 
 func (c *cidrList) String() string { return fmt.Sprint(*c) }
 func (c *cidrList) Set(s string) error {
-	p, err := serve.ParseCIDR(s)
+	p, err := proxy.ParseUnsafeCIDR(s)
 	if err != nil {
 		return err
 	}

@@ -43,6 +43,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/cordon-dev/cordon/dispatcher/ingestclient"
+	"github.com/cordon-dev/cordon/egress-proxy/proxy"
 	"github.com/cordon-dev/cordon/internal/admit"
 	"github.com/cordon-dev/cordon/internal/dispatcherclient"
 	"github.com/cordon-dev/cordon/internal/logbuf"
@@ -188,7 +189,7 @@ func agentCmd(args []string) int {
 	fs.StringVar(&gatewayID, "gateway-id", "", "SPIFFE ID the gateway must present (default spiffe://TD/cordon/egress-gateway)")
 	fs.StringVar(&ec.DNS, "dns", "", "DNS server HOST:PORT the proxy resolves with (default: the system resolver)")
 	fs.Func("unsafe-allow-cidr", "treat this CIDR as a public destination, repeatable: TESTS AND LOCAL RUNS ONLY (e.g. loopback upstreams)", func(v string) error {
-		p, err := egress.ParseCIDR(v)
+		p, err := proxy.ParseUnsafeCIDR(v)
 		if err != nil {
 			return err
 		}
