@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http/httputil"
 	"strconv"
+	"sync"
 )
 
 // CopyN copies exactly n bytes from br to w through br's own buffer (no
@@ -58,14 +59,19 @@ func CopyToEOF(w io.Writer, br *bufio.Reader, chunked bool) (int64, error) {
 	}
 }
 
+// chunkBufs holds CopyChunked's decode buffers: one per call would be
+// 16 KiB allocated for every chunked body.
+var chunkBufs = sync.Pool{New: func() any { return new([16 << 10]byte) }}
+
 // CopyChunked decodes a chunked body from br and writes it to w, chunked
-// again or, for an HTTP/1.0 recipient, as plain data (chunk extensions and trailer fields are dropped: they are
-// hop-by-hop here, and trailers could smuggle fields the proxy never
-// checked). maxTrailer bounds the trailer section. It returns the decoded
-// body bytes.
+// again or, for an HTTP/1.0 recipient, as plain data (chunk extensions
+// and trailer fields are dropped: they are hop-by-hop here, and trailers
+// could smuggle fields the proxy never checked). maxTrailer bounds the
+// trailer section. It returns the decoded body bytes.
 func CopyChunked(w io.Writer, br *bufio.Reader, maxTrailer int, chunked bool) (int64, error) {
 	cr := httputil.NewChunkedReader(br)
-	var buf [16 << 10]byte
+	buf := chunkBufs.Get().(*[16 << 10]byte)
+	defer chunkBufs.Put(buf)
 	var done int64
 	for {
 		n, err := cr.Read(buf[:])
@@ -100,13 +106,18 @@ func CopyChunked(w io.Writer, br *bufio.Reader, maxTrailer int, chunked bool) (i
 }
 
 // writeChunk writes p as one chunk. It reports len(p) only when the
-// whole chunk was written.
+// whole chunk was written. The size line is formatted in w's own buffer
+// when w is a *bufio.Writer (as the proxy's are): a local array handed to
+// an io.Writer escapes, which would allocate for every chunk.
 func writeChunk(w io.Writer, p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	var hdr [20]byte
-	h := strconv.AppendInt(hdr[:0], int64(len(p)), 16)
+	var h []byte
+	if bw, ok := w.(*bufio.Writer); ok {
+		h = bw.AvailableBuffer()
+	}
+	h = strconv.AppendInt(h, int64(len(p)), 16)
 	h = append(h, '\r', '\n')
 	if _, err := w.Write(h); err != nil {
 		return 0, err

@@ -251,7 +251,7 @@ func parseFields(b []byte, h *Head) error {
 // more than 1: the value is the last).
 func (h *Head) Get(name string) (last []byte, n int) {
 	for _, f := range h.Fields {
-		if equalFold(f.Name, name) {
+		if EqualFold(f.Name, name) {
 			n++
 			last = f.Value
 		}
@@ -265,7 +265,7 @@ func (h *Head) Get(name string) (last []byte, n int) {
 func (h *Head) Tokens(name string) iter.Seq[[]byte] {
 	return func(yield func([]byte) bool) {
 		for _, f := range h.Fields {
-			if !equalFold(f.Name, name) {
+			if !EqualFold(f.Name, name) {
 				continue
 			}
 			for item := range bytes.SplitSeq(f.Value, []byte(",")) {
@@ -280,7 +280,7 @@ func (h *Head) Tokens(name string) iter.Seq[[]byte] {
 // HasToken reports whether a list field named name lists token.
 func (h *Head) HasToken(name, token string) bool {
 	for item := range h.Tokens(name) {
-		if equalFold(item, token) {
+		if EqualFold(item, token) {
 			return true
 		}
 	}
@@ -299,7 +299,7 @@ type Framing struct {
 	Declared bool
 }
 
-var (
+const (
 	errTE           = Error("unsupported Transfer-Encoding (only a single \"chunked\" is accepted)")
 	errCLandTE      = Error("both Content-Length and Transfer-Encoding")
 	errCL           = Error("malformed Content-Length")
@@ -328,7 +328,7 @@ func RequestFraming(h *Head) (Framing, error) {
 		if h.Minor == 0 {
 			return Framing{}, errTEinHTTP10
 		}
-		if nTE > 1 || !equalFold(te, "chunked") {
+		if nTE > 1 || !EqualFold(te, "chunked") {
 			return Framing{}, errTE
 		}
 		return Framing{Length: -1, Chunked: true}, nil
@@ -356,7 +356,7 @@ func ResponseFraming(h *Head, head bool) (Framing, error) {
 	nCL := 0
 	length := int64(-1)
 	for _, f := range h.Fields {
-		if !equalFold(f.Name, "Content-Length") {
+		if !EqualFold(f.Name, "Content-Length") {
 			continue
 		}
 		n, err := parseLength(f.Value)
@@ -374,7 +374,7 @@ func ResponseFraming(h *Head, head bool) (Framing, error) {
 		return Framing{}, errCLandTE
 	case nTE > 0 && h.Minor == 0:
 		return Framing{}, errTEinHTTP10
-	case nTE > 0 && (nTE > 1 || !equalFold(te, "chunked")):
+	case nTE > 0 && (nTE > 1 || !EqualFold(te, "chunked")):
 		return Framing{}, errTE
 	case head || h.Status < 200 || h.Status == 204 || h.Status == 304:
 		return Framing{Length: 0, Declared: nCL > 0}, nil
@@ -426,10 +426,10 @@ func trimOWS(b []byte) []byte {
 	return b
 }
 
-// equalFold is ASCII case-insensitive equality of b and s (header names
+// EqualFold is ASCII case-insensitive equality of b and s (header names
 // and tokens are ASCII; no Unicode folding, so "K" never matches a
 // Kelvin sign).
-func equalFold[S string | []byte](b []byte, s S) bool {
+func EqualFold[S string | []byte](b []byte, s S) bool {
 	if len(b) != len(s) {
 		return false
 	}
@@ -447,9 +447,6 @@ func equalFold[S string | []byte](b []byte, s S) bool {
 	}
 	return true
 }
-
-// EqualFold is equalFold for callers outside the package.
-func EqualFold[S string | []byte](b []byte, s S) bool { return equalFold(b, s) }
 
 func isDigit(c byte) bool { return '0' <= c && c <= '9' }
 

@@ -293,3 +293,33 @@ func TestParseDoesNotAllocate(t *testing.T) {
 		t.Fatalf("%.1f allocations per request head, want 0", allocs)
 	}
 }
+
+// TestCopyDoesNotAllocate: copying a body into a *bufio.Writer (the
+// proxy's writers) allocates nothing per chunk; CopyChunked only its
+// decoder (httputil's chunked reader), not its 16 KiB buffer.
+func TestCopyDoesNotAllocate(t *testing.T) {
+	in := strings.Repeat("3\r\nabc\r\n", 10) + "0\r\n\r\n"
+	sr := strings.NewReader(in)
+	br := bufio.NewReaderSize(sr, 16)
+	bw := bufio.NewWriter(io.Discard)
+	for _, tt := range []struct {
+		name string
+		max  float64
+		copy func() (int64, error)
+	}{
+		{"CopyN", 0, func() (int64, error) { return CopyN(bw, br, int64(len(in))) }},
+		{"CopyToEOF, re-chunked", 0, func() (int64, error) { return CopyToEOF(bw, br, true) }},
+		{"CopyChunked", 1, func() (int64, error) { return CopyChunked(bw, br, 1024, true) }},
+	} {
+		allocs := testing.AllocsPerRun(100, func() {
+			sr.Reset(in)
+			br.Reset(sr)
+			if _, err := tt.copy(); err != nil {
+				t.Fatalf("%s: %v", tt.name, err)
+			}
+		})
+		if allocs > tt.max {
+			t.Errorf("%s: got %.1f allocations per body, want at most %.0f", tt.name, allocs, tt.max)
+		}
+	}
+}

@@ -37,8 +37,9 @@ type Observation struct {
 	// by the allowlist, never a hostname from the request. In report mode
 	// traffic no rule allowed is keyed "unmatched".
 	Key string
-	// Bytes is the payload carried in both directions.
-	Bytes int64
+	// BytesOut is the payload sent to the upstream (request bodies, or
+	// what the client wrote into a tunnel); BytesIn what came back.
+	BytesOut, BytesIn int64
 }
 
 // Observer receives an Observation for every decision. The sidecar counts

@@ -64,14 +64,21 @@ func (l *logSink) decisions() []map[string]any {
 // waitDecisions waits until n decision lines exist and returns them.
 func (l *logSink) waitDecisions(t *testing.T, n int) []map[string]any {
 	t.Helper()
+	return waitFor(t, "decision lines", n, l.decisions)
+}
+
+// waitFor polls get until it returns at least n items, for up to 5s, and
+// fails unless it returns exactly n.
+func waitFor[T any](t *testing.T, what string, n int, get func() []T) []T {
+	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		d := l.decisions()
-		if len(d) >= n || time.Now().After(deadline) {
-			if len(d) != n {
-				t.Fatalf("decision lines: got %d, want %d: %v", len(d), n, d)
+		got := get()
+		if len(got) >= n || time.Now().After(deadline) {
+			if len(got) != n {
+				t.Fatalf("%s: got %d, want %d: %+v", what, len(got), n, got)
 			}
-			return d
+			return got
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -92,17 +99,7 @@ func (a *auditSink) Emit(ev audit.Event) {
 // event follows its log line, so waiting for the line is not enough.
 func (a *auditSink) wait(t *testing.T, n int) []audit.Event {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		evs := a.events()
-		if len(evs) >= n || time.Now().After(deadline) {
-			if len(evs) != n {
-				t.Fatalf("audit events: got %d, want %d: %+v", len(evs), n, evs)
-			}
-			return evs
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	return waitFor(t, "audit events", n, a.events)
 }
 
 func (a *auditSink) events() []audit.Event {

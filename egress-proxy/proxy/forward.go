@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 
+	"github.com/cordon-dev/cordon/egress-proxy/authority"
 	"github.com/cordon-dev/cordon/egress-proxy/h1"
 	"github.com/cordon-dev/cordon/egress-proxy/policy"
 )
@@ -63,13 +64,6 @@ func (s *Server) forward(ctx context.Context, cc *clientConn, js *jobState, req 
 	if v, n := req.Get("Expect"); n == 1 && h1.EqualFold(v, "100-continue") {
 		expect = true
 	}
-	authorityStr := chk.target.String()
-	if chk.target.Port == 80 {
-		authorityStr = chk.target.Host.String()
-		if chk.target.Addr.Is6() {
-			authorityStr = "[" + authorityStr + "]"
-		}
-	}
 
 	// The upstream head, built now: req's slices alias the read buffer,
 	// which the body read below reuses.
@@ -79,11 +73,11 @@ func (s *Server) forward(ctx context.Context, cc *clientConn, js *jobState, req 
 	b = append(b, ' ')
 	if s.cfg.Gateway != nil {
 		b = append(b, "http://"...) // absolute form: the gateway is a proxy
-		b = append(b, authorityStr...)
+		b = appendAuthority(b, chk.target)
 	}
 	b = appendPath(b, path)
 	b = append(b, " HTTP/1.1\r\nHost: "...)
-	b = append(b, authorityStr...)
+	b = appendAuthority(b, chk.target)
 	b = append(b, "\r\n"...)
 	for _, f := range req.Fields {
 		if !dropField(&req.Head, f, "Host", "Expect", "Content-Length") {
@@ -106,7 +100,7 @@ func (s *Server) forward(ctx context.Context, cc *clientConn, js *jobState, req 
 	req = nil // its slices are stale from here on
 
 	if expect {
-		cc.conn.Write([]byte("HTTP/1.1 100 Continue\r\n\r\n"))
+		cc.conn.Write(continueLine)
 	}
 	body := func(w io.Writer) (int64, error) {
 		switch {
@@ -159,7 +153,6 @@ func (s *Server) forward(ctx context.Context, cc *clientConn, js *jobState, req 
 	toEOF := ex.framing.Length < 0 && !ex.framing.Chunked
 	// An HTTP/1.1 client gets a body of unknown length chunked and keeps
 	// its connection; an HTTP/1.0 one gets it raw and then the close.
-	keep := clientKeep
 	rechunk := (ex.framing.Chunked || toEOF) && clientKeep
 	b = h1.AppendStatusLine(b[:0], resp.Status, resp.Reason)
 	for _, f := range resp.Fields {
@@ -177,7 +170,7 @@ func (s *Server) forward(ctx context.Context, cc *clientConn, js *jobState, req 
 		v, _ := resp.Get("Content-Length")
 		b = h1.AppendField(b, []byte("Content-Length"), v)
 	}
-	if !keep {
+	if !clientKeep {
 		b = append(b, "Connection: close\r\n"...)
 	}
 	b = append(b, "\r\n"...)
@@ -214,17 +207,44 @@ func (s *Server) forward(ctx context.Context, cc *clientConn, js *jobState, req 
 	} else {
 		s.closeUpstream(uc)
 	}
-	o.bytes = ex.sent + recv
+	o.bytesOut, o.bytesIn = ex.sent, recv
 	s.m.bytesUp.Add(float64(ex.sent))
 	s.m.bytesDown.Add(float64(recv))
 	s.record(ctx, o)
-	return werr == nil && rerr == nil && keep
+	return werr == nil && rerr == nil && clientKeep
 }
 
-// appendPath appends a request path and query, percent-encoding bytes
-// above 0x7f (a client may send raw UTF-8; a URI is ASCII).
+// continueLine is the interim answer to "Expect: 100-continue".
+var continueLine = []byte("HTTP/1.1 100 Continue\r\n\r\n")
+
+// appendAuthority appends t as a Host value: the host (an IPv6 literal
+// bracketed), and the port unless it is 80, the http scheme's.
+func appendAuthority(b []byte, t authority.Target) []byte {
+	switch {
+	case t.Addr.Is6():
+		b = append(b, '[')
+		b = t.Addr.AppendTo(b)
+		b = append(b, ']')
+	case t.IsLiteral():
+		b = t.Addr.AppendTo(b)
+	default:
+		b = append(b, t.Name...)
+	}
+	if t.Port != 80 {
+		b = append(b, ':')
+		b = strconv.AppendUint(b, uint64(t.Port), 10)
+	}
+	return b
+}
+
+// appendPath appends a request path and query in origin form: "/"
+// first when path is empty or only a query, and bytes above 0x7f
+// percent-encoded (a client may send raw UTF-8; a URI is ASCII).
 func appendPath(b, path []byte) []byte {
 	const hex = "0123456789ABCDEF"
+	if len(path) == 0 || path[0] == '?' {
+		b = append(b, '/')
+	}
 	for _, c := range path {
 		if c < 0x80 {
 			b = append(b, c)

@@ -98,8 +98,9 @@ func methodString(m []byte) string {
 
 // parseTarget finds the destination of a request and checks that every
 // way the request names it agrees. For a plain request it also returns
-// the path and query to send upstream (origin form, never empty) and the
-// body's framing.
+// the path and query to send upstream (empty, or starting with '?', when
+// the target had no path: appendPath writes the "/") and the body's
+// framing.
 func parseTarget(req *request) (authority.Target, []byte, h1.Framing, policy.Reason) {
 	framing, err := h1.RequestFraming(&req.Head)
 	if err != nil {
@@ -136,12 +137,14 @@ func parseTarget(req *request) (authority.Target, []byte, h1.Framing, policy.Rea
 
 // splitAbsolute splits an absolute-form request target
 // ("http://host:port/path?query") into its authority and its path and
-// query ("/" when empty). Origin form ("/path", "*") and anything without
-// a scheme is origin_form; another scheme is bad_scheme; userinfo, a
-// fragment or an empty authority is bad_request.
+// query. t is a target h1.ParseRequest accepted, so anything but origin
+// form ("/path") and asterisk form ("*") starts with a scheme and a
+// colon. Origin and asterisk form are origin_form; another scheme than
+// http is bad_scheme; userinfo, a fragment or an empty authority is
+// bad_request.
 func splitAbsolute(t []byte) (authorityPart, path []byte, reason policy.Reason) {
 	colon := bytes.IndexByte(t, ':')
-	if colon <= 0 || !isScheme(t[:colon]) {
+	if colon <= 0 || t[0] == '/' { // "*" has no colon
 		return nil, nil, policy.ReasonOriginForm
 	}
 	if !h1.EqualFold(t[:colon], "http") {
@@ -160,23 +163,7 @@ func splitAbsolute(t []byte) (authorityPart, path []byte, reason policy.Reason) 
 	if len(authorityPart) == 0 || bytes.IndexByte(authorityPart, '@') >= 0 {
 		return nil, nil, policy.ReasonBadRequest
 	}
-	if len(path) == 0 || path[0] == '?' {
-		path = append([]byte("/"), path...)
-	}
 	return authorityPart, path, policy.ReasonNone
-}
-
-// isScheme reports whether b is a URI scheme (RFC 3986 section 3.1).
-func isScheme(b []byte) bool {
-	for i, c := range b {
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z':
-		case i > 0 && ('0' <= c && c <= '9' || c == '+' || c == '-' || c == '.'):
-		default:
-			return false
-		}
-	}
-	return len(b) > 0
 }
 
 // decide applies the job's policy to a destination: name or literal

@@ -549,24 +549,40 @@ func (o *obsSink) Observe(ob Observation) {
 	o.mu.Unlock()
 }
 
+func (o *obsSink) snapshot() []Observation {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return append([]Observation(nil), o.obs...)
+}
+
 func TestObserver(t *testing.T) {
 	sink := &obsSink{}
 	e := newEnv(t, envOpts{observer: sink})
+	// The decision line is written before the observer is called, so the
+	// test waits for the observations themselves, not the log.
 	e.roundTrip(get("http://allowed.test:$HP/o"))
-	e.logs.waitDecisions(t, 1)
+	waitFor(t, "observations", 1, sink.snapshot)
 	e.roundTrip(get("http://evil.example:$HP/attack"))
-	e.logs.waitDecisions(t, 2)
-	sink.mu.Lock()
-	defer sink.mu.Unlock()
+	obs := waitFor(t, "observations", 2, sink.snapshot)
 	want := []Observation{
 		{Job: JobRef{"acme", "block_follower"}, Key: e.sub("allowed.test:$HP")},
 		{Job: JobRef{"acme", "block_follower"}, Key: "denied"},
 	}
-	if len(sink.obs) != 2 || sink.obs[0].Key != want[0].Key || sink.obs[1].Key != want[1].Key || sink.obs[0].Job != want[0].Job {
-		t.Fatalf("observations: got %+v, want keys %q and %q", sink.obs, want[0].Key, want[1].Key)
+	if obs[0].Key != want[0].Key || obs[1].Key != want[1].Key || obs[0].Job != want[0].Job {
+		t.Fatalf("observations: got %+v, want keys %q and %q", obs, want[0].Key, want[1].Key)
 	}
-	if sink.obs[0].Bytes <= 0 {
-		t.Errorf("allowed bytes: got %d, want > 0", sink.obs[0].Bytes)
+	// A GET sends no body and gets one back: each direction is counted
+	// on its own (the usage report's bytes_out and bytes_in).
+	if obs[0].BytesOut != 0 || obs[0].BytesIn <= 0 {
+		t.Errorf("allowed GET: got bytes out %d, in %d; want 0 out, > 0 in", obs[0].BytesOut, obs[0].BytesIn)
+	}
+	if obs[1].BytesOut != 0 || obs[1].BytesIn != 0 {
+		t.Errorf("denied: got bytes out %d, in %d; want none", obs[1].BytesOut, obs[1].BytesIn)
+	}
+	e.roundTrip(e.sub("POST http://allowed.test:$HP/o HTTP/1.1\r\nHost: allowed.test:$HP\r\nContent-Length: 11\r\n\r\nhello world"))
+	obs = waitFor(t, "observations", 3, sink.snapshot)
+	if obs[2].BytesOut != 11 || obs[2].BytesIn <= 0 {
+		t.Errorf("allowed POST of 11 bytes: got %+v, want 11 bytes out and > 0 in", obs[2])
 	}
 }
 

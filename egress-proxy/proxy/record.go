@@ -39,7 +39,8 @@ type outcome struct {
 	reason   policy.Reason
 	rule     string
 	status   int
-	bytes    int64
+	bytesOut int64 // payload sent to the upstream
+	bytesIn  int64 // payload received from the upstream
 	start    time.Time
 }
 
@@ -92,7 +93,8 @@ func (s *Server) deny(ctx context.Context, cc *clientConn, o *outcome) {
 // a decision. Request headers, paths and bodies are never recorded: they
 // carry secrets.
 func (s *Server) record(ctx context.Context, o *outcome) {
-	dur := time.Since(o.start)
+	now := time.Now()
+	dur := now.Sub(o.start)
 	addr := ""
 	if o.addr.IsValid() {
 		addr = o.addr.String()
@@ -105,7 +107,7 @@ func (s *Server) record(ctx context.Context, o *outcome) {
 	// hand the record to the handler directly: Logger.LogAttrs would also
 	// walk the stack for a source position nobody logs.
 	if h := s.log.Handler(); h.Enabled(ctx, level) {
-		r := slog.NewRecord(time.Now(), level, "egress decision", 0)
+		r := slog.NewRecord(now, level, "egress decision", 0)
 		r.AddAttrs(
 			slog.String("job", o.job.String()),
 			slog.String("decision", o.decision),
@@ -114,7 +116,7 @@ func (s *Server) record(ctx context.Context, o *outcome) {
 			slog.Int("port", int(o.port)),
 			slog.String("addr", addr),
 			slog.String("method", o.method),
-			slog.Int64("bytes", o.bytes),
+			slog.Int64("bytes", o.bytesOut+o.bytesIn),
 			slog.Duration("duration", dur),
 		)
 		h.Handle(ctx, r)
@@ -132,7 +134,7 @@ func (s *Server) record(ctx context.Context, o *outcome) {
 		case key == "":
 			key = "unmatched"
 		}
-		s.cfg.Observer.Observe(Observation{Job: o.job, Key: key, Bytes: o.bytes})
+		s.cfg.Observer.Observe(Observation{Job: o.job, Key: key, BytesOut: o.bytesOut, BytesIn: o.bytesIn})
 	}
 }
 
@@ -154,7 +156,9 @@ func (s *Server) emitAudit(o *outcome, addr string, dur time.Duration) {
 			"addr":        addr,
 			"rule":        o.rule,
 			"status":      o.status,
-			"bytes":       o.bytes,
+			"bytes":       o.bytesOut + o.bytesIn,
+			"bytes_out":   o.bytesOut,
+			"bytes_in":    o.bytesIn,
 			"duration_ms": dur.Milliseconds(),
 		},
 	}

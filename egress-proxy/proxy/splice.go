@@ -34,10 +34,11 @@ func copyTunnel(dst, src net.Conn, deadline time.Time) (int64, error) {
 	if err != nil {
 		return io.Copy(dst, src)
 	}
+	readable := readableFunc()
 	var total int64
 	for {
 		s.SetReadDeadline(deadline)
-		if err := waitReadable(rc); err != nil {
+		if err := rc.Read(readable); err != nil {
 			return total, err
 		}
 		quiet := time.Now().Add(spliceIdle)
@@ -56,11 +57,14 @@ func copyTunnel(dst, src net.Conn, deadline time.Time) (int64, error) {
 	}
 }
 
-// waitReadable blocks until c has a byte, an end of stream or an error to
-// read (peeking, so nothing is consumed), or until its read deadline.
-func waitReadable(rc syscall.RawConn) error {
+// readableFunc returns a RawConn.Read callback under which Read blocks
+// until the connection has a byte, an end of stream or an error to read
+// (peeking, so nothing is consumed), or until its read deadline. A
+// callback handed to RawConn.Read escapes to the heap, so copyTunnel
+// makes one per copy rather than one per wait.
+func readableFunc() func(fd uintptr) bool {
 	var b [1]byte
-	return rc.Read(func(fd uintptr) bool {
+	return func(fd uintptr) bool {
 		for {
 			_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 			if err == syscall.EINTR {
@@ -68,5 +72,5 @@ func waitReadable(rc syscall.RawConn) error {
 			}
 			return err != syscall.EAGAIN
 		}
-	})
+	}
 }

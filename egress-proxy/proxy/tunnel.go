@@ -40,7 +40,7 @@ func (s *Server) tunnel(ctx context.Context, cc *clientConn, report bool, chk ch
 	}
 	defer up.Close()
 	o.addr = ap
-	if _, err := cc.conn.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n")); err != nil {
+	if _, err := cc.conn.Write(connectEstablished); err != nil {
 		o.decision, o.reason = decisionError, policy.ReasonUpstreamError
 		s.record(ctx, o)
 		return
@@ -67,7 +67,7 @@ func (s *Server) tunnel(ctx context.Context, cc *clientConn, report bool, chk ch
 		up.Close()
 		cc.conn.Close()
 		wg.Wait()
-		o.decision, o.reason, o.bytes = decisionDeny, reason, down
+		o.decision, o.reason, o.bytesIn = decisionDeny, reason, down
 		s.record(ctx, o)
 		return
 	}
@@ -96,12 +96,15 @@ func (s *Server) tunnel(ctx context.Context, cc *clientConn, report bool, chk ch
 		closeWrite(up)
 	}
 	wg.Wait()
-	o.bytes = upBytes + down
+	o.bytesOut, o.bytesIn = upBytes, down
 	s.m.bytesUp.Add(float64(upBytes))
 	s.m.bytesDown.Add(float64(down))
 	s.m.tunnelSeconds.Observe(time.Since(o.start).Seconds())
 	s.record(ctx, o)
 }
+
+// connectEstablished is the answer to an allowed CONNECT.
+var connectEstablished = []byte("HTTP/1.1 200 Connection established\r\n\r\n")
 
 func closeWrite(c net.Conn) {
 	if cw, ok := c.(interface{ CloseWrite() error }); ok {

@@ -78,8 +78,9 @@ func (p *upstreamPool) get(addrs []netip.AddrPort, check bool) *upConn {
 // alive reports whether an idle connection is still open and quiet: an
 // upstream that closed it, or sent bytes nobody asked for, makes it
 // unusable. On TCP it asks the kernel (one non-blocking MSG_PEEK, no
-// deadline and no allocation); on other connections (TLS to a gateway) a
-// closed one is caught by send's retry. (Bytes already buffered when the
+// deadline; the callback handed to RawConn.Control is allocated); on
+// other connections (TLS to a gateway) a closed one is caught by send's
+// retry. (Bytes already buffered when the
 // connection was pooled made poolUpstream close it.)
 func (uc *upConn) alive() bool {
 	if uc.rc == nil {

@@ -238,9 +238,8 @@ type Counter struct {
 
 var _ proxy.Observer = (*Counter)(nil)
 
-// Observe implements proxy.Observer. The proxy reports bytes of both
-// directions together; they are counted as BytesOut (the bytes the job
-// moved through its egress), BytesIn stays zero.
+// Observe implements proxy.Observer: bytes the job sent through its
+// egress count as BytesOut, bytes it received as BytesIn.
 func (c *Counter) Observe(o proxy.Observation) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -260,7 +259,8 @@ func (c *Counter) Observe(o proxy.Observation) {
 		}
 	}
 	e.Requests++
-	e.BytesOut += o.Bytes
+	e.BytesOut += o.BytesOut
+	e.BytesIn += o.BytesIn
 	if o.Key == DeniedKey {
 		e.Denials++
 		c.denials++

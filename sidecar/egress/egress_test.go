@@ -45,15 +45,15 @@ func TestCounterCountsPerRuleAndDenials(t *testing.T) {
 	for range 4 {
 		wg.Go(func() {
 			for range 100 {
-				c.Observe(proxy.Observation{Key: "api.example.com:443", Bytes: 10})
-				c.Observe(proxy.Observation{Key: DeniedKey, Bytes: 0})
+				c.Observe(proxy.Observation{Key: "api.example.com:443", BytesOut: 10, BytesIn: 3})
+				c.Observe(proxy.Observation{Key: DeniedKey})
 			}
 		})
 	}
 	wg.Wait()
 	got, denials := c.Snapshot()
 	want := map[string]usage.Egress{
-		"api.example.com:443": {BytesOut: 4000, Requests: 400},
+		"api.example.com:443": {BytesOut: 4000, BytesIn: 1200, Requests: 400},
 		DeniedKey:             {Requests: 400, Denials: 400},
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) || denials != 400 {
@@ -64,7 +64,7 @@ func TestCounterCountsPerRuleAndDenials(t *testing.T) {
 func TestCounterIsBounded(t *testing.T) {
 	var c Counter
 	for i := range MaxKeys + 100 {
-		c.Observe(proxy.Observation{Key: fmt.Sprintf("h%d.example:443", i), Bytes: 1})
+		c.Observe(proxy.Observation{Key: fmt.Sprintf("h%d.example:443", i), BytesOut: 1})
 	}
 	got, _ := c.Snapshot()
 	if len(got) != MaxKeys+1 {
