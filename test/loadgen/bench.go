@@ -2,6 +2,7 @@ package loadgen
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -78,6 +80,11 @@ type Config struct {
 	// BigSize is the body size the upstream serves at /big. If zero, 1 GiB;
 	// if negative, the bulk phase is skipped.
 	BigSize int64
+	// BulkRuns is how many times the bulk phase downloads /big, one after
+	// the other; the result is the median. One 1 GiB download lasts about a
+	// second here and single runs of the same target differed by up to 2x
+	// from one to the next, too noisy for a ratio. If zero, 3.
+	BulkRuns int
 	// IdleTunnels is how many idle tunnels the memory phase opens. If zero,
 	// 10000; if negative, the phase is skipped.
 	IdleTunnels int
@@ -108,6 +115,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.BigSize == 0 {
 		c.BigSize = 1 << 30
+	}
+	if c.BulkRuns <= 0 {
+		c.BulkRuns = 3
 	}
 	if c.IdleTunnels == 0 {
 		c.IdleTunnels = 10000
@@ -146,12 +156,14 @@ type RateResult struct {
 	Connects uint64 `json:"connects"`
 }
 
-// BulkResult is the outcome of the single large download.
+// BulkResult is the outcome of the large downloads: the median run's
+// figures, and every run's rate.
 type BulkResult struct {
-	Bytes       int64   `json:"bytes"`
-	Seconds     float64 `json:"seconds"`
-	GBPerSecond float64 `json:"gb_per_second"` // 10^9 bytes per second
-	Error       string  `json:"error,omitempty"`
+	Bytes       int64     `json:"bytes"`
+	Seconds     float64   `json:"seconds"`
+	GBPerSecond float64   `json:"gb_per_second"` // 10^9 bytes per second
+	Runs        []float64 `json:"runs_gb_per_second,omitempty"`
+	Error       string    `json:"error,omitempty"`
 }
 
 // IdleResult is the outcome of the idle-tunnel memory phase.
@@ -244,7 +256,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 	if cfg.BigSize > 0 {
 		log.Info("phase start", "phase", "bulk")
-		res.Bulk = runBulk(ctx, p)
+		res.Bulk = runBulks(ctx, p, cfg.BulkRuns)
 		if err := ctx.Err(); err != nil {
 			return res, err
 		}
@@ -507,6 +519,26 @@ func runRate(ctx context.Context, cfg Config, p *plan, rate int, op func(*client
 	}
 	r.P50, r.P90, r.P99, r.Max = hist.Quantile(0.50), hist.Quantile(0.90), hist.Quantile(0.99), hist.Max()
 	return r
+}
+
+// runBulks runs runBulk n times and keeps the median run (by rate), with
+// every run's rate in Runs. The first failure ends it.
+func runBulks(ctx context.Context, p *plan, n int) BulkResult {
+	var runs []BulkResult
+	var rates []float64
+	for range n {
+		r := runBulk(ctx, p)
+		if r.Error != "" || ctx.Err() != nil {
+			r.Runs = rates
+			return r
+		}
+		runs = append(runs, r)
+		rates = append(rates, r.GBPerSecond)
+	}
+	slices.SortFunc(runs, func(a, b BulkResult) int { return cmp.Compare(a.GBPerSecond, b.GBPerSecond) })
+	med := runs[len(runs)/2]
+	med.Runs = rates
+	return med
 }
 
 // runBulk downloads /big once through a tunnel (or directly) and times it

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -154,6 +155,13 @@ func checkClean(t *testing.T, r Result, cfg Config) {
 	}
 	if r.Bulk.Error != "" || r.Bulk.Bytes != cfg.BigSize || r.Bulk.GBPerSecond <= 0 {
 		t.Errorf("bulk: got %d bytes at %.2f GB/s, error %q; want %d bytes", r.Bulk.Bytes, r.Bulk.GBPerSecond, r.Bulk.Error, cfg.BigSize)
+	}
+	// BulkRuns downloads (the default unless set), and the figure is their
+	// median.
+	d := cfg
+	d.setDefaults()
+	if runs := slices.Sorted(slices.Values(r.Bulk.Runs)); len(runs) != d.BulkRuns || runs[len(runs)/2] != r.Bulk.GBPerSecond {
+		t.Errorf("bulk runs: got %v with %.3f GB/s reported, want %d runs and their median", r.Bulk.Runs, r.Bulk.GBPerSecond, d.BulkRuns)
 	}
 	if r.Idle.Opened != cfg.IdleTunnels || r.Idle.Alive != r.Idle.Checked || r.Idle.Checked == 0 {
 		t.Errorf("idle: got %d opened, %d of %d alive, error %q; want %d opened, all alive", r.Idle.Opened, r.Idle.Alive, r.Idle.Checked, r.Idle.Error, cfg.IdleTunnels)

@@ -82,6 +82,7 @@ func run(ctx context.Context, log *slog.Logger, args []string) error {
 	fs.DurationVar(&cfg.Warmup, "warmup", 2*time.Second, "unmeasured warm-up per rate phase")
 	fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "measured time per rate phase")
 	fs.Int64Var(&cfg.BigSize, "big-size", 1<<30, "bytes of the bulk download (must match the upstream; <0 skips)")
+	fs.IntVar(&cfg.BulkRuns, "bulk-runs", 3, "bulk downloads; the table shows the median")
 	fs.IntVar(&cfg.IdleTunnels, "idle", 10000, "idle tunnels for the memory phase (<0 skips)")
 	fs.IntVar(&cfg.PacedRate, "paced-rate", 5000, "total requests/s of the paced keep-alive phase (<0 skips)")
 	fs.StringVar(&out, "out", "", "write the result as JSON here (default: stdout)")
