@@ -19,9 +19,11 @@ func TestEnforceEndpoints(t *testing.T) {
 	other6 := newTCPSink(t, "[::1]:0")
 	res := newResolver(t)
 	e := enforce(t, cg, Policy{
-		Proxy:          proxy.addrPort(),
-		DNS:            res.addrPort(),
-		AllowEndpoints: []netip.AddrPort{cred.addrPort(), cred6.addrPort()},
+		Proxy: proxy.addrPort(),
+		DNS:   res.addrPort(),
+		// The resolver is an endpoint too: its endpoint entry, not its
+		// host entry, answers for its port, and must still allow DNS.
+		AllowEndpoints: []netip.AddrPort{cred.addrPort(), cred6.addrPort(), res.addrPort()},
 	})
 	h := startHelper(t, cg)
 
@@ -33,7 +35,7 @@ func TestEnforceEndpoints(t *testing.T) {
 		{"tcp fast open to the endpoint", helperOp{Op: "tfo", Addr: cred.addrPort().String(), N: 10}, ""},
 		{"tcp6 to the IPv6 endpoint", tcp(cred6.addrPort().String()), ""},
 		{"tcp4 to the proxy on the endpoint's address", tcp(proxy.addrPort().String()), ""},
-		{"tcp4 to the resolver", tcp(res.addrPort().String()), ""},
+		{"tcp4 to the resolver, also an endpoint", tcp(res.addrPort().String()), ""},
 		{"tcp4 to another port of the endpoint's address", tcp(other.addrPort().String()), "EPERM"},
 		{"tcp6 v4-mapped to another port of the endpoint's address", tcp(mapped(other.addrPort())), "EPERM"},
 		{"tcp fast open to another port", helperOp{Op: "tfo", Addr: other.addrPort().String(), N: 10}, "EPERM"},
@@ -43,7 +45,9 @@ func TestEnforceEndpoints(t *testing.T) {
 		{"tcp6 v4-compatible form of the endpoint", tcp(onAddr("::127.0.0.1", cred.addrPort().Port())), "EPERM"},
 		{"udp connect to the endpoint (TCP only)", helperOp{Op: "connect", Proto: "udp", Addr: cred.addrPort().String()}, "EPERM"},
 		{"udp sendto the endpoint (TCP only)", helperOp{Op: "sendto", Addr: cred.addrPort().String(), N: 10}, "EPERM"},
-		{"udp sendto the resolver", helperOp{Op: "sendto", Addr: res.addrPort().String(), N: 10}, ""},
+		{"udp sendto the resolver, also an endpoint", helperOp{Op: "sendto", Addr: res.addrPort().String(), N: 10}, ""},
+		{"udp connect to the resolver, also an endpoint", helperOp{Op: "connect", Proto: "udp", Addr: res.addrPort().String()}, ""},
+		{"tcp4 to another port of the resolver's address", tcp(onAddr(res.addrPort().Addr().String(), 54)), "EPERM"},
 	} {
 		if got := h.errOf(c.op); got != c.want {
 			t.Errorf("%s (%s %s): got %q, want %q", c.name, c.op.Op, c.op.Addr, got, c.want)
@@ -113,24 +117,5 @@ func TestEndpointsNeverMetadata(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := startHelper(t, cg)
-	for _, c := range []struct {
-		addr string
-		perm bool // want EPERM
-	}{
-		{"169.254.170.2:80", true},
-		{"169.254.169.254:80", true},
-		{"169.254.170.2:8080", true},
-		{"[::ffff:169.254.170.2]:8080", true},
-		{"[fd00:ec2::254]:80", true},
-		// The endpoint and CIDRs around them stay allowed: whatever the
-		// kernel answers (timeout, unreachable), it is not the policy's EPERM.
-		{"169.254.1.1:80", false},
-		{"[fd00:ec2::253]:80", false},
-	} {
-		got := h.errOf(helperOp{Op: "connect", Proto: "tcp", Addr: c.addr})
-		if (got == "EPERM") != c.perm {
-			t.Errorf("connect %s: got %q, want EPERM: %v", c.addr, got, c.perm)
-		}
-	}
+	checkMetadataRefused(t, startHelper(t, cg))
 }

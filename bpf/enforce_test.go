@@ -168,14 +168,23 @@ func TestMetadataNeverReachable(t *testing.T) {
 		Proxy:      proxy.addrPort(),
 		AllowCIDRs: []netip.Prefix{netip.MustParsePrefix("169.254.0.0/16"), netip.MustParsePrefix("fd00::/8")},
 	})
-	h := startHelper(t, cg)
+	checkMetadataRefused(t, startHelper(t, cg))
+}
+
+// checkMetadataRefused: TCP connects from h to the metadata addresses, on
+// any port and in any spelling, get the policy's EPERM, and those to their
+// neighbours in an allowed 169.254.0.0/16 and fd00::/8 do not.
+func checkMetadataRefused(t *testing.T, h *helper) {
+	t.Helper()
 	for _, c := range []struct {
 		addr string
 		perm bool // want EPERM
 	}{
 		{"169.254.169.254:80", true},
 		{"169.254.170.2:80", true},
+		{"169.254.170.2:8080", true},
 		{"[::ffff:169.254.169.254]:80", true},
+		{"[::ffff:169.254.170.2]:8080", true},
 		{"[fd00:ec2::254]:80", true},
 		// The rest of the CIDRs stays allowed: whatever the kernel
 		// answers (timeout, unreachable), it is not the policy's EPERM.

@@ -48,9 +48,9 @@ const (
 const policyTrieSize = 1088
 
 // The largest valid policy fits the trie (a compile error otherwise): one
-// entry per CIDR and per endpoint, the proxy, the resolver and the three
+// entry per CIDR and per endpoint, the proxy, the resolver and the
 // metadata addresses.
-const _ = uint(policyTrieSize - (MaxCIDRs + MaxEndpoints + 2 + 3))
+const _ = uint(policyTrieSize - (MaxCIDRs + MaxEndpoints + 2 + len(metadataAddrs)))
 
 // Flags of lpm_val, as in cgroup_enforce.c.
 const (
@@ -72,8 +72,9 @@ const (
 
 // metadataAddrs are never reachable, whatever the CIDRs say (DESIGN.md:
 // cloud metadata is denied, "metadata never"). Each is a host entry with no
-// allow flags, which wins over any shorter allowed prefix in the trie.
-var metadataAddrs = []netip.Addr{
+// allow flags, which wins over any shorter allowed prefix in the trie. An
+// array, so that its length is a constant.
+var metadataAddrs = [...]netip.Addr{
 	netip.MustParseAddr("169.254.169.254"), // EC2 instance metadata (IMDS)
 	netip.MustParseAddr("169.254.170.2"),   // ECS task metadata and credentials
 	netip.MustParseAddr("fd00:ec2::254"),   // IMDS over IPv6
@@ -132,7 +133,7 @@ func checkEndpoint(what string, ap netip.AddrPort) error {
 		return fmt.Errorf("bpf policy: %s %s has an IPv6 zone; zones cannot be matched in the kernel, remove it", what, ap)
 	case a.IsUnspecified() || a.IsMulticast():
 		return fmt.Errorf("bpf policy: %s %s is not a unicast address", what, ap)
-	case slices.Contains(metadataAddrs, a):
+	case slices.Contains(metadataAddrs[:], a):
 		return fmt.Errorf("bpf policy: %s %s is a cloud metadata address, which a job may never reach", what, ap)
 	}
 	return nil
@@ -145,8 +146,10 @@ var errTooManyEntries = errors.New("too many entries")
 // appear twice are merged. A trie lookup returns only the longest matching
 // prefix, so a longer entry carries what the shorter ones covering it
 // allow: a host entry (proxy, resolver) inside an allowed CIDR carries
-// allowCIDR, and an endpoint entry carries its host's entry (the proxy on
-// the same address keeps working) besides allowEndpoint.
+// allowCIDR, and an endpoint entry carries its host's entry besides
+// allowEndpoint (an endpoint that is also the resolver still takes UDP).
+// An endpoint entry only ever matches its own port: the address's other
+// ports, the proxy's among them, fall through to the host entry.
 func (p Policy) entries() (map[enforceLpmKey]enforceLpmVal, error) {
 	out := make(map[enforceLpmKey]enforceLpmVal, len(p.AllowCIDRs)+len(p.AllowEndpoints)+2+len(metadataAddrs))
 	for _, c := range p.AllowCIDRs {
@@ -179,14 +182,14 @@ func (p Policy) entries() (map[enforceLpmKey]enforceLpmVal, error) {
 	}
 	for _, ep := range p.AllowEndpoints {
 		a := ep.Addr().Unmap()
-		if slices.Contains(metadataAddrs, a) {
+		if slices.Contains(metadataAddrs[:], a) {
 			// Validate refuses these; an endpoint entry would be longer
 			// than the metadata host entry and win over it, so never make
 			// one whatever the caller did.
 			continue
 		}
-		// What the address allows on its other ports: its host entry
-		// (proxy, resolver) and any covering CIDR.
+		// What the address allows on this port besides the endpoint:
+		// its host entry (proxy, resolver) and any covering CIDR.
 		_, v := host(a)
 		v.Flags |= allowEndpoint
 		out[endpointKey(netip.AddrPortFrom(a, ep.Port()))] = v

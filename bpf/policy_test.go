@@ -113,14 +113,7 @@ func TestPolicyEntries(t *testing.T) {
 		key("169.254.170.2/32"):   {},
 		key("fd00:ec2::254/128"):  {},
 	}
-	if len(got) != len(want) {
-		t.Errorf("got %d entries, want %d: %v", len(got), len(want), got)
-	}
-	for k, w := range want {
-		if g, ok := got[k]; !ok || g != w {
-			t.Errorf("entry %d/%v/%v: got %+v (present %v), want %+v", k.Family, k.Addr, k.Prefixlen, g, ok, w)
-		}
-	}
+	checkEntries(t, got, want)
 	// Families never share keys: ::/0 covers no IPv4 address.
 	if k4, k6 := key("0.0.0.0/0"), key("::/0"); k4 == k6 {
 		t.Errorf("IPv4 and IPv6 default routes share key %+v", k4)
@@ -151,8 +144,8 @@ func TestPolicyEntriesEndpoints(t *testing.T) {
 		host("10.0.0.0/8"):   {Flags: allowCIDR},
 		host("127.0.0.1/32"): {Flags: allowProxy, ProxyPort: 3128},
 		host("10.0.0.2/32"):  {Flags: allowDNS | allowCIDR, DnsPort: 53},
-		// Endpoints carry what their host's other entries allow, so that
-		// the proxy and the resolver stay reachable through them.
+		// Endpoints carry what their host's entry allows, for the one
+		// port they match (see entries).
 		ep("127.0.0.1:8080"): {Flags: allowEndpoint | allowProxy, ProxyPort: 3128},
 		ep("127.0.0.1:9090"): {Flags: allowEndpoint | allowProxy, ProxyPort: 3128},
 		ep("10.0.0.2:443"):   {Flags: allowEndpoint | allowDNS | allowCIDR, DnsPort: 53},
@@ -162,6 +155,19 @@ func TestPolicyEntriesEndpoints(t *testing.T) {
 		host("169.254.170.2/32"):   {},
 		host("fd00:ec2::254/128"):  {},
 	}
+	checkEntries(t, got, want)
+
+	// The key layout cgroup_enforce.c looks up: every bit counts, the port
+	// big-endian after the 16 address bytes.
+	k := ep("127.0.0.1:8080")
+	if k.Prefixlen != 32+128+16 || k.Family != familyV4 || k.Addr != [16]byte{127, 0, 0, 1} || k.Port != [2]byte{0x1f, 0x90} || k.Pad != [2]byte{} {
+		t.Errorf("endpoint key of 127.0.0.1:8080: got %+v", k)
+	}
+}
+
+// checkEntries compares a trie's contents, as entries built them, to want.
+func checkEntries(t *testing.T, got, want map[enforceLpmKey]enforceLpmVal) {
+	t.Helper()
 	if len(got) != len(want) {
 		t.Errorf("got %d entries, want %d: %v", len(got), len(want), got)
 	}
@@ -170,12 +176,18 @@ func TestPolicyEntriesEndpoints(t *testing.T) {
 			t.Errorf("entry %d/%v/%v/%v: got %+v (present %v), want %+v", k.Family, k.Addr, k.Port, k.Prefixlen, g, ok, w)
 		}
 	}
+}
 
-	// The key layout cgroup_enforce.c looks up: every bit counts, the port
-	// big-endian after the 16 address bytes.
-	k := ep("127.0.0.1:8080")
-	if k.Prefixlen != 32+128+16 || k.Family != familyV4 || k.Addr != [16]byte{127, 0, 0, 1} || k.Port != [2]byte{0x1f, 0x90} || k.Pad != [2]byte{} {
-		t.Errorf("endpoint key of 127.0.0.1:8080: got %+v", k)
+// TestPolicyTrieSize: policyTrieSize, which entries and the compile-time
+// fit check use, is the trie's max_entries in the committed object
+// (MAX_POLICY_ENTRIES in cgroup_enforce.c).
+func TestPolicyTrieSize(t *testing.T) {
+	spec, err := loadEnforce()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := spec.Maps[enforceMapPolicy].InnerMap.MaxEntries; got != policyTrieSize {
+		t.Errorf("policy trie max_entries: got %d, want policyTrieSize %d", got, policyTrieSize)
 	}
 }
 
