@@ -52,13 +52,12 @@ import (
 
 	"github.com/cordon-dev/cordon/internal/admit"
 	"github.com/cordon-dev/cordon/internal/audit"
+	"github.com/cordon-dev/cordon/internal/jobid"
 	"github.com/cordon-dev/cordon/internal/usage"
 	"github.com/cordon-dev/cordon/sidecar/credserver"
 	"github.com/cordon-dev/cordon/sidecar/handoff"
 	"github.com/cordon-dev/cordon/sidecar/jobrun"
 	"github.com/cordon-dev/cordon/sidecar/secrets"
-
-	"github.com/cordon-dev/cordon/internal/jobid"
 )
 
 // EgressProxy is the embedded egress proxy (sidecar/egress builds it).

@@ -58,7 +58,7 @@ func NewProvider(pc ProviderConfig) (func(ctx context.Context, id JobIdentity) (
 		if pc.Kind == "file" {
 			return &secrets.File{Path: pc.File}, nil
 		}
-		client, err := secrets.NewSecretsManagerClient(ctx, secrets.ClientConfig{Region: pc.Region, Endpoint: pc.Endpoint})
+		client, err := secrets.NewSecretsManagerClient(secrets.ClientConfig{Region: pc.Region, Endpoint: pc.Endpoint})
 		if err != nil {
 			return nil, err
 		}

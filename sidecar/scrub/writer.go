@@ -137,9 +137,9 @@ func (w *Writer) process(from int) {
 			}
 			continue
 		}
-		// A rule scanner is running: every byte goes to it.
+		// A rule scanner is running: every byte goes to it (with its
+		// position; nothing it calls reads w.pos).
 		pos := base + int64(i)
-		w.pos = pos
 		w.feedAll(buf[i], pos)
 		w.state = ac.step(w.state, buf[i])
 		i++

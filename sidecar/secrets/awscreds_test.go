@@ -75,7 +75,9 @@ func TestTaskCredentialsFromContainerEndpoint(t *testing.T) {
 
 	// A token file is read at each refresh: the agent rotates it.
 	file := filepath.Join(t.TempDir(), "token")
-	os.WriteFile(file, []byte("tok-2\n"), 0o600)
+	if err := os.WriteFile(file, []byte("tok-2\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	token.Store("tok-2")
 	p, err = taskCredentials(envOf(map[string]string{
 		"AWS_CONTAINER_CREDENTIALS_FULL_URI": srv.URL + "/creds", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": file,
@@ -160,7 +162,7 @@ func TestSecretsManagerWithTaskRole(t *testing.T) {
 	t.Setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", creds.URL+"/v2/credentials")
 	t.Setenv("AWS_CONTAINER_AUTHORIZATION_TOKEN", "task-token")
 	t.Setenv("AWS_REGION", "us-east-1")
-	client, err := NewSecretsManagerClient(context.Background(), ClientConfig{Endpoint: sm.URL, MaxAttempts: 2, MaxBackoff: 10 * time.Millisecond})
+	client, err := NewSecretsManagerClient(ClientConfig{Endpoint: sm.URL, MaxAttempts: 2, MaxBackoff: 10 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +179,7 @@ func TestSecretsManagerWithTaskRole(t *testing.T) {
 	}
 
 	t.Setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", "")
-	if _, err := NewSecretsManagerClient(context.Background(), ClientConfig{Endpoint: sm.URL}); !errors.Is(err, errNoCredentials) {
+	if _, err := NewSecretsManagerClient(ClientConfig{Endpoint: sm.URL}); !errors.Is(err, errNoCredentials) {
 		t.Fatalf("without credentials: %v, want errNoCredentials", err)
 	}
 }

@@ -97,7 +97,7 @@ type ClientConfig struct {
 // the SDK's standard retryer retries throttling (ThrottlingException,
 // 429), transient 5xx and connection errors with jittered exponential
 // backoff, MaxAttempts times at most.
-func NewSecretsManagerClient(ctx context.Context, cc ClientConfig) (*secretsmanager.Client, error) {
+func NewSecretsManagerClient(cc ClientConfig) (*secretsmanager.Client, error) {
 	attempts := cc.MaxAttempts
 	if attempts == 0 {
 		attempts = 5

@@ -27,7 +27,7 @@ const (
 // client against it, plus the log buffer.
 func smSetup(t *testing.T, endpoint string) (*SecretsManager, *bytes.Buffer) {
 	t.Helper()
-	client, err := NewSecretsManagerClient(context.Background(), ClientConfig{
+	client, err := NewSecretsManagerClient(ClientConfig{
 		Region:      "us-east-1",
 		Endpoint:    endpoint,
 		Credentials: credentials.NewStaticCredentialsProvider("AKIDTESTFAKEAWS", "test-secret-key", ""),
