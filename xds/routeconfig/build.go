@@ -7,6 +7,7 @@ import (
 	"strconv"
 
 	"github.com/cordon-dev/cordon/internal/allowlist"
+	"github.com/cordon-dev/cordon/internal/jobid"
 )
 
 // Build maps p to its RouteConfiguration. It errors when p cannot be
@@ -14,8 +15,8 @@ import (
 // a rule with no ports, both or neither of host and CIDR). An empty Mode is
 // built as enforce, the allowlist default.
 func Build(p *allowlist.JobPolicy) (*RouteConfiguration, error) {
-	if !ValidSlug(p.Org) || !ValidSlug(p.Job) {
-		return nil, fmt.Errorf("org %q and job %q must be lowercase slugs", p.Org, p.Job)
+	if !jobid.IsSlug(p.Org) || !jobid.IsSlug(p.Job) {
+		return nil, fmt.Errorf("org %q and job %q must be lowercase slugs: %s", p.Org, p.Job, jobid.SlugRule)
 	}
 	if p.Class != allowlist.ClassPlatform && p.Class != allowlist.ClassUser {
 		return nil, fmt.Errorf("class %q: want %q or %q", p.Class, allowlist.ClassPlatform, allowlist.ClassUser)

@@ -73,10 +73,7 @@ func policyOf(rc *RouteConfiguration) (*allowlist.JobPolicy, error) {
 				r.err = fmt.Errorf("cidr rule: %w", r.err)
 			}
 		}
-		if err := r.done(); err != nil {
-			return nil, err
-		}
-		if err := addRule(indexed, i, rule); err != nil {
+		if err := r.addRule(indexed, i, rule); err != nil {
 			return nil, err
 		}
 	}
@@ -97,10 +94,7 @@ func policyOf(rc *RouteConfiguration) (*allowlist.JobPolicy, error) {
 			r := fieldReader{where: "host rule of " + host, fields: rv.structFields()}
 			i := r.index()
 			rule := allowlist.Rule{Host: host, Ports: r.ports(), Source: r.str("source")}
-			if err := r.done(); err != nil {
-				return nil, err
-			}
-			if err := addRule(indexed, i, rule); err != nil {
+			if err := r.addRule(indexed, i, rule); err != nil {
 				return nil, err
 			}
 		}
@@ -138,14 +132,19 @@ func (v *Value) structFields() map[string]*Value {
 // cannot make the decoder allocate.
 const maxRules = 1 << 16
 
-func addRule(m map[int]allowlist.Rule, i int, r allowlist.Rule) error {
+// addRule stores rule, read with f, in m at index i, once f has read it
+// without an error.
+func (f *fieldReader) addRule(m map[int]allowlist.Rule, i int, rule allowlist.Rule) error {
+	if err := f.done(); err != nil {
+		return err
+	}
 	if i < 0 || i >= maxRules {
 		return fmt.Errorf("rule index %d out of range", i)
 	}
 	if _, dup := m[i]; dup {
 		return fmt.Errorf("rule index %d appears twice", i)
 	}
-	m[i] = r
+	m[i] = rule
 	return nil
 }
 

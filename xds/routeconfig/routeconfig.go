@@ -37,6 +37,8 @@ package routeconfig
 import (
 	"fmt"
 	"strings"
+
+	"github.com/cordon-dev/cordon/internal/jobid"
 )
 
 const (
@@ -64,34 +66,19 @@ const (
 // ResourceName is the RouteConfiguration name of job in org.
 func ResourceName(org, job string) string { return NamePrefix + org + "/" + job }
 
-// ParseResourceName splits "egress/<org>/<job>" into org and job.
+// ParseResourceName splits "egress/<org>/<job>" into org and job, which
+// must be slugs (jobid.IsSlug, the rule of the allowlist's names and of
+// the jobs' SPIFFE IDs).
 func ParseResourceName(name string) (org, job string, err error) {
 	rest, ok := strings.CutPrefix(name, NamePrefix)
 	if !ok {
 		return "", "", fmt.Errorf("resource name %q: want %s<org>/<job>", name, NamePrefix)
 	}
 	org, job, ok = strings.Cut(rest, "/")
-	if !ok || !ValidSlug(org) || !ValidSlug(job) {
+	if !ok || !jobid.IsSlug(org) || !jobid.IsSlug(job) {
 		return "", "", fmt.Errorf("resource name %q: want %s<org>/<job> with lowercase slugs", name, NamePrefix)
 	}
 	return org, job, nil
-}
-
-// ValidSlug reports whether s may be an org or job name in a resource name
-// and a SPIFFE path: 1 to 63 of [a-z0-9_-], starting with a letter or
-// digit. It keeps "/" and anything unprintable out of both. (The same as
-// the regexp ^[a-z0-9][a-z0-9_-]{0,62}$, written out so that nothing is
-// compiled at start-up.)
-func ValidSlug(s string) bool {
-	if len(s) == 0 || len(s) > 63 || !lowerAlnum(s[0]) {
-		return false
-	}
-	for i := 1; i < len(s); i++ {
-		if c := s[i]; !lowerAlnum(c) && c != '_' && c != '-' {
-			return false
-		}
-	}
-	return true
 }
 
 // ValidHost reports whether s is a lowercase punycode host name, optionally

@@ -2,6 +2,7 @@ package routeconfig
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"unicode/utf8"
@@ -114,25 +115,9 @@ func (r *Route) appendWire(b []byte) []byte {
 	return b
 }
 
-func (m *Metadata) appendWire(b []byte) []byte {
-	for _, k := range sortedKeys(m.FilterMetadata) {
-		var eb []byte
-		eb = appendOneofString(eb, 1, k)
-		eb = appendMessage(eb, 2, m.FilterMetadata[k].appendWire(nil))
-		b = appendMessage(b, 1, eb)
-	}
-	return b
-}
+func (m *Metadata) appendWire(b []byte) []byte { return appendMap(b, m.FilterMetadata) }
 
-func (s *Struct) appendWire(b []byte) []byte {
-	for _, k := range sortedKeys(s.Fields) {
-		var eb []byte
-		eb = appendOneofString(eb, 1, k)
-		eb = appendMessage(eb, 2, s.Fields[k].appendWire(nil))
-		b = appendMessage(b, 1, eb)
-	}
-	return b
-}
+func (s *Struct) appendWire(b []byte) []byte { return appendMap(b, s.Fields) }
 
 func (v *Value) appendWire(b []byte) []byte {
 	switch v.Kind {
@@ -159,13 +144,16 @@ func (v *Value) appendWire(b []byte) []byte {
 	return b
 }
 
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
+// appendMap appends m as the map<string, message> field 1 (both
+// Metadata.filter_metadata and Struct.fields), entries sorted by key.
+func appendMap[V interface{ appendWire([]byte) []byte }](b []byte, m map[string]V) []byte {
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		var eb []byte
+		eb = appendOneofString(eb, 1, k)
+		eb = appendMessage(eb, 2, m[k].appendWire(nil))
+		b = appendMessage(b, 1, eb)
 	}
-	slices.Sort(keys)
-	return keys
+	return b
 }
 
 // appendString appends a proto3 string field, left out when empty.
@@ -202,7 +190,7 @@ func Unmarshal(b []byte) (*RouteConfiguration, error) {
 			rc.VirtualHosts = append(rc.VirtualHosts, vh)
 			return err
 		case f.is(17, protowire.BytesType):
-			return f.message(&once, func(b []byte) (err error) { rc.Metadata, err = unmarshalMetadata(b); return err })
+			return setMessage(f, &once, &rc.Metadata, unmarshalMetadata)
 		}
 		return f.unknown()
 	})
@@ -233,7 +221,7 @@ func unmarshalVirtualHost(b []byte) (*VirtualHost, error) {
 			vh.ResponseHeadersToAdd = append(vh.ResponseHeadersToAdd, h)
 			return err
 		case f.is(24, protowire.BytesType):
-			return f.message(&once, func(b []byte) (err error) { vh.Metadata, err = unmarshalMetadata(b); return err })
+			return setMessage(f, &once, &vh.Metadata, unmarshalMetadata)
 		}
 		return f.unknown()
 	})
@@ -245,18 +233,15 @@ func unmarshalRoute(b []byte) (*Route, error) {
 	return r, eachField(b, "Route", func(f field) error {
 		switch {
 		case f.is(1, protowire.BytesType):
-			return f.message(&once, func(b []byte) (err error) { r.Match, err = unmarshalRouteMatch(b); return err })
+			return setMessage(f, &once, &r.Match, unmarshalRouteMatch)
 		case f.is(2, protowire.BytesType), f.is(7, protowire.BytesType):
 			if r.Route != nil || r.DirectResponse != nil {
 				return f.errorf("a second action (the oneof is already set)")
 			}
 			if f.num == 2 {
-				return f.message(&once, func(b []byte) (err error) { r.Route, err = unmarshalRouteAction(b); return err })
+				return setMessage(f, &once, &r.Route, unmarshalRouteAction)
 			}
-			return f.message(&once, func(b []byte) (err error) {
-				r.DirectResponse, err = unmarshalDirectResponse(b)
-				return err
-			})
+			return setMessage(f, &once, &r.DirectResponse, unmarshalDirectResponse)
 		case f.is(14, protowire.BytesType):
 			return f.str(&once, &r.Name)
 		}
@@ -295,22 +280,27 @@ func unmarshalRouteAction(b []byte) (*RouteAction, error) {
 			a.Cluster = new(string)
 			return f.str(nil, a.Cluster)
 		case f.is(25, protowire.BytesType):
-			u := &UpgradeConfig{}
+			u, err := unmarshalUpgradeConfig(f.b)
 			a.UpgradeConfigs = append(a.UpgradeConfigs, u)
-			var once fieldSet
-			return eachField(f.b, "RouteAction.UpgradeConfig", func(f field) error {
-				switch {
-				case f.is(1, protowire.BytesType):
-					return f.str(&once, &u.UpgradeType)
-				case f.is(3, protowire.BytesType):
-					if err := once.add(f); err != nil {
-						return err
-					}
-					u.ConnectConfig = true
-					return emptyMessage(f.b, "RouteAction.UpgradeConfig.ConnectConfig")
-				}
-				return f.unknown()
-			})
+			return err
+		}
+		return f.unknown()
+	})
+}
+
+func unmarshalUpgradeConfig(b []byte) (*UpgradeConfig, error) {
+	u := &UpgradeConfig{}
+	var once fieldSet
+	return u, eachField(b, "RouteAction.UpgradeConfig", func(f field) error {
+		switch {
+		case f.is(1, protowire.BytesType):
+			return f.str(&once, &u.UpgradeType)
+		case f.is(3, protowire.BytesType):
+			if err := once.add(f); err != nil {
+				return err
+			}
+			u.ConnectConfig = true
+			return emptyMessage(f.b, "RouteAction.UpgradeConfig.ConnectConfig")
 		}
 		return f.unknown()
 	})
@@ -333,19 +323,21 @@ func unmarshalDirectResponse(b []byte) (*DirectResponseAction, error) {
 			d.Status = uint32(f.u)
 			return nil
 		case f.is(2, protowire.BytesType):
-			return f.message(&once, func(b []byte) error {
-				d.Body = &DataSource{}
-				return eachField(b, "DataSource", func(f field) error {
-					if f.is(3, protowire.BytesType) {
-						if d.Body.InlineString != nil {
-							return f.errorf("a second specifier (the oneof is already set)")
-						}
-						d.Body.InlineString = new(string)
-						return f.str(nil, d.Body.InlineString)
-					}
-					return f.unknown()
-				})
-			})
+			return setMessage(f, &once, &d.Body, unmarshalDataSource)
+		}
+		return f.unknown()
+	})
+}
+
+func unmarshalDataSource(b []byte) (*DataSource, error) {
+	d := &DataSource{}
+	return d, eachField(b, "DataSource", func(f field) error {
+		if f.is(3, protowire.BytesType) {
+			if d.InlineString != nil {
+				return f.errorf("a second specifier (the oneof is already set)")
+			}
+			d.InlineString = new(string)
+			return f.str(nil, d.InlineString)
 		}
 		return f.unknown()
 	})
@@ -356,19 +348,21 @@ func unmarshalHeaderValueOption(b []byte) (*HeaderValueOption, error) {
 	var once fieldSet
 	return h, eachField(b, "HeaderValueOption", func(f field) error {
 		if f.is(1, protowire.BytesType) {
-			return f.message(&once, func(b []byte) error {
-				h.Header = &HeaderValue{}
-				var once fieldSet
-				return eachField(b, "HeaderValue", func(f field) error {
-					switch {
-					case f.is(1, protowire.BytesType):
-						return f.str(&once, &h.Header.Key)
-					case f.is(2, protowire.BytesType):
-						return f.str(&once, &h.Header.Value)
-					}
-					return f.unknown()
-				})
-			})
+			return setMessage(f, &once, &h.Header, unmarshalHeaderValue)
+		}
+		return f.unknown()
+	})
+}
+
+func unmarshalHeaderValue(b []byte) (*HeaderValue, error) {
+	h := &HeaderValue{}
+	var once fieldSet
+	return h, eachField(b, "HeaderValue", func(f field) error {
+		switch {
+		case f.is(1, protowire.BytesType):
+			return f.str(&once, &h.Key)
+		case f.is(2, protowire.BytesType):
+			return f.str(&once, &h.Value)
 		}
 		return f.unknown()
 	})
@@ -378,13 +372,8 @@ func unmarshalMetadata(b []byte) (*Metadata, error) {
 	m := &Metadata{FilterMetadata: map[string]*Struct{}}
 	return m, eachField(b, "Metadata", func(f field) error {
 		if f.is(1, protowire.BytesType) {
-			return mapEntry(f, "Metadata.filter_metadata", func(k string, v []byte) error {
-				if _, dup := m.FilterMetadata[k]; dup {
-					return fmt.Errorf("Metadata.filter_metadata: key %q twice", k)
-				}
-				s, err := unmarshalStruct(v, 0)
-				m.FilterMetadata[k] = s
-				return err
+			return mapEntry(f, "Metadata.filter_metadata", m.FilterMetadata, func(v []byte) (*Struct, error) {
+				return unmarshalStruct(v, 0)
 			})
 		}
 		return f.unknown()
@@ -398,13 +387,8 @@ func unmarshalStruct(b []byte, depth int) (*Struct, error) {
 	s := &Struct{Fields: map[string]*Value{}}
 	return s, eachField(b, "Struct", func(f field) error {
 		if f.is(1, protowire.BytesType) {
-			return mapEntry(f, "Struct.fields", func(k string, v []byte) error {
-				if _, dup := s.Fields[k]; dup {
-					return fmt.Errorf("Struct.fields: key %q twice", k)
-				}
-				val, err := unmarshalValue(v, depth+1)
-				s.Fields[k] = val
-				return err
+			return mapEntry(f, "Struct.fields", s.Fields, func(v []byte) (*Value, error) {
+				return unmarshalValue(v, depth+1)
 			})
 		}
 		return f.unknown()
@@ -460,9 +444,10 @@ func unmarshalValue(b []byte, depth int) (*Value, error) {
 	})
 }
 
-// mapEntry parses a map<string, message> entry: key (1) and value (2),
-// either may be absent (then "" and an empty message).
-func mapEntry(f field, what string, fn func(k string, v []byte) error) error {
+// mapEntry parses a map<string, message> entry, key (1) and value (2),
+// either of which may be absent (then "" and an empty message), and stores
+// the value parsed with parse in m, refusing a key m already has.
+func mapEntry[V any](f field, what string, m map[string]V, parse func([]byte) (V, error)) error {
 	var k string
 	var v []byte
 	var once fieldSet
@@ -479,7 +464,12 @@ func mapEntry(f field, what string, fn func(k string, v []byte) error) error {
 	if err != nil {
 		return err
 	}
-	return fn(k, v)
+	if _, dup := m[k]; dup {
+		return fmt.Errorf("%s: key %q twice", what, k)
+	}
+	val, err := parse(v)
+	m[k] = val
+	return err
 }
 
 func emptyMessage(b []byte, what string) error {
@@ -520,12 +510,15 @@ func (f field) str(once *fieldSet, dst *string) error {
 	return nil
 }
 
-// message reads a singular message field with parse.
-func (f field) message(once *fieldSet, parse func([]byte) error) error {
+// setMessage reads the singular message field f into *dst with parse;
+// once refuses a second occurrence.
+func setMessage[T any](f field, once *fieldSet, dst *T, parse func([]byte) (T, error)) error {
 	if err := once.add(f); err != nil {
 		return err
 	}
-	return parse(f.b)
+	var err error
+	*dst, err = parse(f.b)
+	return err
 }
 
 // fieldSet records which singular fields of a message were seen (every

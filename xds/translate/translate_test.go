@@ -137,6 +137,7 @@ func TestToRouteConfigurationRejects(t *testing.T) {
 	}{
 		{"empty org", func(p *allowlist.JobPolicy) { p.Org = "" }, "lowercase slugs"},
 		{"slash in job", func(p *allowlist.JobPolicy) { p.Job = "a/b" }, "lowercase slugs"},
+		{"job ending in -", func(p *allowlist.JobPolicy) { p.Job = "j-" }, "lowercase slugs"},
 		{"unknown class", func(p *allowlist.JobPolicy) { p.Class = "admin" }, `class "admin"`},
 		{"unknown mode", func(p *allowlist.JobPolicy) { p.Mode = "allow" }, `mode "allow"`},
 		{"no ports", func(p *allowlist.JobPolicy) { p.Rules[0].Ports = nil }, "lists no ports"},
