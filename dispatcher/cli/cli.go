@@ -90,6 +90,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 					fmt.Fprintln(stdout, "serve configuration ok")
 				}
 			} else {
+				log.Info("garbage collector", "gc_percent", TuneGC())
 				err = Serve(ctx, cfg)
 			}
 		}

@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/cordon-dev/cordon/dispatcher/auditstore"
+	"github.com/cordon-dev/cordon/dispatcher/cli"
 	"github.com/cordon-dev/cordon/dispatcher/ingest"
 	"github.com/cordon-dev/cordon/dispatcher/ingestclient"
 	"github.com/cordon-dev/cordon/internal/audit"
@@ -81,6 +82,9 @@ func (s settingsFlag) Set(v string) error {
 
 func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, writers, rate int, durable, pgStat bool, pgSettings map[string]string) error {
 	ctx := context.Background()
+	// The dispatcher's garbage collector target, as cordon-dispatcher
+	// serve sets it (this process is the dispatcher and its clients).
+	gcPercent := cli.TuneGC()
 	opts := pgtest.Options{Durable: durable, Settings: map[string]string{}}
 	for k, v := range pgSettings {
 		opts.Settings[k] = v
@@ -243,8 +247,8 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 	if rate > 0 {
 		mode = fmt.Sprintf("paced at %d items/s offered", rate)
 	}
-	fmt.Printf("\ndispatcher ingest, %s: %d clients, %d orgs, %d events/request, usage every %d requests, %d writers, durable=%v\n\n",
-		mode, nClients, nOrgs, batchSize, usageEvery, writers, durable)
+	fmt.Printf("\ndispatcher ingest, %s: %d clients, %d orgs, %d events/request, usage every %d requests, %d writers, durable=%v, GC %d%%\n\n",
+		mode, nClients, nOrgs, batchSize, usageEvery, writers, durable, gcPercent)
 	fmt.Println("| items acked | requests | retries | seconds | items/s | p50 ack | p90 ack | p99 ack | max ack |")
 	fmt.Println("|---|---|---|---|---|---|---|---|---|")
 	fmt.Printf("| %d | %d | %d | %.1f | %.0f | %s | %s | %s | %s |\n",
