@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -232,9 +233,9 @@ func records(evs []audit.Event) []auditstore.Record {
 }
 
 // TestAppendBatchesSeveralOrgsInOneTransaction: each org's rows land in its
-// own chains under its own org (row-level security is checked per org),
-// redelivery inside a multi-org transaction stores nothing twice, and an
-// org given twice is refused.
+// own chains under its own org (row-level security admits only the orgs the
+// transaction names), redelivery inside a multi-org transaction stores
+// nothing twice, and an org given twice is refused.
 func TestAppendBatchesSeveralOrgsInOneTransaction(t *testing.T) {
 	url := migratedDB(t)
 	s := openStore(t, url)
@@ -242,17 +243,18 @@ func TestAppendBatchesSeveralOrgsInOneTransaction(t *testing.T) {
 	acme, globex := events("acme", "etl", 10), events("globex", "web", 6)
 	globex[2].Result = audit.ResultDenied
 	repA, repG := report("acme", "etl", "run-a"), report("globex", "web", "run-g")
+	const acmeFirst, globexFirst = 5, 3 // events stored before the redelivery
 
 	// Given out of lock order: results still come back in the order given.
 	res, err := s.AppendBatches(ctx, []auditstore.OrgBatch{
-		{Org: "globex", Events: records(globex[:3]), Reports: []usage.Report{repG}},
-		{Org: "acme", Events: records(acme[:5])},
+		{Org: "globex", Events: records(globex[:globexFirst]), Reports: []usage.Report{repG}},
+		{Org: "acme", Events: records(acme[:acmeFirst])},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res) != 2 || len(res[0].EventStored) != 3 || len(res[1].EventStored) != 5 || !res[0].UsageStored[0] {
-		t.Fatalf("got results %+v, want globex's (3 events, 1 report) then acme's (5 events)", res)
+	if len(res) != 2 || len(res[0].EventStored) != globexFirst || len(res[1].EventStored) != acmeFirst || !res[0].UsageStored[0] {
+		t.Fatalf("got results %+v, want globex's (%d events, 1 report) then acme's (%d events)", res, globexFirst, acmeFirst)
 	}
 	// Redeliver: some of each org stored already, one org's report too.
 	res, err = s.AppendBatches(ctx, []auditstore.OrgBatch{
@@ -262,17 +264,16 @@ func TestAppendBatchesSeveralOrgsInOneTransaction(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	newCount := func(stored []bool) int {
-		n := 0
-		for _, ok := range stored {
-			if ok {
-				n++
+	// Exactly the events not stored before are new.
+	for i, tc := range []struct {
+		org   string
+		first int
+	}{{"acme", acmeFirst}, {"globex", globexFirst}} {
+		for j, stored := range res[i].EventStored {
+			if stored != (j >= tc.first) {
+				t.Errorf("redelivery: %s event %d stored: %v, want %v (the first %d were stored before)", tc.org, j, stored, j >= tc.first, tc.first)
 			}
 		}
-		return n
-	}
-	if a, g := newCount(res[0].EventStored), newCount(res[1].EventStored); a != 5 || g != 3 {
-		t.Errorf("redelivery stored %d acme and %d globex events, want 5 and 3 (the new ones)", a, g)
 	}
 	if !res[0].UsageStored[0] || res[1].UsageStored[0] {
 		t.Errorf("usage stored %v and %v, want acme's new report stored and globex's not again", res[0].UsageStored, res[1].UsageStored)
@@ -281,7 +282,7 @@ func TestAppendBatchesSeveralOrgsInOneTransaction(t *testing.T) {
 	for _, tc := range []struct {
 		org, job    string
 		rows, usage int
-	}{{"acme", "etl", 10, 1}, {"globex", "web", 6, 1}} {
+	}{{"acme", "etl", len(acme), 1}, {"globex", "web", len(globex), 1}} {
 		// Every row stored under an org is one of that org's events.
 		if n := count(t, c, "SELECT count(*) FROM audit_events WHERE org_id = $1 AND actor_id LIKE '%/org/' || $1 || '/job/' || $2", tc.org, tc.job); n != tc.rows {
 			t.Errorf("%s: got %d audit rows of its own, want %d", tc.org, n, tc.rows)
@@ -290,14 +291,16 @@ func TestAppendBatchesSeveralOrgsInOneTransaction(t *testing.T) {
 			t.Errorf("%s: got %d usage rows, want %d", tc.org, n, tc.usage)
 		}
 	}
-	if n := count(t, c, "SELECT count(*) FROM audit_events"); n != 16 {
-		t.Errorf("got %d audit rows in all, want 16", n)
+	all := len(acme) + len(globex)
+	if n := count(t, c, "SELECT count(*) FROM audit_events"); n != all {
+		t.Errorf("got %d audit rows in all, want %d", n, all)
 	}
 	if n := count(t, c, "SELECT count(*) FROM runs WHERE (org_id, job_id, run_id) IN (('acme', 'etl', 'run-a'), ('globex', 'web', 'run-g'))"); n != 2 {
 		t.Errorf("got %d runs, want one per org", n)
 	}
-	if rep := verifyOK(t, url); rep.Rows != 16 || rep.Chains != 3 {
-		t.Errorf("verify checked %d rows in %d chains, want 16 in 3", rep.Rows, rep.Chains)
+	// Three chains: acme's standard, globex's standard and security.
+	if rep := verifyOK(t, url); rep.Rows != int64(all) || rep.Chains != 3 {
+		t.Errorf("verify checked %d rows in %d chains, want %d in 3", rep.Rows, rep.Chains, all)
 	}
 
 	_, err = s.AppendBatches(ctx, []auditstore.OrgBatch{{Org: "acme"}, {Org: "acme"}})
@@ -415,6 +418,107 @@ func TestRowLevelSecurityConfinesEveryRole(t *testing.T) {
 		})
 		if !isCode(err, "42501") {
 			t.Errorf("direct partition read: got %v, want permission denied (42501)", err)
+		}
+	})
+}
+
+// TestWriteOrgsPolicies checks migration 0140: cordon.write_orgs lets the
+// service role insert audit rows and move chain heads of the orgs it
+// names, and nothing more: no other org, no other role, no reading of the
+// named orgs' audit rows, nothing at all when unset or empty.
+func TestWriteOrgsPolicies(t *testing.T) {
+	url := migratedDB(t)
+	s := openStore(t, url)
+	for _, org := range []string{"acme", "globex", "initech"} {
+		if _, err := s.Append(ctxT(t), org, events(org, "etl", 2), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	insertRow := func(org string) string {
+		return fmt.Sprintf(`INSERT INTO audit_events (org_id, retention_class, chain_month, seq, ts, event_type, event_id,
+			actor_type, actor_id, resource_type, resource_id, action, result, prev_hash, hash)
+			VALUES ('%s', 'standard', date_trunc('month', now() AT TIME ZONE 'UTC')::date, 1000, now(), 'X', 'evt_policy_%s',
+			'job', 'a', 'r', 'r', 'a', 'SUCCESS', '\x%064x'::bytea, '\x%064x'::bytea)`, org, org, 0, 0)
+	}
+	with := func(role, writeOrgs string, fn func(tx pgx.Tx) error) error {
+		return asRole(t, url, role, "", func(tx pgx.Tx) error {
+			if writeOrgs != "-" {
+				if _, err := tx.Exec(ctxT(t), "SELECT set_config('cordon.write_orgs', $1, true)", writeOrgs); err != nil {
+					return err
+				}
+			}
+			return fn(tx)
+		})
+	}
+	exec := func(sql string) func(tx pgx.Tx) error {
+		return func(tx pgx.Tx) error { _, err := tx.Exec(ctxT(t), sql); return err }
+	}
+	refused := func(err error) bool { return err != nil && strings.Contains(err.Error(), "row-level security") }
+
+	for _, tc := range []struct {
+		name, role, writeOrgs, org string
+		allowed                    bool
+	}{
+		{"named org", "cordon_service", "acme,globex", "globex", true},
+		{"org not named", "cordon_service", "acme,globex", "initech", false},
+		{"prefix of a named org", "cordon_service", "acme,globex", "acm", false},
+		{"unset", "cordon_service", "-", "acme", false},
+		{"empty", "cordon_service", "", "acme", false},
+		{"other role", "cordon_owner", "acme", "acme", false},
+	} {
+		t.Run("insert audit row: "+tc.name, func(t *testing.T) {
+			err := with(tc.role, tc.writeOrgs, exec(insertRow(tc.org)))
+			if tc.allowed && err != nil {
+				t.Errorf("got %v, want the row inserted", err)
+			}
+			if !tc.allowed && !refused(err) {
+				t.Errorf("got %v, want a row-level security violation", err)
+			}
+		})
+	}
+
+	t.Run("no reading of named orgs' audit rows", func(t *testing.T) {
+		err := with("cordon_service", "acme,globex", func(tx pgx.Tx) error {
+			var n int
+			if err := tx.QueryRow(ctxT(t), "SELECT count(*) FROM audit_events").Scan(&n); err != nil {
+				return err
+			}
+			if n != 0 {
+				t.Errorf("audit rows visible with only cordon.write_orgs set: %d, want 0", n)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("chain heads of named orgs only", func(t *testing.T) {
+		err := with("cordon_service", "acme", func(tx pgx.Tx) error {
+			rows, _ := tx.Query(ctxT(t), "SELECT DISTINCT org_id FROM audit_chain_heads")
+			orgs, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			if err != nil {
+				return err
+			}
+			if !slices.Equal(orgs, []string{"acme"}) {
+				t.Errorf("chain heads visible: orgs %v, want [acme]", orgs)
+			}
+			ct, err := tx.Exec(ctxT(t), "UPDATE audit_chain_heads SET last_seq = last_seq WHERE org_id = 'globex'")
+			if err != nil {
+				return err
+			}
+			if ct.RowsAffected() != 0 {
+				t.Errorf("moved %d chain heads of an org not named, want 0", ct.RowsAffected())
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("no new org outside the list", func(t *testing.T) {
+		err := with("cordon_service", "acme", exec("INSERT INTO orgs (org_id) VALUES ('hooli')"))
+		if !refused(err) {
+			t.Errorf("got %v, want a row-level security violation", err)
 		}
 	})
 }

@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 	"unicode"
-	"unicode/utf8"
 
 	"github.com/cordon-dev/cordon/dispatcher/auditstore"
 	"github.com/cordon-dev/cordon/internal/audit"
@@ -162,9 +161,10 @@ func prepareMetadata(arena []byte, raw []byte, lim Limits) (md, grown []byte, re
 	if len(raw) > lim.MaxMetadataBytes {
 		return nil, arena, 0, invalid("metadata", "%d bytes, the limit is %d", len(raw), lim.MaxMetadataBytes)
 	}
-	// Invalid UTF-8 also takes the slow path: decoding replaces it, and
-	// Postgres would refuse it.
-	if bytes.IndexByte(raw, '\\') < 0 && utf8.Valid(raw) && !mayHoldSecret(raw) {
+	// Invalid UTF-8 also takes the slow path (mayHoldSecret answers yes
+	// to every non-ASCII byte): decoding replaces it, and Postgres would
+	// refuse it.
+	if bytes.IndexByte(raw, '\\') < 0 && !mayHoldSecret(raw) {
 		start := len(arena)
 		var depth int
 		arena, depth = appendCompact(arena, raw)

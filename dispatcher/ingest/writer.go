@@ -142,8 +142,9 @@ type orgWork struct {
 }
 
 // commit writes batch in one transaction. If the database refuses the
-// data of one request, it retries org by org, then request by request, so
-// that one bad request does not sink the others.
+// data of one request, it retries org by org (when the batch holds several
+// orgs), then request by request, so that one bad request does not sink
+// the others; every request is answered once.
 func (w *writers) commit(ctx context.Context, batch []*work) {
 	var groups []orgWork
 	index := map[string]int{}
@@ -156,11 +157,12 @@ func (w *writers) commit(ctx context.Context, batch []*work) {
 		}
 		groups[i].ws = append(groups[i].ws, wk)
 	}
-	if err := w.commitGroups(ctx, groups, len(batch) > 1); err == nil || !isDataError(err) {
+	if w.commitGroups(ctx, groups, len(batch) > 1) {
 		return
 	}
 	for _, g := range groups {
-		if err := w.commitGroups(ctx, []orgWork{g}, len(g.ws) > 1); err == nil || !isDataError(err) {
+		// With one org, its transaction is the one just refused.
+		if len(groups) > 1 && w.commitGroups(ctx, []orgWork{g}, len(g.ws) > 1) {
 			continue
 		}
 		for _, wk := range g.ws {
@@ -170,17 +172,23 @@ func (w *writers) commit(ctx context.Context, batch []*work) {
 }
 
 // commitGroups commits groups in one transaction and answers their
-// requests, except when the database refuses the data and retry is set:
-// then it returns the error unanswered for commit to retry in smaller parts.
-func (w *writers) commitGroups(ctx context.Context, groups []orgWork, retry bool) error {
+// requests, except when the database refuses the data and split is set:
+// then it answers none of them and returns false, for commit to retry them
+// in smaller parts. It returns true when it answered them.
+func (w *writers) commitGroups(ctx context.Context, groups []orgWork, split bool) (answered bool) {
 	batches := make([]auditstore.OrgBatch, len(groups))
 	items := 0
 	for i, g := range groups {
 		b := &batches[i]
 		b.Org = g.org
-		for _, wk := range g.ws {
-			b.Events = append(b.Events, wk.events...)
-			b.Reports = append(b.Reports, wk.reports...)
+		if len(g.ws) == 1 {
+			// The request's own slices: the store only reads them.
+			b.Events, b.Reports = g.ws[0].events, g.ws[0].reports
+		} else {
+			for _, wk := range g.ws {
+				b.Events = append(b.Events, wk.events...)
+				b.Reports = append(b.Reports, wk.reports...)
+			}
 		}
 		items += len(b.Events) + len(b.Reports)
 	}
@@ -191,8 +199,8 @@ func (w *writers) commitGroups(ctx context.Context, groups []orgWork, retry bool
 	w.m.batchSeconds.Observe(time.Since(start).Seconds())
 	w.m.batchItems.Observe(float64(items))
 	if err != nil {
-		if retry && isDataError(err) {
-			return err
+		if split && isDataError(err) {
+			return false
 		}
 		// One line per failed transaction, not per request.
 		requests := 0
@@ -211,32 +219,30 @@ func (w *writers) commitGroups(ctx context.Context, groups []orgWork, retry bool
 				wk.done <- outcome{err: err}
 			}
 		}
-		return err
+		return true
 	}
 	for i, g := range groups {
-		ei, ui := 0, 0
+		events, reports := res[i].EventStored, res[i].UsageStored
 		for _, wk := range g.ws {
 			var o outcome
-			for range wk.events {
-				if res[i].EventStored[ei] {
-					o.stored++
-				} else {
-					o.duplicates++
-				}
-				ei++
-			}
-			for range wk.reports {
-				if res[i].UsageStored[ui] {
-					o.stored++
-				} else {
-					o.duplicates++
-				}
-				ui++
-			}
+			o.count(events[:len(wk.events)])
+			o.count(reports[:len(wk.reports)])
+			events, reports = events[len(wk.events):], reports[len(wk.reports):]
 			wk.done <- o
 		}
 	}
-	return nil
+	return true
+}
+
+// count adds stored, one flag per item, to o's stored and duplicates.
+func (o *outcome) count(stored []bool) {
+	for _, ok := range stored {
+		if ok {
+			o.stored++
+		} else {
+			o.duplicates++
+		}
+	}
 }
 
 // isDataError reports whether err is Postgres refusing the data itself
