@@ -9,11 +9,14 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"log"
+	"maps"
+	"math"
 	"net"
 	"os"
 	"runtime/pprof"
@@ -34,6 +37,7 @@ import (
 	"github.com/cordon-dev/cordon/test/spiffedev"
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 )
@@ -48,6 +52,7 @@ func main() {
 	writers := flag.Int("writers", 4, "dispatcher writer goroutines")
 	durable := flag.Bool("durable", true, "keep fsync and synchronous_commit on in Postgres")
 	pgStat := flag.Bool("pgstat", false, "print the statements Postgres spent most time on")
+	timeline := flag.Bool("timeline", false, "also print one row per second: requests scheduled in it, their p99 and max, CPU of this process and of postgres, and the host's steal and iowait")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the dispatcher and clients here")
 	pgSettings := settingsFlag{}
 	flag.Var(pgSettings, "pgset", "extra postgres setting name=value (repeatable), to try a setting before it goes into the benchmark's defaults")
@@ -60,7 +65,7 @@ func main() {
 		pprof.StartCPUProfile(f)
 		defer pprof.StopCPUProfile()
 	}
-	if err := run(*clients, *orgs, *duration, *batch, *usageEvery, *writers, *rate, *durable, *pgStat, pgSettings); err != nil {
+	if err := run(*clients, *orgs, *duration, *batch, *usageEvery, *writers, *rate, *durable, *pgStat, *timeline, pgSettings); err != nil {
 		pprof.StopCPUProfile()
 		log.Fatal(err)
 	}
@@ -80,12 +85,16 @@ func (s settingsFlag) Set(v string) error {
 	return nil
 }
 
-func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, writers, rate int, durable, pgStat bool, pgSettings map[string]string) error {
+func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, writers, rate int, durable, pgStat, timeline bool, pgSettings map[string]string) error {
 	ctx := context.Background()
 	// The dispatcher's garbage collector target, as cordon-dispatcher
 	// serve sets it (this process is the dispatcher and its clients).
 	gcPercent := cli.TuneGC()
 	opts := pgtest.Options{Durable: durable, Settings: map[string]string{}}
+	// The settings the audit store is meant to run with, then -pgset's.
+	for k, v := range auditstore.ServerSettings {
+		opts.Settings[k] = v
+	}
 	for k, v := range pgSettings {
 		opts.Settings[k] = v
 	}
@@ -137,6 +146,7 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 		retries   atomic.Int64
 		mu        sync.Mutex
 		latencies []time.Duration
+		samples   []sample // with -timeline
 		wg        sync.WaitGroup
 		firstErr  atomic.Pointer[error]
 	)
@@ -165,6 +175,27 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 	cpu0 := cpuNow(pgPID)
 	deadline := time.Now().Add(duration)
 	start := time.Now()
+	var ticks []tick
+	stopTicks := func() {}
+	if timeline {
+		stop, done := make(chan struct{}), make(chan struct{})
+		stopTicks = sync.OnceFunc(func() { close(stop); <-done })
+		defer stopTicks()
+		go func() {
+			defer close(done)
+			t := time.NewTicker(time.Second)
+			defer t.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-t.C:
+					ticks = append(ticks, tick{cpu: cpuNow(pgPID), host: hostNow()})
+				}
+			}
+		}()
+	}
+	host0 := hostNow()
 	for i := range nClients {
 		org := fmt.Sprintf("org-%d", i%nOrgs)
 		job := fmt.Sprintf("job-%d", i)
@@ -177,6 +208,7 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 		defer c.Close()
 		wg.Go(func() {
 			var mine []time.Duration
+			var timed []sample
 			run := fmt.Sprintf("run-%d", i)
 			// Spread the clients' schedules over one interval.
 			started := time.Now().Add(interval * time.Duration(i) / time.Duration(nClients))
@@ -207,7 +239,11 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 				for {
 					_, err := send()
 					if err == nil {
-						mine = append(mine, time.Since(t0))
+						lat := time.Since(t0)
+						mine = append(mine, lat)
+						if timeline {
+							timed = append(timed, sample{at: t0.Sub(start), lat: lat})
+						}
 						items.Add(int64(count))
 						requests.Add(1)
 						break
@@ -223,6 +259,7 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 			}
 			mu.Lock()
 			latencies = append(latencies, mine...)
+			samples = append(samples, timed...)
 			mu.Unlock()
 		})
 	}
@@ -247,8 +284,13 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 	if rate > 0 {
 		mode = fmt.Sprintf("paced at %d items/s offered", rate)
 	}
-	fmt.Printf("\ndispatcher ingest, %s: %d clients, %d orgs, %d events/request, usage every %d requests, %d writers, durable=%v, GC %d%%\n\n",
+	fmt.Printf("\ndispatcher ingest, %s: %d clients, %d orgs, %d events/request, usage every %d requests, %d writers, durable=%v, GC %d%%\n",
 		mode, nClients, nOrgs, batchSize, usageEvery, writers, durable, gcPercent)
+	var set []string
+	for _, k := range slices.Sorted(maps.Keys(opts.Settings)) {
+		set = append(set, k+"="+opts.Settings[k])
+	}
+	fmt.Printf("postgres settings beyond pgtest's: %s\n\n", strings.Join(set, " "))
 	fmt.Println("| items acked | requests | retries | seconds | items/s | p50 ack | p90 ack | p99 ack | max ack |")
 	fmt.Println("|---|---|---|---|---|---|---|---|---|")
 	fmt.Printf("| %d | %d | %d | %.1f | %.0f | %s | %s | %s | %s |\n",
@@ -262,6 +304,14 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 		self, pg, self/n*1e6, pg/n*1e6, 2*n/(self+pg), (self+pg)/elapsed.Seconds())
 	fmt.Printf("WAL: %.0f bytes, %.2f records and %.3f full-page images per item\n",
 		float64(wal1.bytes-wal0.bytes)/n, float64(wal1.records-wal0.records)/n, float64(wal1.fpi-wal0.fpi)/n)
+
+	host1 := hostNow()
+	fmt.Printf("host: %.2f cores stolen, %.2f cores in iowait on average\n",
+		(host1.steal-host0.steal)/elapsed.Seconds(), (host1.iowait-host0.iowait)/elapsed.Seconds())
+	if timeline {
+		stopTicks()
+		printTimeline(samples, ticks, tick{cpu: cpu0, host: host0})
+	}
 
 	srv.Shutdown(context.Background())
 	printBatches(reg)
@@ -315,7 +365,11 @@ func report(org, job, run string, started time.Time) usage.Report {
 }
 
 // printBatches reports the dispatcher's own view: transactions, their mean
-// size and mean commit time.
+// size and commit time, and the commit and server-side answer times at the
+// 50th and 99th percentiles (as the upper bounds of the histogram buckets
+// they fall in). A client's p99 far above the server's points at the
+// clients and the network stack; a commit p99 near the client's, at the
+// database.
 func printBatches(reg *prometheus.Registry) {
 	mfs, err := reg.Gather()
 	if err != nil {
@@ -323,6 +377,7 @@ func printBatches(reg *prometheus.Registry) {
 	}
 	var n uint64
 	var items, secs float64
+	var commit, ack *dto.Histogram
 	for _, mf := range mfs {
 		for _, m := range mf.GetMetric() {
 			h := m.GetHistogram()
@@ -333,13 +388,43 @@ func printBatches(reg *prometheus.Registry) {
 			case "cordon_dispatcher_ingest_batch_items":
 				n, items = h.GetSampleCount(), h.GetSampleSum()
 			case "cordon_dispatcher_ingest_batch_seconds":
-				secs = h.GetSampleSum()
+				secs, commit = h.GetSampleSum(), h
+			case "cordon_dispatcher_ingest_ack_seconds":
+				if labelIs(m, "endpoint", ingest.EventsPath) {
+					ack = h
+				}
 			}
 		}
 	}
 	if n > 0 {
 		fmt.Printf("\ndispatcher: %d transactions, %.0f items each on average, %.1fms mean commit\n", n, items/float64(n), secs/float64(n)*1000)
+		fmt.Printf("commit p50 <= %s, p99 <= %s; events answered (server side) p50 <= %s, p99 <= %s\n",
+			bucketQuantile(commit, 0.5), bucketQuantile(commit, 0.99), bucketQuantile(ack, 0.5), bucketQuantile(ack, 0.99))
 	}
+}
+
+// bucketQuantile is the upper bound of the bucket of h holding its q
+// quantile ("?" without samples, "inf" past the last bound).
+func bucketQuantile(h *dto.Histogram, q float64) string {
+	if h == nil || h.GetSampleCount() == 0 {
+		return "?"
+	}
+	want := uint64(math.Ceil(q * float64(h.GetSampleCount())))
+	for _, b := range h.GetBucket() {
+		if b.GetCumulativeCount() >= want {
+			return (time.Duration(b.GetUpperBound() * float64(time.Second))).String()
+		}
+	}
+	return "inf"
+}
+
+func labelIs(m *dto.Metric, name, value string) bool {
+	for _, l := range m.GetLabel() {
+		if l.GetName() == name {
+			return l.GetValue() == value
+		}
+	}
+	return false
 }
 
 func printStatements(ctx context.Context, db string) {
@@ -448,4 +533,70 @@ func procCPU(pid string, children bool) time.Duration {
 		sum += n
 	}
 	return time.Duration(sum) * time.Second / clockTicks
+}
+
+// sample is one request's scheduled time (from the start of the run) and
+// latency.
+type sample struct{ at, lat time.Duration }
+
+// tick is what -timeline samples every second.
+type tick struct {
+	cpu  cpuTimes
+	host hostTimes
+}
+
+// printTimeline prints one row per second of the run: the requests
+// scheduled in it, their p99 and max latency, and the CPU seconds used in
+// it.
+func printTimeline(samples []sample, ticks []tick, first tick) {
+	slices.SortFunc(samples, func(a, b sample) int { return cmp.Compare(a.at, b.at) })
+	fmt.Println("\n| second | requests | p99 | max | this process | postgres | steal | iowait |")
+	fmt.Println("|---|---|---|---|---|---|---|---|")
+	prev := first
+	for sec := 0; len(samples) > 0; sec++ {
+		end := time.Duration(sec+1) * time.Second
+		n := 0
+		for n < len(samples) && samples[n].at < end {
+			n++
+		}
+		lats := make([]time.Duration, n)
+		for i := range n {
+			lats[i] = samples[i].lat
+		}
+		samples = samples[n:]
+		slices.Sort(lats)
+		row := fmt.Sprintf("| %d | %d |", sec, n)
+		if n > 0 {
+			row += fmt.Sprintf(" %s | %s |", ms(lats[min(n-1, n*99/100)]), ms(lats[n-1]))
+		} else {
+			row += " | |"
+		}
+		if sec < len(ticks) {
+			t := ticks[sec]
+			row += fmt.Sprintf(" %.2f | %.2f | %.2f | %.2f |", (t.cpu.self - prev.cpu.self).Seconds(), (t.cpu.pg - prev.cpu.pg).Seconds(),
+				t.host.steal-prev.host.steal, t.host.iowait-prev.host.iowait)
+			prev = t
+		}
+		fmt.Println(row)
+	}
+}
+
+// hostTimes are the machine's stolen and iowait CPU seconds so far
+// (/proc/stat): steal is time the hypervisor gave this machine's CPUs to
+// someone else, which no code here can win back.
+type hostTimes struct{ steal, iowait float64 }
+
+func hostNow() hostTimes {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return hostTimes{}
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	if len(f) < 9 || f[0] != "cpu" {
+		return hostTimes{}
+	}
+	iowait, _ := strconv.ParseFloat(f[5], 64)
+	steal, _ := strconv.ParseFloat(f[8], 64)
+	return hostTimes{steal: steal / clockTicks, iowait: iowait / clockTicks}
 }

@@ -5,17 +5,20 @@
 # reports, prints items/s and ack latency, then verifies every hash chain.
 #   1. closed loop: every client sends as fast as it is answered (capacity);
 #   2. paced: the clients offer 50,000 items/s together (the target: about
-#      49,950 audit events and 55 usage reports a second), and
-#      latency is counted from each request's scheduled time.
+#      49,950 audit events and 55 usage reports a second) for 60 s, five
+#      checkpoint cycles at the default max_wal_size, and latency is
+#      counted from each request's scheduled time. -timeline prints it
+#      second by second, with CPU, steal and iowait.
 #   3. with BENCH_SWEEP="10000 20000 30000" (rates, items/s), one more
 #      paced phase per rate: where the p99 target holds on this machine.
-# Extra flags go to every phase (e.g. -duration 60s -durable=false -pgstat).
+# Extra flags go to every phase (e.g. -timeline -durable=false -pgstat,
+# -pgset name=value).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 export PATH=/usr/local/go/bin:$PATH
 go build -o /tmp/cordon-dispatcher-bench ./test/bench/dispatcher
 /tmp/cordon-dispatcher-bench -clients 50 -duration 10s "$@"
-/tmp/cordon-dispatcher-bench -clients 50 -duration 20s -rate 50000 "$@"
+/tmp/cordon-dispatcher-bench -clients 50 -duration 60s -rate 50000 "$@"
 for rate in ${BENCH_SWEEP:-}; do
   /tmp/cordon-dispatcher-bench -clients 50 -duration 15s -rate "$rate" "$@"
 done
