@@ -129,7 +129,7 @@ func WriteTable(w io.Writer, results []Result) error {
 		break
 	}
 	tw := tabwriter.NewWriter(&sb, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "target\tkeep-alive req/s\tp50\tp99\tp99 added\tpaced p50 / p99 (added)\ttunnels/s\t1 GiB tunnel GB/s, median (range)\tRSS 10k idle MB\t")
+	fmt.Fprintln(tw, "target\tkeep-alive req/s\tp50\tp99\tp99 added\tpaced p50 / p99 (added)\ttunnels/s\t1 GiB tunnel GB/s, median (share), range\tRSS 10k idle MB\t")
 	var notes []string
 	for _, r := range results {
 		if r.Skipped != "" {
@@ -154,8 +154,11 @@ func WriteTable(w io.Writer, results []Result) error {
 		bulk := "failed"
 		if r.Bulk.Error == "" && r.Bulk.Bytes > 0 {
 			bulk = fmt.Sprintf("%.2f", r.Bulk.GBPerSecond)
+			if base != nil && base.Bulk.GBPerSecond > 0 {
+				bulk += fmt.Sprintf(" (%.0f%%)", r.Bulk.GBPerSecond/base.Bulk.GBPerSecond*100)
+			}
 			if len(r.Bulk.Runs) > 1 {
-				bulk += fmt.Sprintf(" (%.2f-%.2f)", slices.Min(r.Bulk.Runs), slices.Max(r.Bulk.Runs))
+				bulk += fmt.Sprintf(", %.2f-%.2f", slices.Min(r.Bulk.Runs), slices.Max(r.Bulk.Runs))
 			}
 		} else if r.Bulk.Error == "" {
 			bulk = "-"

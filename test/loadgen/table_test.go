@@ -75,7 +75,7 @@ func TestWriteTable(t *testing.T) {
 		{Name: "squid", Proxy: "127.0.0.4:1", Clients: 16,
 			KeepAlive: RateResult{Requests: 100, PerSecond: 13000, P50: time.Millisecond, P99: 2 * time.Millisecond},
 			Tunnels:   RateResult{Requests: 10, PerSecond: 4000, Errors: 3, FirstError: "CONNECT answered 503, want 200"},
-			Bulk:      BulkResult{Bytes: 1 << 30, GBPerSecond: 1},
+			Bulk:      BulkResult{Bytes: 1 << 30, GBPerSecond: 1, Runs: []float64{0.9, 1, 1.2}},
 			Idle:      IdleResult{Want: 10000, Opened: 10000, RSS: 350_000_000, BaselineRSS: 30_000_000, Checked: 100, Alive: 100}},
 	}
 	var sb strings.Builder
@@ -90,7 +90,9 @@ func TestWriteTable(t *testing.T) {
 		"13000 (13%)",
 		"1.000ms", // squid's p99 added
 		"4000 (40%)*",
+		"1.00 (50%)", // squid's bulk, as a share of direct's
 		"squid tunnels: 3 failed requests (marked *), first: CONNECT answered 503, want 200",
+		"1.00 (50%), 0.90-1.20",
 		"MISS 13%", "MISS 50%", "MISS 1.000ms", "MISS 350 MB",
 	} {
 		if !strings.Contains(out, want) {

@@ -10,7 +10,8 @@
 #
 # Tunables (environment): BENCH_CLIENTS (16), BENCH_DURATION (10s),
 # BENCH_WARMUP (2s), BENCH_IDLE (10000), BENCH_BIG_SIZE (1073741824),
-# BENCH_ONLY (space-separated subset of: direct cordon-egress squid tinyproxy),
+# BENCH_ONLY (space-separated subset of: direct tcp-relay cordon-egress squid
+# tinyproxy),
 # BENCH_KEEP=1 keeps the temp dir (configs, proxy logs, JSON results).
 set -euo pipefail
 
@@ -23,12 +24,13 @@ duration=${BENCH_DURATION:-10s}
 warmup=${BENCH_WARMUP:-2s}
 idle=${BENCH_IDLE:-10000}
 big=${BENCH_BIG_SIZE:-1073741824}
-only=${BENCH_ONLY:-direct cordon-egress squid tinyproxy}
+only=${BENCH_ONLY:-direct tcp-relay cordon-egress squid tinyproxy}
 name=upstream.bench.test
 upstream_ip=127.0.0.2
 cordon_ip=127.0.0.3
 squid_ip=127.0.0.4
 tinyproxy_ip=127.0.0.5
+relay_ip=127.0.0.6
 # Each proxy holds two descriptors per idle tunnel (client and upstream side)
 # plus its own; the load tool and the upstream hold one each.
 nofile=65536
@@ -155,6 +157,30 @@ run_proxy() {
 # --- direct -----------------------------------------------------------------
 if wanted direct; then measure direct "" ""; fi
 
+# --- tcp-relay ----------------------------------------------------------------
+# Not a proxy: loadgen relay copies bytes between each client connection and
+# its own upstream connection and does nothing else (no HTTP, no checks, no
+# logs), measured as a direct target whose upstream is the relay. It is the
+# second TCP hop alone, what every proxy pays before doing any work; its
+# ratios bound what a proxy can reach on this machine.
+if wanted tcp-relay; then
+  "$lg" relay --listen "$relay_ip:0" --to "$UPSTREAM_ADDR" --env-file "$tmp/relay.env" 2>"$tmp/relay.log" &
+  relay_pid=$!
+  pids+=("$relay_pid")
+  for ((i = 0; i < 100; i++)); do
+    [ -f "$tmp/relay.env" ] && break
+    sleep 0.1
+  done
+  if [ -f "$tmp/relay.env" ]; then
+    . "$tmp/relay.env" # RELAY_ADDR
+    # The relay's memory is not interesting: no idle phase.
+    UPSTREAM_ADDR=$RELAY_ADDR idle=-1 measure tcp-relay "" ""
+  else
+    skip tcp-relay "did not start: $(tail -n 1 "$tmp/relay.log")"
+  fi
+  stop_pid "$relay_pid"
+fi
+
 # --- cordon-egress ------------------------------------------------------------
 if wanted cordon-egress; then
   if [ -x "$root/bin/cordon-egress" ]; then
@@ -273,7 +299,7 @@ fi
 
 # --- table --------------------------------------------------------------------
 files=()
-for n in direct cordon-egress squid tinyproxy; do
+for n in direct tcp-relay cordon-egress squid tinyproxy; do
   [ -f "$tmp/results/$n.json" ] && files+=("$tmp/results/$n.json")
 done
 echo

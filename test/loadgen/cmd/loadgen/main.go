@@ -5,6 +5,7 @@
 //	loadgen skip --name cordon-egress --reason "not built" --out cordon-egress.json
 //	loadgen table direct.json cordon-egress.json squid.json tinyproxy.json
 //	loadgen freeport --host 127.0.0.4
+//	loadgen relay --listen 127.0.0.6:0 --to 127.0.0.2:PORT --env-file F
 //
 // See test/bench/egress/README.md.
 package main
@@ -26,7 +27,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: loadgen upstream|run|skip|table|freeport [flags]")
+		fmt.Fprintln(os.Stderr, "usage: loadgen upstream|run|skip|table|freeport|relay [flags]")
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -44,8 +45,10 @@ func main() {
 		err = table(args)
 	case "freeport":
 		err = freeport(args)
+	case "relay":
+		err = relay(ctx, log, args)
 	default:
-		err = fmt.Errorf("unknown command %q: want upstream, run, skip, table or freeport", cmd)
+		err = fmt.Errorf("unknown command %q: want upstream, run, skip, table, freeport or relay", cmd)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "loadgen:", err)
@@ -143,4 +146,23 @@ func freeport(args []string) error {
 	defer ln.Close()
 	fmt.Println(ln.Addr().(*net.TCPAddr).Port)
 	return nil
+}
+
+func relay(ctx context.Context, log *slog.Logger, args []string) error {
+	fs := flag.NewFlagSet("relay", flag.ExitOnError)
+	var cfg loadgen.RelayConfig
+	var to string
+	fs.StringVar(&cfg.Listen, "listen", "127.0.0.1:0", "relay address (loopback)")
+	fs.StringVar(&to, "to", "", "upstream IP:port every connection is relayed to (loopback)")
+	fs.StringVar(&cfg.EnvFile, "env-file", "", "write RELAY_ADDR=ip:port here when ready")
+	fs.Parse(args)
+	ap, err := netip.ParseAddrPort(to)
+	if err != nil {
+		return fmt.Errorf("--to %q: %w", to, err)
+	}
+	cfg.To, cfg.Logger = ap, log
+	if _, err := loadgen.RaiseFileLimit(1 << 16); err != nil {
+		return err
+	}
+	return loadgen.Relay(ctx, cfg)
 }
