@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 )
 
@@ -44,12 +43,7 @@ func Relay(ctx context.Context, cfg RelayConfig) error {
 		return fmt.Errorf("relay: --to %s is not loopback", cfg.To)
 	}
 	if cfg.EnvFile != "" {
-		tmp := cfg.EnvFile + ".tmp"
-		if err := os.WriteFile(tmp, []byte("RELAY_ADDR="+l.Addr().String()+"\n"), 0o644); err != nil {
-			l.Close()
-			return err
-		}
-		if err := os.Rename(tmp, cfg.EnvFile); err != nil {
+		if err := writeEnvFile(cfg.EnvFile, "RELAY_ADDR="+l.Addr().String()+"\n"); err != nil {
 			l.Close()
 			return err
 		}

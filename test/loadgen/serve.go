@@ -52,16 +52,25 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	if cfg.EnvFile != "" {
 		env := fmt.Sprintf("UPSTREAM_IP=%s\nUPSTREAM_PORT=%d\nUPSTREAM_ADDR=%s\nDNS_ADDR=%s\n",
 			up.Addr().Addr(), up.Addr().Port(), up.Addr(), dnsSrv.Addr())
-		tmp := cfg.EnvFile + ".tmp"
-		if err := os.WriteFile(tmp, []byte(env), 0o644); err != nil {
-			return fmt.Errorf("write env file: %w", err)
-		}
-		if err := os.Rename(tmp, cfg.EnvFile); err != nil {
-			return fmt.Errorf("write env file: %w", err)
+		if err := writeEnvFile(cfg.EnvFile, env); err != nil {
+			return err
 		}
 	}
 	cfg.Logger.Info("upstream serving", "http", up.Addr().String(), "dns", dnsSrv.Addr().String(), "name", cfg.Name)
 	<-ctx.Done()
+	return nil
+}
+
+// writeEnvFile writes shell assignments to path all at once (a temporary
+// file, then rename): the script waiting for the file never reads half.
+func writeEnvFile(path, env string) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(env), 0o644); err != nil {
+		return fmt.Errorf("write env file: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("write env file: %w", err)
+	}
 	return nil
 }
 
