@@ -58,11 +58,27 @@ type Target struct {
 }
 
 // String is the canonical host:port, IPv6 bracketed.
-func (t Target) String() string {
-	if t.IsLiteral() {
-		return netip.AddrPortFrom(t.Addr, t.Port).String()
+func (t Target) String() string { return string(t.AppendTo(nil, 0)) }
+
+// AppendTo appends t as String does, but without the port when it is
+// defaultPort (a Host field's form: "example.com" for port 80 of http).
+// It allocates nothing beyond growing b.
+func (t Target) AppendTo(b []byte, defaultPort uint16) []byte {
+	switch {
+	case t.Addr.Is6():
+		b = append(b, '[')
+		b = t.Addr.AppendTo(b)
+		b = append(b, ']')
+	case t.IsLiteral():
+		b = t.Addr.AppendTo(b)
+	default:
+		b = append(b, t.Name...)
 	}
-	return t.Name + ":" + strconv.Itoa(int(t.Port))
+	if defaultPort == 0 || t.Port != defaultPort {
+		b = append(b, ':')
+		b = strconv.AppendUint(b, uint64(t.Port), 10)
+	}
+	return b
 }
 
 func invalid(s, why string) error {

@@ -116,5 +116,35 @@ func FuzzParseHostPort(f *testing.F) {
 		if err != nil || again != got {
 			t.Fatalf("ParseHostPort(%q) = %v, reparse got %v, %v", s, got, again, err)
 		}
+		// So is the Host field form, port 80 left out.
+		host := string(got.AppendTo(nil, 80))
+		if again, err := ParseHostPort(host, 80); err != nil || again != got {
+			t.Fatalf("ParseHostPort(%q) = %v, Host form %q reparses as %v, %v", s, got, host, again, err)
+		}
 	})
+}
+
+// TestAppendTo: the Host field form of a target leaves out only the
+// default port, and brackets IPv6 either way.
+func TestAppendTo(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want string
+	}{
+		{"example.com:80", "example.com"},
+		{"example.com:8080", "example.com:8080"},
+		{"0x7f.1:80", "127.0.0.1"},
+		{"10.0.0.1:81", "10.0.0.1:81"},
+		{"[2001:db8::1]:8080", "[2001:db8::1]:8080"},
+		{"[::1]:80", "[::1]"},
+		{"[::1]:443", "[::1]:443"},
+	} {
+		target, err := ParseHostPort(tt.in, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := string(target.AppendTo([]byte("x"), 80)); got != "x"+tt.want {
+			t.Errorf("%s: AppendTo(%q, 80) = %q, want %q", tt.in, "x", got, "x"+tt.want)
+		}
+	}
 }

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"strconv"
 
-	"github.com/cordon-dev/cordon/egress-proxy/authority"
 	"github.com/cordon-dev/cordon/egress-proxy/h1"
 	"github.com/cordon-dev/cordon/egress-proxy/policy"
 )
@@ -73,11 +72,11 @@ func (s *Server) forward(ctx context.Context, cc *clientConn, js *jobState, req 
 	b = append(b, ' ')
 	if s.cfg.Gateway != nil {
 		b = append(b, "http://"...) // absolute form: the gateway is a proxy
-		b = appendAuthority(b, chk.target)
+		b = chk.target.AppendTo(b, 80)
 	}
 	b = appendPath(b, path)
 	b = append(b, " HTTP/1.1\r\nHost: "...)
-	b = appendAuthority(b, chk.target)
+	b = chk.target.AppendTo(b, 80)
 	b = append(b, "\r\n"...)
 	for _, f := range req.Fields {
 		if !dropField(&req.Head, f, "Host", "Expect", "Content-Length") {
@@ -216,26 +215,6 @@ func (s *Server) forward(ctx context.Context, cc *clientConn, js *jobState, req 
 
 // continueLine is the interim answer to "Expect: 100-continue".
 var continueLine = []byte("HTTP/1.1 100 Continue\r\n\r\n")
-
-// appendAuthority appends t as a Host value: the host (an IPv6 literal
-// bracketed), and the port unless it is 80, the http scheme's.
-func appendAuthority(b []byte, t authority.Target) []byte {
-	switch {
-	case t.Addr.Is6():
-		b = append(b, '[')
-		b = t.Addr.AppendTo(b)
-		b = append(b, ']')
-	case t.IsLiteral():
-		b = t.Addr.AppendTo(b)
-	default:
-		b = append(b, t.Name...)
-	}
-	if t.Port != 80 {
-		b = append(b, ':')
-		b = strconv.AppendUint(b, uint64(t.Port), 10)
-	}
-	return b
-}
 
 // appendPath appends a request path and query in origin form: "/"
 // first when path is empty or only a query, and bytes above 0x7f

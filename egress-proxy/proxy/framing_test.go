@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cordon-dev/cordon/egress-proxy/authority"
 	"github.com/cordon-dev/cordon/egress-proxy/h1"
 	"github.com/cordon-dev/cordon/egress-proxy/policy"
 	"github.com/cordon-dev/cordon/internal/allowlist"
@@ -183,21 +182,6 @@ func TestRequestFramingRefused(t *testing.T) {
 	case h := <-heads:
 		t.Fatalf("upstream received %q", h)
 	default:
-	}
-}
-
-// TestAppendAuthority: the Host the proxy writes upstream is the target's
-// canonical host:port (authority.Target.String), without ":80".
-func TestAppendAuthority(t *testing.T) {
-	for _, s := range []string{"a.test:80", "a.test:8080", "10.0.0.1:80", "10.0.0.1:81", "[2001:db8::1]:80", "[2001:db8::1]:8080"} {
-		target, err := authority.ParseHostPort(s, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		want := strings.TrimSuffix(target.String(), ":80")
-		if got := string(appendAuthority([]byte("x"), target)); got != "x"+want {
-			t.Errorf("%s: got %q, want %q", s, got, "x"+want)
-		}
 	}
 }
 
