@@ -30,17 +30,15 @@ type RelayConfig struct {
 // pair of sockets, on the same CPUs as the load and the upstream. It runs
 // until ctx ends.
 func Relay(ctx context.Context, cfg RelayConfig) error {
+	if ap, err := netip.ParseAddrPort(cfg.Listen); err != nil || !ap.Addr().IsLoopback() {
+		return fmt.Errorf("relay: listen address %q is not a loopback IP:port", cfg.Listen)
+	}
+	if !cfg.To.Addr().IsLoopback() {
+		return fmt.Errorf("relay: --to %s is not loopback", cfg.To)
+	}
 	l, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("relay: %w", err)
-	}
-	if ap, err := netip.ParseAddrPort(l.Addr().String()); err != nil || !ap.Addr().IsLoopback() {
-		l.Close()
-		return fmt.Errorf("relay: listen address %s is not loopback", l.Addr())
-	}
-	if !cfg.To.Addr().IsLoopback() {
-		l.Close()
-		return fmt.Errorf("relay: --to %s is not loopback", cfg.To)
 	}
 	if cfg.EnvFile != "" {
 		if err := writeEnvFile(cfg.EnvFile, "RELAY_ADDR="+l.Addr().String()+"\n"); err != nil {
@@ -50,32 +48,8 @@ func Relay(ctx context.Context, cfg RelayConfig) error {
 	}
 	stop := context.AfterFunc(ctx, func() { l.Close() })
 	defer stop()
-	var (
-		mu    sync.Mutex
-		conns = map[net.Conn]struct{}{}
-		wg    sync.WaitGroup
-	)
-	track := func(c net.Conn, add bool) bool {
-		mu.Lock()
-		defer mu.Unlock()
-		if add {
-			if ctx.Err() != nil {
-				return false
-			}
-			conns[c] = struct{}{}
-		} else {
-			delete(conns, c)
-		}
-		return true
-	}
-	defer func() {
-		mu.Lock()
-		for c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	}()
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	for {
 		c, err := l.Accept()
 		if err != nil {
@@ -94,11 +68,9 @@ func Relay(ctx context.Context, cfg RelayConfig) error {
 				return
 			}
 			defer u.Close()
-			if !track(c, true) || !track(u, true) {
-				return
-			}
-			defer track(c, false)
-			defer track(u, false)
+			// When ctx ends, both connections close and both copies end.
+			stop := context.AfterFunc(ctx, func() { c.Close(); u.Close() })
+			defer stop()
 			var half sync.WaitGroup
 			half.Go(func() {
 				relayCopy(u, c.(*net.TCPConn))

@@ -100,8 +100,14 @@ func TestRelay(t *testing.T) {
 }
 
 func TestRelayRefusesNonLoopback(t *testing.T) {
-	err := Relay(context.Background(), RelayConfig{Listen: "127.0.0.1:0", To: netip.MustParseAddrPort("192.0.2.1:80")})
-	if err == nil || !strings.Contains(err.Error(), "not loopback") {
-		t.Fatalf("got %v, want a refusal of the non-loopback upstream", err)
+	for _, cfg := range []RelayConfig{
+		{Listen: "127.0.0.1:0", To: netip.MustParseAddrPort("192.0.2.1:80")},
+		{Listen: "0.0.0.0:0", To: netip.MustParseAddrPort("127.0.0.1:80")},
+		{Listen: "localhost:0", To: netip.MustParseAddrPort("127.0.0.1:80")},
+	} {
+		err := Relay(context.Background(), cfg)
+		if err == nil || !strings.Contains(err.Error(), "loopback") {
+			t.Errorf("%+v: got %v, want a refusal of the non-loopback address", cfg, err)
+		}
 	}
 }
