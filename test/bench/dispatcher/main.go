@@ -141,14 +141,13 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 	base := "https://" + l.Addr().String()
 
 	var (
-		items     atomic.Int64
-		requests  atomic.Int64
-		retries   atomic.Int64
-		mu        sync.Mutex
-		latencies []time.Duration
-		samples   []sample // with -timeline
-		wg        sync.WaitGroup
-		firstErr  atomic.Pointer[error]
+		items    atomic.Int64
+		requests atomic.Int64
+		retries  atomic.Int64
+		mu       sync.Mutex
+		samples  []sample // every acked request
+		wg       sync.WaitGroup
+		firstErr atomic.Pointer[error]
 	)
 	// interval is each client's time between requests when paced. A
 	// request carries batchSize events, or one usage report every
@@ -207,8 +206,7 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 		c := ingestclient.New(base, tlsconfig.MTLSClientConfig(csvid, ca.Bundle(), tlsconfig.AuthorizeID(serverID)))
 		defer c.Close()
 		wg.Go(func() {
-			var mine []time.Duration
-			var timed []sample
+			var mine []sample
 			run := fmt.Sprintf("run-%d", i)
 			// Spread the clients' schedules over one interval.
 			started := time.Now().Add(interval * time.Duration(i) / time.Duration(nClients))
@@ -239,11 +237,7 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 				for {
 					_, err := send()
 					if err == nil {
-						lat := time.Since(t0)
-						mine = append(mine, lat)
-						if timeline {
-							timed = append(timed, sample{at: t0.Sub(start), lat: lat})
-						}
+						mine = append(mine, sample{at: t0.Sub(start), lat: time.Since(t0)})
 						items.Add(int64(count))
 						requests.Add(1)
 						break
@@ -258,8 +252,7 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 				}
 			}
 			mu.Lock()
-			latencies = append(latencies, mine...)
-			samples = append(samples, timed...)
+			samples = append(samples, mine...)
 			mu.Unlock()
 		})
 	}
@@ -273,13 +266,11 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 	if err != nil {
 		return err
 	}
-	slices.Sort(latencies)
-	pct := func(p float64) time.Duration {
-		if len(latencies) == 0 {
-			return 0
-		}
-		return latencies[min(len(latencies)-1, int(float64(len(latencies))*p))]
+	latencies := make([]time.Duration, len(samples))
+	for i, x := range samples {
+		latencies[i] = x.lat
 	}
+	slices.Sort(latencies)
 	mode := "closed loop (as fast as answered)"
 	if rate > 0 {
 		mode = fmt.Sprintf("paced at %d items/s offered", rate)
@@ -295,7 +286,7 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 	fmt.Println("|---|---|---|---|---|---|---|---|---|")
 	fmt.Printf("| %d | %d | %d | %.1f | %.0f | %s | %s | %s | %s |\n",
 		items.Load(), requests.Load(), retries.Load(), elapsed.Seconds(), float64(items.Load())/elapsed.Seconds(),
-		ms(pct(0.50)), ms(pct(0.90)), ms(pct(0.99)), ms(pct(1)))
+		ms(percentile(latencies, 0.50)), ms(percentile(latencies, 0.90)), ms(percentile(latencies, 0.99)), ms(percentile(latencies, 1)))
 
 	n := float64(items.Load())
 	self, pg := (cpu1.self - cpu0.self).Seconds(), (cpu1.pg - cpu0.pg).Seconds()
@@ -535,6 +526,14 @@ func procCPU(pid string, children bool) time.Duration {
 	return time.Duration(sum) * time.Second / clockTicks
 }
 
+// percentile is the p quantile (0 to 1) of sorted, 0 when it is empty.
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	return sorted[min(len(sorted)-1, int(float64(len(sorted))*p))]
+}
+
 // sample is one request's scheduled time (from the start of the run) and
 // latency.
 type sample struct{ at, lat time.Duration }
@@ -567,7 +566,7 @@ func printTimeline(samples []sample, ticks []tick, first tick) {
 		slices.Sort(lats)
 		row := fmt.Sprintf("| %d | %d |", sec, n)
 		if n > 0 {
-			row += fmt.Sprintf(" %s | %s |", ms(lats[min(n-1, n*99/100)]), ms(lats[n-1]))
+			row += fmt.Sprintf(" %s | %s |", ms(percentile(lats, 0.99)), ms(percentile(lats, 1)))
 		} else {
 			row += " | |"
 		}
