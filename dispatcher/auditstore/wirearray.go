@@ -73,18 +73,23 @@ func (a *arrayBuilder) int32(v int32) {
 	a.n++
 }
 
-// pgEpoch is the origin of Postgres's binary dates and timestamps.
-var pgEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+// pgEpoch is the origin of Postgres's binary dates and timestamps, in
+// Unix seconds and microseconds (computed once: every row writes both).
+var (
+	pgEpoch      = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+	pgEpochUnix  = pgEpoch.Unix()
+	pgEpochMicro = pgEpoch.UnixMicro()
+)
 
 // timestamptz appends t as microseconds since pgEpoch (t must already be
 // at microsecond precision).
 func (a *arrayBuilder) timestamptz(t time.Time) {
-	a.int64(t.UnixMicro() - pgEpoch.UnixMicro())
+	a.int64(t.UnixMicro() - pgEpochMicro)
 }
 
 // date appends the day of t (a UTC midnight) as days since pgEpoch.
 func (a *arrayBuilder) date(t time.Time) {
-	a.int32(int32((t.Unix() - pgEpoch.Unix()) / 86400))
+	a.int32(int32((t.Unix() - pgEpochUnix) / (24 * 60 * 60)))
 }
 
 // array finishes the array. The builder must not be written again before

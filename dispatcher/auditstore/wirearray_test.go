@@ -45,27 +45,7 @@ func TestWireArraysRoundTrip(t *testing.T) {
 	ints := []int64{0, 1, -1, 1 << 62}
 	blobs := [][]byte{bytes.Repeat([]byte{0xab}, 32), {}, {0, 1, 2}}
 
-	var ta, ma, sa, ia, ba, na, ea arrayBuilder
-	ta.reset(pgtype.TextOID)
-	for _, s := range texts {
-		ta.text(s)
-	}
-	ma.reset(pgtype.DateOID)
-	for _, m := range months {
-		ma.date(m)
-	}
-	sa.reset(pgtype.TimestamptzOID)
-	for _, s := range stamps {
-		sa.timestamptz(s)
-	}
-	ia.reset(pgtype.Int8OID)
-	for _, i := range ints {
-		ia.int64(i)
-	}
-	ba.reset(pgtype.ByteaOID)
-	for _, b := range blobs {
-		ba.bytes(b)
-	}
+	var na, ea arrayBuilder
 	na.reset(pgtype.TextOID)
 	na.bytes([]byte(`{"a":1}`))
 	na.null()
@@ -83,7 +63,9 @@ func TestWireArraysRoundTrip(t *testing.T) {
 		card      int
 	)
 	err = conn.QueryRow(ctx, `SELECT $1::text[], $2::date[], $3::timestamptz[], $4::bigint[], $5::bytea[], $6::text[], $7::text[], cardinality($7::text[])`,
-		ta.array(), ma.array(), sa.array(), ia.array(), ba.array(), na.array(), ea.array()).
+		build(pgtype.TextOID, texts, (*arrayBuilder).text), build(pgtype.DateOID, months, (*arrayBuilder).date),
+		build(pgtype.TimestamptzOID, stamps, (*arrayBuilder).timestamptz), build(pgtype.Int8OID, ints, (*arrayBuilder).int64),
+		build(pgtype.ByteaOID, blobs, (*arrayBuilder).bytes), na.array(), ea.array()).
 		Scan(&gotTexts, &gotMonths, &gotStamps, &gotInts, &gotBlobs, &gotNulls, &gotEmpty, &card)
 	if err != nil {
 		t.Fatal(err)
@@ -119,4 +101,14 @@ func TestWireArraysRoundTrip(t *testing.T) {
 	if err := conn.QueryRow(ctx, `SELECT $1::text[]`, []string{"a", "b"}).Scan(&plain); err != nil || !slices.Equal(plain, []string{"a", "b"}) {
 		t.Errorf("plain []string after registering: got %q, %v", plain, err)
 	}
+}
+
+// build is an array of elemOID elements made of vals with add.
+func build[T any](elemOID uint32, vals []T, add func(*arrayBuilder, T)) wireArray {
+	var a arrayBuilder
+	a.reset(elemOID)
+	for _, v := range vals {
+		add(&a, v)
+	}
+	return a.array()
 }
