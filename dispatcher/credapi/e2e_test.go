@@ -31,6 +31,7 @@ import (
 	"github.com/cordon-dev/cordon/dispatcher/credentials"
 	"github.com/cordon-dev/cordon/dispatcher/ingest"
 	"github.com/cordon-dev/cordon/internal/datasets"
+	"github.com/cordon-dev/cordon/internal/mtls"
 	"github.com/cordon-dev/cordon/sidecar/credserver"
 	"github.com/cordon-dev/cordon/sidecar/credsource"
 	"github.com/cordon-dev/cordon/test/fakeaws"
@@ -185,7 +186,7 @@ func (d *dispatcher) source(org, job, run string, decl datasets.Declaration) *cr
 		d.t.Fatal(err)
 	}
 	src, err := credsource.New(credsource.Config{
-		URL: d.base, TLS: credsource.TLSConfig(svid, d.ca.Bundle(), d.serverID), RunID: run, Declaration: decl,
+		URL: d.base, TLS: mtls.ClientConfig(svid, d.ca.Bundle(), d.serverID), RunID: run, Declaration: decl,
 	})
 	if err != nil {
 		d.t.Fatal(err)
@@ -428,7 +429,7 @@ func TestSidecarTalksOnlyToTheDispatcher(t *testing.T) {
 		t.Fatal(err)
 	}
 	impostor := spiffeid.RequireFromSegments(d.ca.TrustDomain(), "not-the-dispatcher")
-	src, err := credsource.New(credsource.Config{URL: d.base, TLS: credsource.TLSConfig(svid, d.ca.Bundle(), impostor),
+	src, err := credsource.New(credsource.Config{URL: d.base, TLS: mtls.ClientConfig(svid, d.ca.Bundle(), impostor),
 		RunID: "run-x", Declaration: scoped})
 	if err != nil {
 		t.Fatal(err)
@@ -450,7 +451,7 @@ func TestSidecarTalksOnlyToTheDispatcher(t *testing.T) {
 	}
 	// The foreign caller trusts our bundle, so only the server's check of
 	// the client certificate stands in its way.
-	fsrc, err := credsource.New(credsource.Config{URL: d.base, TLS: credsource.TLSConfig(fsvid, d.ca.Bundle(), d.serverID),
+	fsrc, err := credsource.New(credsource.Config{URL: d.base, TLS: mtls.ClientConfig(fsvid, d.ca.Bundle(), d.serverID),
 		RunID: "run-y", Declaration: scoped})
 	if err != nil {
 		t.Fatal(err)

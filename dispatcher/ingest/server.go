@@ -26,10 +26,10 @@ import (
 	"github.com/cordon-dev/cordon/dispatcher/auditstore"
 	"github.com/cordon-dev/cordon/internal/audit"
 	"github.com/cordon-dev/cordon/internal/jobid"
+	"github.com/cordon-dev/cordon/internal/mtls"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
@@ -137,9 +137,7 @@ func New(cfg Config) (*Server, error) {
 // dispatcher's SVID from svid, and clients accepted only with an SVID of
 // trust domain td.
 func ServerTLSConfig(svid x509svid.Source, bundle x509bundle.Source, td spiffeid.TrustDomain) *tls.Config {
-	c := tlsconfig.MTLSServerConfig(svid, bundle, tlsconfig.AuthorizeMemberOf(td))
-	c.MinVersion = tls.VersionTLS13
-	return c
+	return mtls.ServerConfig(svid, bundle, td)
 }
 
 // Handler is the API's HTTP handler (it expects r.TLS with a verified

@@ -3,9 +3,9 @@ package proxy
 import (
 	"crypto/tls"
 
+	"github.com/cordon-dev/cordon/internal/mtls"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
@@ -14,7 +14,5 @@ import (
 // and is a member of td (any ID: ServeTLS then maps it to a job), TLS 1.3
 // only (DESIGN.md: every Cordon connection is mTLS 1.3).
 func GatewayTLSConfig(svid x509svid.Source, bundle x509bundle.Source, td spiffeid.TrustDomain) *tls.Config {
-	c := tlsconfig.MTLSServerConfig(svid, bundle, tlsconfig.AuthorizeMemberOf(td))
-	c.MinVersion = tls.VersionTLS13
-	return c
+	return mtls.ServerConfig(svid, bundle, td)
 }

@@ -13,11 +13,11 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/cordon-dev/cordon/egress-proxy/authority"
 	"github.com/cordon-dev/cordon/egress-proxy/policy"
+	"github.com/cordon-dev/cordon/internal/mtls"
 )
 
 // GatewayUpstream sends the traffic a sidecar allowed on through the
@@ -56,9 +56,7 @@ type GatewayUpstream struct {
 // the sidecar presents its SVID and accepts only a server presenting
 // exactly gateway (spiffe://TD/cordon/egress-gateway), TLS 1.3 only.
 func GatewayClientTLSConfig(svid x509svid.Source, bundle x509bundle.Source, gateway spiffeid.ID) *tls.Config {
-	c := tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeID(gateway))
-	c.MinVersion = tls.VersionTLS13
-	return c
+	return mtls.ClientConfig(svid, bundle, gateway)
 }
 
 func (g *GatewayUpstream) validate() error {

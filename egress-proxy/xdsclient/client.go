@@ -35,7 +35,6 @@ import (
 	"github.com/cenkalti/backoff/v5"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -44,6 +43,7 @@ import (
 
 	"github.com/cordon-dev/cordon/internal/allowlist"
 	"github.com/cordon-dev/cordon/internal/jobid"
+	"github.com/cordon-dev/cordon/internal/mtls"
 	"github.com/cordon-dev/cordon/xds/routeconfig"
 )
 
@@ -177,9 +177,7 @@ func (c *Client) LastNACK() string {
 // tlsConfig is mTLS with our SVID, TLS 1.3 only, the server authorized by
 // its exact SPIFFE ID.
 func (c *Client) tlsConfig() *tls.Config {
-	tc := tlsconfig.MTLSClientConfig(c.cfg.SVID, c.cfg.Bundles, tlsconfig.AuthorizeID(c.cfg.ServerID))
-	tc.MinVersion = tls.VersionTLS13
-	return tc
+	return mtls.ClientConfig(c.cfg.SVID, c.cfg.Bundles, c.cfg.ServerID)
 }
 
 // Run subscribes until ctx is done, reconnecting with backoff whenever the

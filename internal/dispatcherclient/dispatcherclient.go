@@ -1,7 +1,7 @@
 // Package dispatcherclient is the connection every sidecar client of the
 // dispatcher shares (dispatcher/ingestclient, internal/admit,
-// sidecar/credsource): the mTLS client configuration, the check of the
-// dispatcher's base URL, and the http.Client over them.
+// sidecar/credsource): the check of the dispatcher's base URL, and the
+// http.Client over an mTLS configuration (internal/mtls.ClientConfig).
 //
 // It is not any API's client: what is sent, and what an answer means, is
 // each client's own.
@@ -14,21 +14,7 @@ import (
 	"net/url"
 	"strings"
 	"time"
-
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
-
-// TLSConfig is the mTLS client configuration for the dispatcher: TLS 1.3,
-// the sidecar's SVID from svid (a *workloadapi.X509Source is both
-// sources), and only the server whose SPIFFE ID is dispatcher accepted.
-func TLSConfig(svid x509svid.Source, bundle x509bundle.Source, dispatcher spiffeid.ID) *tls.Config {
-	c := tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeID(dispatcher))
-	c.MinVersion = tls.VersionTLS13
-	return c
-}
 
 // BaseURL checks that raw is the dispatcher's https://host[:port] (no
 // query, fragment or user) and returns it without a trailing slash, ready

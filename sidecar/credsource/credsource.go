@@ -24,10 +24,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-
 	"github.com/cordon-dev/cordon/internal/datasets"
 	"github.com/cordon-dev/cordon/internal/dispatcherclient"
 	"github.com/cordon-dev/cordon/sidecar/credserver"
@@ -49,7 +45,7 @@ type Config struct {
 	// URL is the dispatcher's base URL, https://host:port. Required.
 	URL string
 	// TLS is the mTLS client configuration: the sidecar's SVID, and the
-	// dispatcher authorised by its SPIFFE ID (see TLSConfig). Required
+	// dispatcher authorised by its SPIFFE ID (mtls.ClientConfig). Required
 	// unless HTTPClient is set.
 	TLS *tls.Config
 	// RunID is the run's ID. Required.
@@ -60,12 +56,6 @@ type Config struct {
 	// HTTPClient is used as given when set (its transport must do the
 	// mTLS). If nil, a client over TLS with a 30s timeout.
 	HTTPClient *http.Client
-}
-
-// TLSConfig is the client configuration Config.TLS wants:
-// dispatcherclient.TLSConfig.
-func TLSConfig(svid x509svid.Source, bundle x509bundle.Source, dispatcher spiffeid.ID) *tls.Config {
-	return dispatcherclient.TLSConfig(svid, bundle, dispatcher)
 }
 
 // Source fetches the run's credentials from the dispatcher. It is safe for

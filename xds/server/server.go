@@ -37,7 +37,6 @@ import (
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -46,6 +45,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/cordon-dev/cordon/internal/mtls"
 	"github.com/cordon-dev/cordon/xds/routeconfig"
 )
 
@@ -237,9 +237,7 @@ func (s *Server) setSnapshotLocked(ctx context.Context, key string, n *nodeState
 // SVID, and clients verified against the trust bundle and required to be in
 // the trust domain (what they may fetch is decided per stream).
 func (s *Server) TLSConfig() *tls.Config {
-	c := tlsconfig.MTLSServerConfig(s.cfg.SVID, s.cfg.Bundles, tlsconfig.AuthorizeMemberOf(s.cfg.TrustDomain))
-	c.MinVersion = tls.VersionTLS13
-	return c
+	return mtls.ServerConfig(s.cfg.SVID, s.cfg.Bundles, s.cfg.TrustDomain)
 }
 
 // Serve serves ADS on lis until ctx is done, then stops gracefully within

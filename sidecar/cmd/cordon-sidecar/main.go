@@ -29,6 +29,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -45,8 +46,8 @@ import (
 	"github.com/cordon-dev/cordon/dispatcher/ingestclient"
 	"github.com/cordon-dev/cordon/egress-proxy/proxy"
 	"github.com/cordon-dev/cordon/internal/admit"
-	"github.com/cordon-dev/cordon/internal/dispatcherclient"
 	"github.com/cordon-dev/cordon/internal/logbuf"
+	"github.com/cordon-dev/cordon/internal/mtls"
 	"github.com/cordon-dev/cordon/sidecar/agent"
 	"github.com/cordon-dev/cordon/sidecar/confine"
 	"github.com/cordon-dev/cordon/sidecar/credserver"
@@ -247,15 +248,20 @@ func agentCmd(args []string) int {
 		return 2
 	}
 	// The dispatcher's SPIFFE ID, in the SVID's trust domain unless given.
-	serverID := func(id agent.Identity) (spiffeid.ID, error) {
+	// dispatcherTLS is the mTLS client configuration of every request to
+	// the dispatcher: id's SVID, and only the dispatcher's SPIFFE ID
+	// (--dispatcher-id, else /dispatcher in id's trust domain) accepted.
+	dispatcherTLS := func(id agent.Identity) (*tls.Config, error) {
+		server, err := spiffeid.FromPath(id.ID.TrustDomain(), "/dispatcher")
 		if dispatcherID != "" {
-			sid, err := spiffeid.FromString(dispatcherID)
-			if err != nil {
-				return spiffeid.ID{}, fmt.Errorf("--dispatcher-id %q: %w", dispatcherID, err)
+			if server, err = spiffeid.FromString(dispatcherID); err != nil {
+				return nil, fmt.Errorf("--dispatcher-id %q: %w", dispatcherID, err)
 			}
-			return sid, nil
 		}
-		return spiffeid.FromPath(id.ID.TrustDomain(), "/dispatcher")
+		if err != nil {
+			return nil, err
+		}
+		return mtls.ClientConfig(id.Source, id.Source, server), nil
 	}
 	var counter egress.Counter
 	ec.Counter = &counter
@@ -272,33 +278,32 @@ func agentCmd(args []string) int {
 		cfg.Audit = d.Events()
 		cfg.Usage = d.Usage()
 		cfg.Deliver = func(ctx context.Context, id agent.Identity) error {
-			server, err := serverID(id)
+			tc, err := dispatcherTLS(id)
 			if err != nil {
 				return err
 			}
 			// A request that hangs (a dispatcher mid-restart) is abandoned and
 			// retried well before the spool notices nothing moves.
-			client := ingestclient.New(dispatcher, dispatcherclient.TLSConfig(id.Source, id.Source, server), ingestclient.WithTimeout(10*time.Second))
+			client := ingestclient.New(dispatcher, tc, ingestclient.WithTimeout(10*time.Second))
 			defer client.Close()
 			return d.Run(ctx, client)
 		}
 		if *admission {
 			cfg.NewAdmitter = func(ctx context.Context, id agent.Identity) (agent.Admitter, error) {
-				server, err := serverID(id)
+				tc, err := dispatcherTLS(id)
 				if err != nil {
 					return nil, err
 				}
-				return admit.New(dispatcher, dispatcherclient.TLSConfig(id.Source, id.Source, server), 10*time.Second)
+				return admit.New(dispatcher, tc, 10*time.Second)
 			}
 		}
 		if haveDecl {
 			cfg.NewCredentials = func(ctx context.Context, id agent.Identity, runID string) (credserver.Source, error) {
-				server, err := serverID(id)
+				tc, err := dispatcherTLS(id)
 				if err != nil {
 					return nil, err
 				}
-				return credsource.New(credsource.Config{URL: dispatcher, RunID: runID, Declaration: decl,
-					TLS: dispatcherclient.TLSConfig(id.Source, id.Source, server)})
+				return credsource.New(credsource.Config{URL: dispatcher, RunID: runID, Declaration: decl, TLS: tc})
 			}
 		}
 	} else {
