@@ -290,21 +290,30 @@ type headKey struct {
 	month      int64 // Unix seconds of the month's first day
 }
 
-// chainList is every chain of a transaction, in lock order, as the
-// columns of the statements that lock and move their heads.
-type chainList struct {
+// chainColumns name chains, one per index, as statement parameters.
+type chainColumns struct {
 	orgs, classes []string
 	months        []time.Time
-	heads         map[headKey]*chainHead
+}
+
+func (c *chainColumns) add(org string, k chainKey) {
+	c.orgs = append(c.orgs, org)
+	c.classes = append(c.classes, k.class)
+	c.months = append(c.months, k.month)
+}
+
+// chainList is every chain of a transaction, in lock order, with where
+// each one's locked head goes.
+type chainList struct {
+	chainColumns
+	heads map[headKey]*chainHead
 }
 
 func newChainList(orgs []*orgAppend) *chainList {
 	l := &chainList{heads: map[headKey]*chainHead{}}
 	for _, a := range orgs {
 		for i, k := range a.keys {
-			l.orgs = append(l.orgs, a.org)
-			l.classes = append(l.classes, k.class)
-			l.months = append(l.months, k.month)
+			l.add(a.org, k)
 			l.heads[headKey{a.org, k.class, k.month.Unix()}] = &a.heads[i]
 		}
 	}
@@ -375,12 +384,11 @@ func queueLock(b *pgx.Batch, orgs []*orgAppend, chains *chainList, optimistic bo
 	}
 }
 
-// headMoves are the chain heads a transaction moves forward.
+// headMoves are the chain heads a transaction moves forward, and where to.
 type headMoves struct {
-	orgs, classes []string
-	months        []time.Time
-	seqs          []int64
-	hashes        [][]byte
+	chainColumns
+	seqs   []int64
+	hashes [][]byte
 }
 
 // chain numbers and hashes the new rows of each of a's chains from its
@@ -401,9 +409,7 @@ func (a *orgAppend) chain(c *columns, m *headMoves) {
 			c.add(r)
 		}
 		if seq != a.heads[i].seq {
-			m.orgs = append(m.orgs, a.org)
-			m.classes = append(m.classes, k.class)
-			m.months = append(m.months, k.month)
+			m.add(a.org, k)
 			m.seqs = append(m.seqs, seq)
 			m.hashes = append(m.hashes, prev)
 		}
