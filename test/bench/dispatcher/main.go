@@ -52,10 +52,13 @@ func main() {
 	writers := flag.Int("writers", 4, "dispatcher writer goroutines")
 	durable := flag.Bool("durable", true, "keep fsync and synchronous_commit on in Postgres")
 	pgStat := flag.Bool("pgstat", false, "print the statements Postgres spent most time on")
+	warmup := flag.Duration("warmup", 0, "offer the same load this long before the measured duration, counting nothing: a fresh cluster spends its first tens of seconds creating WAL segments (zero-filled and fsynced in the commit path) that a server that has been up recycles")
 	timeline := flag.Bool("timeline", false, "also print one row per second: requests scheduled in it, their p99 and max, CPU of this process and of postgres, and the host's steal and iowait")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the dispatcher and clients here")
 	pgSettings := settingsFlag{}
 	flag.Var(pgSettings, "pgset", "extra postgres setting name=value (repeatable), to try a setting before it goes into the benchmark's defaults")
+	var sqls sqlFlag
+	flag.Var(&sqls, "sql", "a statement run as superuser after the migrations (repeatable), to try a schema change before it goes into a migration")
 	flag.Parse()
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
@@ -65,7 +68,7 @@ func main() {
 		pprof.StartCPUProfile(f)
 		defer pprof.StopCPUProfile()
 	}
-	if err := run(*clients, *orgs, *duration, *batch, *usageEvery, *writers, *rate, *durable, *pgStat, *timeline, pgSettings); err != nil {
+	if err := run(*clients, *orgs, *warmup, *duration, *batch, *usageEvery, *writers, *rate, *durable, *pgStat, *timeline, pgSettings, sqls); err != nil {
 		pprof.StopCPUProfile()
 		log.Fatal(err)
 	}
@@ -85,7 +88,34 @@ func (s settingsFlag) Set(v string) error {
 	return nil
 }
 
-func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, writers, rate int, durable, pgStat, timeline bool, pgSettings map[string]string) error {
+// sqlFlag collects -sql statements.
+type sqlFlag []string
+
+func (s *sqlFlag) String() string { return strings.Join(*s, "; ") }
+
+func (s *sqlFlag) Set(v string) error { *s = append(*s, v); return nil }
+
+// execAll runs each statement on db as the superuser and prints it, so
+// the run's output says what schema it measured.
+func execAll(ctx context.Context, db string, sqls []string) error {
+	if len(sqls) == 0 {
+		return nil
+	}
+	conn, err := pgx.Connect(ctx, db)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	for _, q := range sqls {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			return fmt.Errorf("-sql %q: %w", q, err)
+		}
+		fmt.Printf("schema change: %s\n", q)
+	}
+	return nil
+}
+
+func run(nClients, nOrgs int, warmup, duration time.Duration, batchSize, usageEvery, writers, rate int, durable, pgStat, timeline bool, pgSettings map[string]string, sqls []string) error {
 	ctx := context.Background()
 	// The dispatcher's garbage collector target, as cordon-dispatcher
 	// serve sets it (this process is the dispatcher and its clients).
@@ -111,6 +141,9 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 		return err
 	}
 	if _, err := auditstore.Migrate(ctx, db, nil); err != nil {
+		return err
+	}
+	if err := execAll(ctx, db, sqls); err != nil {
 		return err
 	}
 	store, err := auditstore.Open(ctx, db, auditstore.Options{MaxConns: int32(writers + 2)})
@@ -167,35 +200,13 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 	if err != nil {
 		return err
 	}
-	wal0, err := walNow(ctx, db)
-	if err != nil {
-		return err
+	type client struct {
+		c        *ingestclient.Client
+		org, job string
+		id       spiffeid.ID
 	}
-	cpu0 := cpuNow(pgPID)
-	deadline := time.Now().Add(duration)
-	start := time.Now()
-	var ticks []tick
-	stopTicks := func() {}
-	if timeline {
-		stop, done := make(chan struct{}), make(chan struct{})
-		stopTicks = sync.OnceFunc(func() { close(stop); <-done })
-		defer stopTicks()
-		go func() {
-			defer close(done)
-			t := time.NewTicker(time.Second)
-			defer t.Stop()
-			for {
-				select {
-				case <-stop:
-					return
-				case <-t.C:
-					ticks = append(ticks, tick{cpu: cpuNow(pgPID), host: hostNow()})
-				}
-			}
-		}()
-	}
-	host0 := hostNow()
-	for i := range nClients {
+	cs := make([]client, nClients)
+	for i := range cs {
 		org := fmt.Sprintf("org-%d", i%nOrgs)
 		job := fmt.Sprintf("job-%d", i)
 		id, _ := ca.JobID(org, job)
@@ -205,11 +216,20 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 		}
 		c := ingestclient.New(base, tlsconfig.MTLSClientConfig(csvid, ca.Bundle(), tlsconfig.AuthorizeID(serverID)))
 		defer c.Close()
+		cs[i] = client{c, org, job, id}
+	}
+	// The clients start warmup before the measured start; requests
+	// scheduled before it are sent but not counted.
+	begin := time.Now()
+	start := begin.Add(warmup)
+	deadline := start.Add(duration)
+	for i, cl := range cs {
+		c, org, job, id := cl.c, cl.org, cl.job, cl.id
 		wg.Go(func() {
 			var mine []sample
 			run := fmt.Sprintf("run-%d", i)
 			// Spread the clients' schedules over one interval.
-			started := time.Now().Add(interval * time.Duration(i) / time.Duration(nClients))
+			started := begin.Add(interval * time.Duration(i) / time.Duration(nClients))
 			for n := 0; time.Now().Before(deadline); n++ {
 				evs := make([]audit.Event, batchSize)
 				for k := range evs {
@@ -237,9 +257,11 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 				for {
 					_, err := send()
 					if err == nil {
-						mine = append(mine, sample{at: t0.Sub(start), lat: time.Since(t0)})
-						items.Add(int64(count))
-						requests.Add(1)
+						if !t0.Before(start) {
+							mine = append(mine, sample{at: t0.Sub(start), lat: time.Since(t0)})
+							items.Add(int64(count))
+							requests.Add(1)
+						}
 						break
 					}
 					var re *ingestclient.RetryableError
@@ -247,7 +269,9 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 						firstErr.CompareAndSwap(nil, &err)
 						return
 					}
-					retries.Add(1)
+					if !t0.Before(start) {
+						retries.Add(1)
+					}
 					time.Sleep(min(re.After, 100*time.Millisecond))
 				}
 			}
@@ -256,8 +280,37 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 			mu.Unlock()
 		})
 	}
+	time.Sleep(time.Until(start))
+	wal0, err := walNow(ctx, db)
+	if err != nil {
+		return err
+	}
+	cpu0 := cpuNow(pgPID)
+	var ticks []tick
+	stopTicks := func() {}
+	if timeline {
+		stop, done := make(chan struct{}), make(chan struct{})
+		stopTicks = sync.OnceFunc(func() { close(stop); <-done })
+		defer stopTicks()
+		go func() {
+			defer close(done)
+			t := time.NewTicker(time.Second)
+			defer t.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-t.C:
+					ticks = append(ticks, tick{cpu: cpuNow(pgPID), host: hostNow()})
+				}
+			}
+		}()
+	}
+	host0 := hostNow()
 	wg.Wait()
 	elapsed := time.Since(start)
+	// -cpuprofile covers the load, not verify.
+	pprof.StopCPUProfile()
 	cpu1 := cpuNow(pgPID)
 	if p := firstErr.Load(); p != nil {
 		return *p
@@ -274,6 +327,9 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 	mode := "closed loop (as fast as answered)"
 	if rate > 0 {
 		mode = fmt.Sprintf("paced at %d items/s offered", rate)
+	}
+	if warmup > 0 {
+		mode += fmt.Sprintf(", measured after a %s warm-up at the same load", warmup)
 	}
 	fmt.Printf("\ndispatcher ingest, %s: %d clients, %d orgs, %d events/request, usage every %d requests, %d writers, durable=%v, GC %d%%\n",
 		mode, nClients, nOrgs, batchSize, usageEvery, writers, durable, gcPercent)
@@ -315,6 +371,9 @@ func run(nClients, nOrgs int, duration time.Duration, batchSize, usageEvery, wri
 		return err
 	}
 	fmt.Printf("\nverify: %d rows in %d chains in %.1fs, %d broken\n", rep.Rows, rep.Chains, time.Since(vstart).Seconds(), len(rep.Problems))
+	if err := printSizes(ctx, db, rep.Rows); err != nil {
+		return err
+	}
 	if len(rep.Problems) > 0 {
 		for _, p := range rep.Problems {
 			fmt.Println("BROKEN", p)
@@ -449,6 +508,38 @@ func printStatements(ctx context.Context, db string) {
 type walStats struct{ records, fpi, bytes int64 }
 
 // walNow reads the cluster's WAL counters (pg_stat_wal).
+// printSizes prints the bytes per audit row of the audit_events heap and
+// of each of its indexes, over all partitions: what each index costs in
+// pages written.
+func printSizes(ctx context.Context, db string, rows int64) error {
+	conn, err := pgx.Connect(ctx, db)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	r, err := conn.Query(ctx, `SELECT c.relname, (SELECT sum(pg_relation_size(relid)) FROM pg_partition_tree(c.oid))::bigint
+		FROM pg_class c WHERE c.oid = 'audit_events'::regclass
+			OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = 'audit_events'::regclass)
+		ORDER BY 1`)
+	if err != nil {
+		return fmt.Errorf("read relation sizes: %w", err)
+	}
+	var (
+		name string
+		size int64
+		out  []string
+	)
+	_, err = pgx.ForEachRow(r, []any{&name, &size}, func() error {
+		out = append(out, fmt.Sprintf("%s %.0f", name, float64(size)/float64(max(rows, 1))))
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("read relation sizes: %w", err)
+	}
+	fmt.Printf("bytes per audit row: %s\n", strings.Join(out, ", "))
+	return nil
+}
+
 func walNow(ctx context.Context, db string) (walStats, error) {
 	var w walStats
 	conn, err := pgx.Connect(ctx, db)
