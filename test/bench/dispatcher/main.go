@@ -230,10 +230,17 @@ func run(nClients, nOrgs int, warmup, duration time.Duration, batchSize, usageEv
 			run := fmt.Sprintf("run-%d", i)
 			// Spread the clients' schedules over one interval.
 			started := begin.Add(interval * time.Duration(i) / time.Duration(nClients))
+			// One batch per client, rewritten before each request (the
+			// client encodes it before SendEvents returns): in production
+			// the sidecars build their events on other machines, and here
+			// building them anew cost 8% of this process's CPU.
+			evs := make([]audit.Event, batchSize)
+			for k := range evs {
+				evs[k] = event(id.String(), org, k)
+			}
 			for n := 0; time.Now().Before(deadline); n++ {
-				evs := make([]audit.Event, batchSize)
 				for k := range evs {
-					evs[k] = event(id.String(), org, n, k)
+					refresh(&evs[k], n, k)
 				}
 				var send func() (ingestclient.Result, error)
 				count := len(evs)
@@ -385,23 +392,30 @@ func run(nClients, nOrgs int, warmup, duration time.Duration, batchSize, usageEv
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1fms", float64(d.Microseconds())/1000) }
 
-func event(actor, org string, n, k int) audit.Event {
+// event is the k-th event of a client's batch; refresh makes it new.
+func event(actor, org string, k int) audit.Event {
 	ev := audit.Event{
-		Timestamp: time.Now(),
 		EventType: "EGRESS_ALLOWED",
-		EventID:   audit.NewID(),
 		Actor:     audit.Actor{Type: audit.ActorJob, ID: actor},
 		Resource:  audit.Resource{Type: "EGRESS", ID: "api.example.com:443", TenantID: org},
 		Action:    "CONNECT",
 		Result:    audit.ResultSuccess,
-		Metadata:  map[string]any{"host": "api.example.com", "port": 443, "bytes_out": n*1000 + k, "sni": "api.example.com"},
-		RequestID: fmt.Sprintf("req_%d_%d", n, k),
+		Metadata:  map[string]any{"host": "api.example.com", "port": 443, "bytes_out": 0, "sni": "api.example.com"},
 	}
 	if k%20 == 0 {
 		ev.EventType, ev.Result = "EGRESS_DENIED", audit.ResultDenied
 		ev.Resource.ID = "evil.example.net:443"
 	}
 	return ev
+}
+
+// refresh gives ev a new ID, timestamp, byte count and request ID, for
+// the n-th request of its client.
+func refresh(ev *audit.Event, n, k int) {
+	ev.Timestamp = time.Now()
+	ev.EventID = audit.NewID()
+	ev.Metadata["bytes_out"] = n*1000 + k
+	ev.RequestID = "req_" + strconv.Itoa(n) + "_" + strconv.Itoa(k)
 }
 
 func report(org, job, run string, started time.Time) usage.Report {
