@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cordon-dev/cordon/internal/audit"
@@ -486,6 +487,7 @@ func (s *Store) appendBatches(ctx context.Context, orgs []*orgAppend, chains *ch
 		}
 
 		c := newColumns()
+		defer putColumns(c) // after the batch: pgx has copied the arrays
 		var moves headMoves
 		var usageRows [][]any
 		for _, a := range orgs {
@@ -569,8 +571,17 @@ type columns struct {
 	requestID, prevHash, hash                                          arrayBuilder
 }
 
+// columnsPool keeps the column buffers of finished transactions: each
+// grows to the size of its column over a batch (tens of kilobytes for the
+// metadata and event IDs of a few hundred rows), and building them anew
+// regrew every one from a few kilobytes each transaction.
+var columnsPool = sync.Pool{New: func() any { return &columns{} }}
+
+// newColumns returns empty columns from columnsPool; the caller puts them
+// back once nothing reads their arrays.
 func newColumns() *columns {
-	c := &columns{}
+	c := columnsPool.Get().(*columns)
+	c.n = 0
 	for _, a := range c.text() {
 		a.reset(pgtype.TextOID)
 	}
@@ -580,6 +591,25 @@ func newColumns() *columns {
 	c.prevHash.reset(pgtype.ByteaOID)
 	c.hash.reset(pgtype.ByteaOID)
 	return c
+}
+
+// maxPooledColumns is the most buffer putColumns keeps, so one huge
+// transaction does not pin its memory.
+const maxPooledColumns = 4 << 20
+
+func putColumns(c *columns) {
+	size := 0
+	for _, a := range c.all() {
+		size += cap(a.b)
+	}
+	if size <= maxPooledColumns {
+		columnsPool.Put(c)
+	}
+}
+
+// all returns every column.
+func (c *columns) all() []*arrayBuilder {
+	return append(c.text(), &c.month, &c.seq, &c.ts, &c.prevHash, &c.hash)
 }
 
 // text returns the text columns.
