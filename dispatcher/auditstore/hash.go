@@ -54,6 +54,7 @@ func chainMonth(t time.Time) time.Time {
 type row struct {
 	org, class     string
 	month          time.Time
+	chainID        int64 // audit_chain_heads.chain_id; not hashed (migration 0160)
 	seq            int64
 	ts             time.Time // UTC, microsecond precision (what Postgres keeps)
 	eventType      string

@@ -246,6 +246,7 @@ type orgAppend struct {
 }
 
 type chainHead struct {
+	id   int64 // chain_id
 	seq  int64
 	hash []byte
 }
@@ -341,7 +342,7 @@ func queueLock(b *pgx.Batch, orgs []*orgAppend, chains *chainList, optimistic bo
 		b.Queue(`INSERT INTO audit_chain_heads AS h (org_id, retention_class, chain_month, last_seq, last_hash)
 			SELECT o, c, m, 0, $4 FROM unnest($1::text[], $2::text[], $3::date[]) AS u(o, c, m)
 			ON CONFLICT (org_id, retention_class, chain_month) DO UPDATE SET last_seq = h.last_seq
-			RETURNING org_id, retention_class, chain_month, last_seq, last_hash`,
+			RETURNING org_id, retention_class, chain_month, chain_id, last_seq, last_hash`,
 			chains.orgs, chains.classes, chains.months, genesis).Query(func(rs pgx.Rows) error {
 			var (
 				org, class string
@@ -349,7 +350,7 @@ func queueLock(b *pgx.Batch, orgs []*orgAppend, chains *chainList, optimistic bo
 				head       chainHead
 				n          int
 			)
-			_, err := pgx.ForEachRow(rs, []any{&org, &class, &month, &head.seq, &head.hash}, func() error {
+			_, err := pgx.ForEachRow(rs, []any{&org, &class, &month, &head.id, &head.seq, &head.hash}, func() error {
 				h := chains.heads[headKey{org, class, month.Unix()}]
 				if h == nil {
 					return fmt.Errorf("%w: locked a head (%s, %s, %s) nobody asked for", ErrChainConflict, org, class, month.Format("2006-01"))
@@ -405,7 +406,7 @@ func (a *orgAppend) chain(c *columns, m *headMoves) {
 				continue
 			}
 			seq++
-			r.seq, r.prevHash = seq, prev
+			r.chainID, r.seq, r.prevHash = a.heads[i].id, seq, prev
 			r.hash = r.computeHash()
 			prev = r.hash
 			a.res.EventStored[ri] = true
@@ -565,10 +566,10 @@ func newRow(org string, rec *Record) (row, error) {
 // in FROM: a set-returning function in FROM is materialised into a
 // tuplestore first, which cost Postgres about 5 µs a row more.
 type columns struct {
-	n                                                                  int
-	org, class, month, seq, ts, eventType, eventID, actorType, actorID arrayBuilder
-	actorIP, actorUA, resourceType, resourceID, action, result, md     arrayBuilder
-	requestID, prevHash, hash                                          arrayBuilder
+	n                                                                           int
+	org, class, month, chainID, seq, ts, eventType, eventID, actorType, actorID arrayBuilder
+	actorIP, actorUA, resourceType, resourceID, action, result, md              arrayBuilder
+	requestID, prevHash, hash                                                   arrayBuilder
 }
 
 // columnsPool keeps the column buffers of finished transactions: each
@@ -586,6 +587,7 @@ func newColumns() *columns {
 		a.reset(pgtype.TextOID)
 	}
 	c.month.reset(pgtype.DateOID)
+	c.chainID.reset(pgtype.Int8OID)
 	c.seq.reset(pgtype.Int8OID)
 	c.ts.reset(pgtype.TimestamptzOID)
 	c.prevHash.reset(pgtype.ByteaOID)
@@ -609,7 +611,7 @@ func putColumns(c *columns) {
 
 // all returns every column.
 func (c *columns) all() []*arrayBuilder {
-	return append(c.text(), &c.month, &c.seq, &c.ts, &c.prevHash, &c.hash)
+	return append(c.text(), &c.month, &c.chainID, &c.seq, &c.ts, &c.prevHash, &c.hash)
 }
 
 // text returns the text columns.
@@ -623,6 +625,7 @@ func (c *columns) add(r *row) {
 	c.org.text(r.org)
 	c.class.text(r.class)
 	c.month.date(r.month)
+	c.chainID.int64(r.chainID)
 	c.seq.int64(r.seq)
 	c.ts.timestamptz(r.ts)
 	c.eventType.text(r.eventType)
@@ -649,16 +652,16 @@ func (c *columns) args() []any {
 	return []any{c.org.array(), c.class.array(), c.month.array(), c.seq.array(), c.ts.array(), c.eventType.array(),
 		c.eventID.array(), c.actorType.array(), c.actorID.array(), c.actorIP.array(), c.actorUA.array(),
 		c.resourceType.array(), c.resourceID.array(), c.action.array(), c.result.array(), c.md.array(),
-		c.requestID.array(), c.prevHash.array(), c.hash.array()}
+		c.requestID.array(), c.prevHash.array(), c.hash.array(), c.chainID.array()}
 }
 
 const insertAuditSQL = `INSERT INTO audit_events (org_id, retention_class, chain_month, seq, ts, event_type, event_id,
 	actor_type, actor_id, actor_ip, actor_user_agent, resource_type, resource_id,
-	action, result, metadata, request_id, prev_hash, hash)
+	action, result, metadata, request_id, prev_hash, hash, chain_id)
 	SELECT unnest($1::text[]), unnest($2::text[]), unnest($3::date[]), unnest($4::bigint[]), unnest($5::timestamptz[]), unnest($6::text[]),
 		unnest($7::text[]), unnest($8::text[]), unnest($9::text[]), unnest($10::text[]), unnest($11::text[]),
 		unnest($12::text[]), unnest($13::text[]), unnest($14::text[]), unnest($15::text[]), unnest($16::text[])::json,
-		unnest($17::text[]), unnest($18::bytea[]), unnest($19::bytea[])`
+		unnest($17::text[]), unnest($18::bytea[]), unnest($19::bytea[]), unnest($20::bigint[])`
 
 var usageColumns = []string{
 	"org_id", "report_id", "job_id", "run_id", "final", "started_at", "ended_at", "exit_code",

@@ -586,6 +586,11 @@ func TestVerifyFindsTampering(t *testing.T) {
 		{"renumbered", "UPDATE audit_events SET seq = seq + 100 WHERE event_id = '{A}'", auditstore.KindMissing, 3, false},
 		{"swapped rows", "UPDATE audit_events SET seq = 1000 WHERE event_id = '{A}'; UPDATE audit_events SET seq = 3 WHERE event_id = '{B}'; UPDATE audit_events SET seq = 5 WHERE event_id = '{A}'", auditstore.KindChanged, 3, true},
 		{"head deleted", "DELETE FROM audit_chain_heads", auditstore.KindNoHead, 0, false},
+		// chain_id is not hashed: a row put under another chain's ID
+		// leaves a gap in its own chain, and a row that loses its
+		// chain_id is read with the rows stored before chain IDs, first.
+		{"moved to another chain_id", "UPDATE audit_events SET chain_id = chain_id + 1000 WHERE event_id = '{A}'", auditstore.KindMissing, 3, false},
+		{"chain_id cleared", "UPDATE audit_events SET chain_id = NULL WHERE event_id = '{A}'", auditstore.KindMissing, 1, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -616,6 +621,66 @@ func TestVerifyFindsTampering(t *testing.T) {
 				t.Errorf("problem %s does not name the row's event_id", p)
 			}
 		})
+	}
+}
+
+// TestVerifyReadsRowsStoredBeforeChainIDs checks a chain whose first rows
+// were stored before migration 0160 (no chain_id) and the rest after.
+func TestVerifyReadsRowsStoredBeforeChainIDs(t *testing.T) {
+	url := migratedDB(t)
+	s := openStore(t, url)
+	if _, err := s.Append(ctxT(t), "acme", events("acme", "etl", 3), nil); err != nil {
+		t.Fatal(err)
+	}
+	c := connect(t, url)
+	// What rows stored before the migration look like.
+	if _, err := c.Exec(ctxT(t), "SET session_replication_role = replica; UPDATE audit_events SET chain_id = NULL"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(ctxT(t), "SET session_replication_role = DEFAULT"); err != nil {
+		t.Fatal(err)
+	}
+	evs := events("acme", "etl", 3)
+	res, err := s.Append(ctxT(t), "acme", evs, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(res.EventStored, []bool{true, true, true}) {
+		t.Fatalf("stored %v, want all three", res.EventStored)
+	}
+	// Redelivered after the migration, they are still found stored.
+	if res, err = s.Append(ctxT(t), "acme", evs, nil); err != nil || slices.Contains(res.EventStored, true) {
+		t.Fatalf("redelivery stored %v (%v), want none", res.EventStored, err)
+	}
+	if n := count(t, c, "SELECT count(*) FROM audit_events WHERE chain_id IS NULL"); n != 3 {
+		t.Fatalf("%d rows without chain_id, want 3", n)
+	}
+	if rep := verifyOK(t, url); rep.Rows != 6 {
+		t.Fatalf("verify read %d rows, want 6", rep.Rows)
+	}
+}
+
+// TestEveryPartitionHasChainIndex checks that every leaf partition,
+// including those created after the migrations, keeps its chains unique
+// by (chain_id, seq): the index is per partition (migration 0160), so one
+// missing would go unnoticed until a bug stored a seq twice.
+func TestEveryPartitionHasChainIndex(t *testing.T) {
+	url := migratedDB(t)
+	s := openStore(t, url)
+	if _, err := s.EnsurePartitions(ctxT(t), time.Now().AddDate(0, 6, 0)); err != nil {
+		t.Fatal(err)
+	}
+	c := connect(t, url)
+	leaves := count(t, c, "SELECT count(*) FROM pg_partition_tree('audit_events') WHERE isleaf")
+	if leaves < 20 {
+		t.Fatalf("%d leaf partitions, want at least 20 (two classes, 7 + 6 months, two defaults)", leaves)
+	}
+	missing := count(t, c, `SELECT count(*) FROM pg_partition_tree('audit_events') p WHERE p.isleaf AND NOT EXISTS (
+		SELECT 1 FROM pg_index i WHERE i.indrelid = p.relid AND i.indisunique AND i.indpred IS NULL
+			AND i.indkey::text = (SELECT attnum FROM pg_attribute WHERE attrelid = p.relid AND attname = 'chain_id')::text
+				|| ' ' || (SELECT attnum FROM pg_attribute WHERE attrelid = p.relid AND attname = 'seq')::text)`)
+	if missing != 0 {
+		t.Fatalf("%d of %d leaf partitions have no unique (chain_id, seq) index", missing, leaves)
 	}
 }
 

@@ -65,6 +65,7 @@ func Verify(ctx context.Context, databaseURL, org string) (VerifyReport, error) 
 		org, class string
 		month      time.Time
 		hasHead    bool
+		id         int64 // chain_id, when hasHead
 		lastSeq    int64
 		lastHash   []byte
 		dropped    bool
@@ -74,7 +75,7 @@ func Verify(ctx context.Context, databaseURL, org string) (VerifyReport, error) 
 			SELECT org_id, retention_class, chain_month FROM audit_chain_heads WHERE $1 = '' OR org_id = $1
 			UNION
 			SELECT DISTINCT org_id, retention_class, chain_month FROM audit_events WHERE $1 = '' OR org_id = $1)
-		SELECT c.org_id, c.retention_class, c.chain_month, h.last_seq IS NOT NULL, coalesce(h.last_seq, 0), h.last_hash,
+		SELECT c.org_id, c.retention_class, c.chain_month, h.last_seq IS NOT NULL, coalesce(h.chain_id, 0), coalesce(h.last_seq, 0), h.last_hash,
 			d.chain_month IS NOT NULL
 		FROM c
 		LEFT JOIN audit_chain_heads h USING (org_id, retention_class, chain_month)
@@ -86,7 +87,7 @@ func Verify(ctx context.Context, databaseURL, org string) (VerifyReport, error) 
 	var chains []chain
 	for rows.Next() {
 		var c chain
-		if err := rows.Scan(&c.org, &c.class, &c.month, &c.hasHead, &c.lastSeq, &c.lastHash, &c.dropped); err != nil {
+		if err := rows.Scan(&c.org, &c.class, &c.month, &c.hasHead, &c.id, &c.lastSeq, &c.lastHash, &c.dropped); err != nil {
 			return rep, fmt.Errorf("verify: list chains: %w", err)
 		}
 		chains = append(chains, c)
@@ -108,7 +109,7 @@ func Verify(ctx context.Context, databaseURL, org string) (VerifyReport, error) 
 			rep.Problems = append(rep.Problems, p)
 			continue
 		}
-		n, p, err := verifyChain(ctx, conn, c.org, c.class, c.month, c.lastSeq, c.lastHash)
+		n, p, err := verifyChain(ctx, conn, c.org, c.class, c.month, c.id, c.lastSeq, c.lastHash)
 		rep.Rows += n
 		if err != nil {
 			return rep, err
@@ -120,62 +121,95 @@ func Verify(ctx context.Context, databaseURL, org string) (VerifyReport, error) 
 	return rep, nil
 }
 
-func verifyChain(ctx context.Context, conn *pgx.Conn, org, class string, month time.Time, headSeq int64, headHash []byte) (int64, *Problem, error) {
-	rows, err := conn.Query(ctx, `SELECT seq, ts, event_type, event_id, actor_type, actor_id, actor_ip, actor_user_agent,
-			resource_type, resource_id, action, result, metadata::text, request_id, prev_hash, hash
-		FROM audit_events WHERE org_id = $1 AND retention_class = $2 AND chain_month = $3
-		ORDER BY seq`, org, class, month)
-	if err != nil {
-		return 0, nil, fmt.Errorf("verify: read chain %s/%s/%s: %w", org, class, month.Format("2006-01"), err)
+// verifyChain walks one chain in seq order: the rows stored before chain
+// IDs (migration 0160), which have none, then the rows under its chain_id.
+// A row under another chain_id is not seen, so it shows as a gap; a row
+// of another chain moved under this chain_id fails its hash, which covers
+// the chain's org, class and month.
+func verifyChain(ctx context.Context, conn *pgx.Conn, org, class string, month time.Time, chainID, headSeq int64, headHash []byte) (int64, *Problem, error) {
+	w := chainWalk{org: org, class: class, month: month, wantSeq: 1, prevHash: genesis}
+	const cols = `seq, ts, event_type, event_id, actor_type, actor_id, actor_ip, actor_user_agent,
+			resource_type, resource_id, action, result, metadata::text, request_id, prev_hash, hash`
+	reads := []struct {
+		sql  string
+		args []any
+	}{
+		{`SELECT ` + cols + ` FROM audit_events
+			WHERE org_id = $1 AND retention_class = $2 AND chain_month = $3 AND chain_id IS NULL ORDER BY seq`,
+			[]any{org, class, month}},
+		{`SELECT ` + cols + ` FROM audit_events
+			WHERE chain_id = $1 AND retention_class = $2 AND chain_month = $3 ORDER BY seq`,
+			[]any{chainID, class, month}},
 	}
+	for _, q := range reads {
+		rows, err := conn.Query(ctx, q.sql, q.args...)
+		if err != nil {
+			return w.n, nil, fmt.Errorf("verify: read chain %s/%s/%s: %w", org, class, month.Format("2006-01"), err)
+		}
+		p, err := w.walk(rows)
+		if err != nil {
+			return w.n, nil, fmt.Errorf("verify: read chain %s/%s/%s: %w", org, class, month.Format("2006-01"), err)
+		}
+		if p != nil {
+			return w.n, p, nil
+		}
+	}
+	last := w.wantSeq - 1
+	switch {
+	case last < headSeq:
+		return w.n, w.problem(last+1, "", KindMissing, fmt.Sprintf("rows %d..%d are missing (the chain head says %d rows)", last+1, headSeq, headSeq)), nil
+	case last > headSeq:
+		return w.n, w.problem(headSeq+1, "", KindMissing, fmt.Sprintf("chain head says %d rows but %d exist", headSeq, last)), nil
+	case !bytes.Equal(w.prevHash, headHash):
+		return w.n, w.problem(last, "", KindChanged, "last row's hash does not match the chain head"), nil
+	}
+	return w.n, nil, nil
+}
+
+// chainWalk is where a walk along one chain has got to.
+type chainWalk struct {
+	org, class string
+	month      time.Time
+	n          int64  // rows read
+	wantSeq    int64  // the next row's seq
+	prevHash   []byte // the last row's hash
+}
+
+func (w *chainWalk) problem(seq int64, id, kind, detail string) *Problem {
+	return &Problem{Org: w.org, Class: w.class, Month: w.month, Seq: seq, EventID: id, Kind: kind, Detail: detail}
+}
+
+// walk reads rows (in seq order) on from where w is, and returns the
+// first problem, if any. It closes rows.
+func (w *chainWalk) walk(rows pgx.Rows) (*Problem, error) {
 	defer rows.Close()
-	problem := func(seq int64, id, kind, detail string) *Problem {
-		return &Problem{Org: org, Class: class, Month: month, Seq: seq, EventID: id, Kind: kind, Detail: detail}
-	}
-	var (
-		n        int64
-		wantSeq  int64 = 1
-		prevHash       = genesis
-		r              = row{org: org, class: class, month: month}
-		md       *string
-	)
+	r := row{org: w.org, class: w.class, month: w.month}
+	var md *string
 	for rows.Next() {
 		if err := rows.Scan(&r.seq, &r.ts, &r.eventType, &r.eventID, &r.actorType, &r.actorID, &r.actorIP, &r.actorUA,
 			&r.resourceType, &r.resourceID, &r.action, &r.result, &md, &r.requestID, &r.prevHash, &r.hash); err != nil {
-			return n, nil, fmt.Errorf("verify: read chain %s/%s/%s: %w", org, class, month.Format("2006-01"), err)
+			return nil, err
 		}
-		n++
+		w.n++
 		r.ts = r.ts.UTC()
 		r.metadata = nil
 		if md != nil {
 			r.metadata = []byte(*md)
 		}
 		switch {
-		case r.seq > wantSeq:
-			return n, problem(wantSeq, "", KindMissing, fmt.Sprintf("rows %d..%d are missing (next row present is seq %d, %s)", wantSeq, r.seq-1, r.seq, r.eventID)), nil
-		case r.seq < wantSeq:
-			return n, problem(r.seq, r.eventID, KindReordered, fmt.Sprintf("seq %d appears again after seq %d", r.seq, wantSeq-1)), nil
+		case r.seq > w.wantSeq:
+			return w.problem(w.wantSeq, "", KindMissing, fmt.Sprintf("rows %d..%d are missing (next row present is seq %d, %s)", w.wantSeq, r.seq-1, r.seq, r.eventID)), nil
+		case r.seq < w.wantSeq:
+			return w.problem(r.seq, r.eventID, KindReordered, fmt.Sprintf("seq %d appears again after seq %d", r.seq, w.wantSeq-1)), nil
 		}
 		if !bytes.Equal(r.computeHash(), r.hash) {
-			return n, problem(r.seq, r.eventID, KindChanged, "row content does not match its hash (changed or moved)"), nil
+			return w.problem(r.seq, r.eventID, KindChanged, "row content does not match its hash (changed or moved)"), nil
 		}
-		if !bytes.Equal(r.prevHash, prevHash) {
-			return n, problem(r.seq, r.eventID, KindReordered, fmt.Sprintf("prev_hash does not link to row %d (rows replaced or reordered)", r.seq-1)), nil
+		if !bytes.Equal(r.prevHash, w.prevHash) {
+			return w.problem(r.seq, r.eventID, KindReordered, fmt.Sprintf("prev_hash does not link to row %d (rows replaced or reordered)", r.seq-1)), nil
 		}
-		prevHash = r.hash
-		wantSeq++
+		w.prevHash = r.hash
+		w.wantSeq++
 	}
-	if err := rows.Err(); err != nil {
-		return n, nil, fmt.Errorf("verify: read chain %s/%s/%s: %w", org, class, month.Format("2006-01"), err)
-	}
-	last := wantSeq - 1
-	switch {
-	case last < headSeq:
-		return n, problem(last+1, "", KindMissing, fmt.Sprintf("rows %d..%d are missing (the chain head says %d rows)", last+1, headSeq, headSeq)), nil
-	case last > headSeq:
-		return n, problem(headSeq+1, "", KindMissing, fmt.Sprintf("chain head says %d rows but %d exist", headSeq, last)), nil
-	case !bytes.Equal(prevHash, headHash):
-		return n, problem(last, "", KindChanged, "last row's hash does not match the chain head"), nil
-	}
-	return n, nil, nil
+	return nil, rows.Err()
 }
