@@ -534,6 +534,11 @@ func printSizes(ctx context.Context, db string, rows int64) error {
 	r, err := conn.Query(ctx, `SELECT c.relname, (SELECT sum(pg_relation_size(relid)) FROM pg_partition_tree(c.oid))::bigint
 		FROM pg_class c WHERE c.oid = 'audit_events'::regclass
 			OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = 'audit_events'::regclass)
+		UNION ALL
+		-- The (chain_id, seq) indexes are per partition (migration 0160).
+		SELECT 'chain_seq (per partition)', sum(pg_relation_size(i.indexrelid))::bigint
+		FROM pg_partition_tree('audit_events') p JOIN pg_index i ON i.indrelid = p.relid
+		WHERE p.isleaf AND i.indexrelid::regclass::text LIKE '%\_chain\_seq'
 		ORDER BY 1`)
 	if err != nil {
 		return fmt.Errorf("read relation sizes: %w", err)
