@@ -29,6 +29,9 @@
 -- it. chain_id is not part of the hash: verify checks that a chain's rows
 -- carry its chain_id by finding them under it (a row moved to another
 -- chain_id is a gap in its own chain, and fails its hash in the other).
+--
+-- Building the index of every existing partition blocks ingest while it
+-- runs (as migration 0150 does); sidecars spool and redeliver meanwhile.
 SET LOCAL ROLE cordon_owner;
 
 ALTER TABLE audit_chain_heads ADD COLUMN chain_id bigint GENERATED ALWAYS AS IDENTITY;
