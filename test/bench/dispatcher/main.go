@@ -120,6 +120,11 @@ func run(nClients, nOrgs int, warmup, duration time.Duration, batchSize, usageEv
 	// The dispatcher's garbage collector target, as cordon-dispatcher
 	// serve sets it (this process is the dispatcher and its clients).
 	gcPercent := cli.TuneGC()
+	// Before anything else runs: what the host gives (calibrate.go).
+	cal, err := calibrate()
+	if err != nil {
+		return err
+	}
 	opts := pgtest.Options{Durable: durable, Settings: map[string]string{}}
 	// The settings the audit store is meant to run with, then -pgset's.
 	for k, v := range auditstore.ServerSettings {
@@ -360,8 +365,8 @@ func run(nClients, nOrgs int, warmup, duration time.Duration, batchSize, usageEv
 		float64(wal1.bytes-wal0.bytes)/n, float64(wal1.records-wal0.records)/n, float64(wal1.fpi-wal0.fpi)/n)
 
 	host1 := hostNow()
-	fmt.Printf("host: %.2f cores stolen, %.2f cores in iowait on average\n",
-		(host1.steal-host0.steal)/elapsed.Seconds(), (host1.iowait-host0.iowait)/elapsed.Seconds())
+	fmt.Printf("host: %.2f cores stolen, %.2f cores in iowait on average; before the run, %s\n",
+		(host1.steal-host0.steal)/elapsed.Seconds(), (host1.iowait-host0.iowait)/elapsed.Seconds(), cal)
 	if timeline {
 		stopTicks()
 		printTimeline(samples, ticks, tick{cpu: cpu0, host: host0})
