@@ -473,63 +473,84 @@ func queueWrite(b *pgx.Batch, orgs []*orgAppend, c *columns, m *headMoves, store
 // appendBatches is one attempt of AppendBatches: one transaction, which
 // numbers the rows of orgs from their locked heads and fills in their
 // results.
-func (s *Store) appendBatches(ctx context.Context, orgs []*orgAppend, chains *chainList, optimistic bool) error {
+//
+// BEGIN leads the pipeline that locks the chains instead of taking a
+// round trip of its own (as pgx.BeginFunc's would): a round trip costs a
+// send, a receive and a wake-up on both sides, and a transaction makes
+// three or four. COMMIT stays a round trip of its own, after the write
+// pipeline's results are checked: a check that fails must be able to
+// keep the transaction from committing.
+func (s *Store) appendBatches(ctx context.Context, orgs []*orgAppend, chains *chainList, optimistic bool) (err error) {
 	names := func() string {
 		if len(orgs) == 1 {
 			return "org " + orgs[0].org
 		}
 		return fmt.Sprintf("%d orgs", len(orgs))
 	}
-	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		b := &pgx.Batch{}
-		queueLock(b, orgs, chains, optimistic)
-		if err := tx.SendBatch(ctx, b).Close(); err != nil {
-			return fmt.Errorf("lock audit chains of %s: %w", names(), err)
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("append audit batches of %s: %w", names(), err)
+	}
+	defer conn.Release()
+	defer func() {
+		// The pool would close a connection left in the transaction.
+		if err != nil && !conn.Conn().IsClosed() && conn.Conn().PgConn().TxStatus() != 'I' {
+			conn.Exec(ctx, "ROLLBACK")
 		}
+	}()
+	pg := conn.Conn()
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	queueLock(b, orgs, chains, optimistic)
+	if err := pg.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("lock audit chains of %s: %w", names(), err)
+	}
 
-		c := newColumns()
-		defer putColumns(c) // after the batch: pgx has copied the arrays
-		var moves headMoves
-		var usageRows [][]any
-		for _, a := range orgs {
-			a.chain(c, &moves)
-			for _, i := range a.reportIdx {
-				v, err := usageValues(a.org, &a.reports[i])
-				if err != nil {
-					return err
-				}
-				usageRows = append(usageRows, v)
+	c := newColumns()
+	defer putColumns(c) // after the batch: pgx has copied the arrays
+	var moves headMoves
+	var usageRows [][]any
+	for _, a := range orgs {
+		a.chain(c, &moves)
+		for _, i := range a.reportIdx {
+			v, err := usageValues(a.org, &a.reports[i])
+			if err != nil {
+				return err
 			}
+			usageRows = append(usageRows, v)
 		}
-		if len(usageRows) > 0 {
-			if _, err := tx.CopyFrom(ctx, pgx.Identifier{"usage_stage"}, usageColumns, pgx.CopyFromRows(usageRows)); err != nil {
-				return fmt.Errorf("copy usage reports of %s: %w", names(), err)
-			}
+	}
+	if len(usageRows) > 0 {
+		if _, err := pg.CopyFrom(ctx, pgx.Identifier{"usage_stage"}, usageColumns, pgx.CopyFromRows(usageRows)); err != nil {
+			return fmt.Errorf("copy usage reports of %s: %w", names(), err)
 		}
+	}
 
-		b = &pgx.Batch{}
-		stored := make([]map[string]bool, len(orgs)) // report IDs stored, for orgs with reports
-		queueWrite(b, orgs, c, &moves, stored)
-		if err := tx.SendBatch(ctx, b).Close(); err != nil {
-			if isUniqueViolation(err) {
-				// An event already stored: the plain INSERT refused it.
-				if optimistic {
-					return errDuplicates
-				}
-				// The chains are locked and stored events were left out,
-				// so this is not the client's data at fault: never pass
-				// on the PgError, which would read as a data error.
-				return fmt.Errorf("%w: %s: %v", ErrChainConflict, names(), err)
+	b = &pgx.Batch{}
+	stored := make([]map[string]bool, len(orgs)) // report IDs stored, for orgs with reports
+	queueWrite(b, orgs, c, &moves, stored)
+	if err := pg.SendBatch(ctx, b).Close(); err != nil {
+		if isUniqueViolation(err) {
+			// An event already stored: the plain INSERT refused it.
+			if optimistic {
+				return errDuplicates
 			}
-			return fmt.Errorf("insert batch of %s: %w", names(), err)
+			// The chains are locked and stored events were left out,
+			// so this is not the client's data at fault: never pass
+			// on the PgError, which would read as a data error.
+			return fmt.Errorf("%w: %s: %v", ErrChainConflict, names(), err)
 		}
-		for i, a := range orgs {
-			for _, ri := range a.reportIdx {
-				a.res.UsageStored[ri] = stored[i][a.reports[ri].ReportID]
-			}
+		return fmt.Errorf("insert batch of %s: %w", names(), err)
+	}
+	if _, err := pg.Exec(ctx, "COMMIT"); err != nil {
+		return fmt.Errorf("commit batch of %s: %w", names(), err)
+	}
+	for i, a := range orgs {
+		for _, ri := range a.reportIdx {
+			a.res.UsageStored[ri] = stored[i][a.reports[ri].ReportID]
 		}
-		return nil
-	})
+	}
+	return nil
 }
 
 // isUniqueViolation reports whether err is Postgres refusing a duplicate
