@@ -593,6 +593,57 @@ type columns struct {
 	requestID, prevHash, hash                                                   arrayBuilder
 }
 
+// column is one column of the audit INSERT: the builder of its
+// parameter, the audit_events column it fills and the array type it is
+// sent as (cast is SQL applied to each element, for metadata's json).
+type column struct {
+	a      *arrayBuilder
+	name   string
+	oid    uint32
+	sqlArr string
+	cast   string
+}
+
+// list returns every column in the order of insertAuditSQL's parameters:
+// the one list the statement, its arguments and the buffers' upkeep are
+// derived from.
+func (c *columns) list() []column {
+	text := func(a *arrayBuilder, name string) column { return column{a, name, pgtype.TextOID, "text[]", ""} }
+	return []column{
+		text(&c.org, "org_id"),
+		text(&c.class, "retention_class"),
+		{&c.month, "chain_month", pgtype.DateOID, "date[]", ""},
+		{&c.chainID, "chain_id", pgtype.Int8OID, "bigint[]", ""},
+		{&c.seq, "seq", pgtype.Int8OID, "bigint[]", ""},
+		{&c.ts, "ts", pgtype.TimestamptzOID, "timestamptz[]", ""},
+		text(&c.eventType, "event_type"),
+		text(&c.eventID, "event_id"),
+		text(&c.actorType, "actor_type"),
+		text(&c.actorID, "actor_id"),
+		text(&c.actorIP, "actor_ip"),
+		text(&c.actorUA, "actor_user_agent"),
+		text(&c.resourceType, "resource_type"),
+		text(&c.resourceID, "resource_id"),
+		text(&c.action, "action"),
+		text(&c.result, "result"),
+		{&c.md, "metadata", pgtype.TextOID, "text[]", "::json"},
+		text(&c.requestID, "request_id"),
+		{&c.prevHash, "prev_hash", pgtype.ByteaOID, "bytea[]", ""},
+		{&c.hash, "hash", pgtype.ByteaOID, "bytea[]", ""},
+	}
+}
+
+// insertAuditSQL is INSERT INTO audit_events (columns) SELECT
+// unnest($1::type[]), ...: one statement for every row of a transaction.
+var insertAuditSQL = func() string {
+	var names, values []string
+	for i, col := range (&columns{}).list() {
+		names = append(names, col.name)
+		values = append(values, fmt.Sprintf("unnest($%d::%s)%s", i+1, col.sqlArr, col.cast))
+	}
+	return "INSERT INTO audit_events (" + strings.Join(names, ", ") + ") SELECT " + strings.Join(values, ", ")
+}()
+
 // columnsPool keeps the column buffers of finished transactions: each
 // grows to the size of its column over a batch (tens of kilobytes for the
 // metadata and event IDs of a few hundred rows), and building them anew
@@ -600,19 +651,13 @@ type columns struct {
 var columnsPool = sync.Pool{New: func() any { return &columns{} }}
 
 // newColumns returns empty columns from columnsPool; the caller puts them
-// back once nothing reads their arrays.
+// back with putColumns once nothing reads their arrays.
 func newColumns() *columns {
 	c := columnsPool.Get().(*columns)
 	c.n = 0
-	for _, a := range c.text() {
-		a.reset(pgtype.TextOID)
+	for _, col := range c.list() {
+		col.a.reset(col.oid)
 	}
-	c.month.reset(pgtype.DateOID)
-	c.chainID.reset(pgtype.Int8OID)
-	c.seq.reset(pgtype.Int8OID)
-	c.ts.reset(pgtype.TimestamptzOID)
-	c.prevHash.reset(pgtype.ByteaOID)
-	c.hash.reset(pgtype.ByteaOID)
 	return c
 }
 
@@ -622,23 +667,12 @@ const maxPooledColumns = 4 << 20
 
 func putColumns(c *columns) {
 	size := 0
-	for _, a := range c.all() {
-		size += cap(a.b)
+	for _, col := range c.list() {
+		size += cap(col.a.b)
 	}
 	if size <= maxPooledColumns {
 		columnsPool.Put(c)
 	}
-}
-
-// all returns every column.
-func (c *columns) all() []*arrayBuilder {
-	return append(c.text(), &c.month, &c.chainID, &c.seq, &c.ts, &c.prevHash, &c.hash)
-}
-
-// text returns the text columns.
-func (c *columns) text() []*arrayBuilder {
-	return []*arrayBuilder{&c.org, &c.class, &c.eventType, &c.eventID, &c.actorType, &c.actorID, &c.actorIP,
-		&c.actorUA, &c.resourceType, &c.resourceID, &c.action, &c.result, &c.md, &c.requestID}
 }
 
 func (c *columns) add(r *row) {
@@ -670,19 +704,13 @@ func (c *columns) add(r *row) {
 }
 
 func (c *columns) args() []any {
-	return []any{c.org.array(), c.class.array(), c.month.array(), c.seq.array(), c.ts.array(), c.eventType.array(),
-		c.eventID.array(), c.actorType.array(), c.actorID.array(), c.actorIP.array(), c.actorUA.array(),
-		c.resourceType.array(), c.resourceID.array(), c.action.array(), c.result.array(), c.md.array(),
-		c.requestID.array(), c.prevHash.array(), c.hash.array(), c.chainID.array()}
+	cols := c.list()
+	args := make([]any, len(cols))
+	for i, col := range cols {
+		args[i] = col.a.array()
+	}
+	return args
 }
-
-const insertAuditSQL = `INSERT INTO audit_events (org_id, retention_class, chain_month, seq, ts, event_type, event_id,
-	actor_type, actor_id, actor_ip, actor_user_agent, resource_type, resource_id,
-	action, result, metadata, request_id, prev_hash, hash, chain_id)
-	SELECT unnest($1::text[]), unnest($2::text[]), unnest($3::date[]), unnest($4::bigint[]), unnest($5::timestamptz[]), unnest($6::text[]),
-		unnest($7::text[]), unnest($8::text[]), unnest($9::text[]), unnest($10::text[]), unnest($11::text[]),
-		unnest($12::text[]), unnest($13::text[]), unnest($14::text[]), unnest($15::text[]), unnest($16::text[])::json,
-		unnest($17::text[]), unnest($18::bytea[]), unnest($19::bytea[]), unnest($20::bigint[])`
 
 var usageColumns = []string{
 	"org_id", "report_id", "job_id", "run_id", "final", "started_at", "ended_at", "exit_code",
