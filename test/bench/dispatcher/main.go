@@ -266,10 +266,11 @@ func run(nClients, nOrgs int, warmup, duration time.Duration, batchSize, usageEv
 						time.Sleep(d)
 					}
 				}
+				counted := !t0.Before(start) // not a warm-up request
 				for {
 					_, err := send()
 					if err == nil {
-						if !t0.Before(start) {
+						if counted {
 							mine = append(mine, sample{at: t0.Sub(start), lat: time.Since(t0)})
 							items.Add(int64(count))
 							requests.Add(1)
@@ -281,7 +282,7 @@ func run(nClients, nOrgs int, warmup, duration time.Duration, batchSize, usageEv
 						firstErr.CompareAndSwap(nil, &err)
 						return
 					}
-					if !t0.Before(start) {
+					if counted {
 						retries.Add(1)
 					}
 					time.Sleep(min(re.After, 100*time.Millisecond))
