@@ -26,6 +26,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cordon-dev/cordon/internal/audit"
@@ -67,8 +68,23 @@ type Options struct {
 
 // Store appends to the audit store as the cordon_service role.
 type Store struct {
-	pool *pgxpool.Pool
-	log  *slog.Logger
+	pool  *pgxpool.Pool
+	log   *slog.Logger
+	cache headCache
+
+	remembered, stale atomic.Int64 // AppendStats
+}
+
+// AppendStats counts the append transactions that started from
+// remembered chain heads (one round trip), and those of them that found a
+// head had moved on (another replica appended) and were redone.
+type AppendStats struct {
+	Remembered, Stale int64
+}
+
+// Stats returns the counts since Open.
+func (s *Store) Stats() AppendStats {
+	return AppendStats{Remembered: s.remembered.Load(), Stale: s.stale.Load()}
 }
 
 // Open connects to databaseURL (it does not wait for the database to be
@@ -82,13 +98,24 @@ func Open(ctx context.Context, databaseURL string, opts Options) (*Store, error)
 	if cfg.MaxConns == 0 {
 		cfg.MaxConns = 8
 	}
+	// The pool runs only the append statements, prepared once per
+	// connection. Postgres's default (plan_cache_mode=auto) kept
+	// re-planning them at every execution: a custom plan for each new
+	// set of array parameters, which with the partitioned audit table
+	// was about 0.15 ms of Postgres CPU per transaction (a fifth of what
+	// a transaction of a few events costs). Their generic plans are the
+	// same plans: unnest the arrays, insert, and find chain heads by
+	// primary key.
+	cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_generic_plan"
 	cfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
 		// The audit INSERT takes hand-encoded arrays (wirearray.go).
 		if err := registerWireArrays(c); err != nil {
 			return err
 		}
-		// Usage reports are COPYed into a staging table (COPY is not
-		// allowed into tables with row-level security) and inserted from it.
+		// Usage reports of every org of a transaction go into a staging
+		// table in one statement (a temporary table has no row-level
+		// security), then org by org from there into usage_reports, with
+		// cordon.org_id set to that org (queueWrite).
 		_, err := c.Exec(ctx, `SET ROLE cordon_service;
 			CREATE TEMP TABLE usage_stage (LIKE usage_reports INCLUDING DEFAULTS) ON COMMIT DELETE ROWS`)
 		return err
@@ -101,7 +128,7 @@ func Open(ctx context.Context, databaseURL string, opts Options) (*Store, error)
 	if log == nil {
 		log = discardLogger
 	}
-	return &Store{pool: pool, log: log}, nil
+	return &Store{pool: pool, log: log, cache: newHeadCache()}, nil
 }
 
 // Close closes the pool. It is idempotent.
@@ -196,6 +223,14 @@ type OrgBatch struct {
 // NOTHING: with the chains locked nothing else can insert the same rows,
 // and ON CONFLICT would cost every row a probe of both unique indexes and
 // a speculative insertion (an extra WAL record) on top of the insert.
+//
+// Most batches also go to chains this Store appended to last (the ingest
+// writers send an org's requests to one writer), so the optimistic
+// attempt starts from where the Store left each chain (headCache) and
+// sends the whole transaction in one round trip; cordon_advance_chains
+// (migration 0170) checks under the chains' locks that they are still
+// there. When one is not (another replica appended to it), that attempt
+// is rolled back before inserting anything and redone reading the heads.
 func (s *Store) AppendBatches(ctx context.Context, batches []OrgBatch) ([]AppendResult, error) {
 	res := make([]AppendResult, len(batches))
 	orgs := make([]*orgAppend, len(batches))
@@ -215,13 +250,14 @@ func (s *Store) AppendBatches(ctx context.Context, batches []OrgBatch) ([]Append
 		}
 	}
 	chains := newChainList(orgs)
-	err := s.appendBatches(ctx, orgs, chains, true)
+	err := s.appendBatches(ctx, orgs, chains, true, true)
+	if errors.Is(err, errStaleHeads) {
+		resetResults(orgs)
+		err = s.appendBatches(ctx, orgs, chains, true, false)
+	}
 	if errors.Is(err, errDuplicates) {
-		// The rows stay as built; only their numbering is redone.
-		for _, a := range orgs {
-			clear(a.res.EventStored)
-		}
-		err = s.appendBatches(ctx, orgs, chains, false)
+		resetResults(orgs)
+		err = s.appendBatches(ctx, orgs, chains, false, false)
 	}
 	if err != nil {
 		return nil, err
@@ -229,8 +265,21 @@ func (s *Store) AppendBatches(ctx context.Context, batches []OrgBatch) ([]Append
 	return res, nil
 }
 
-// errDuplicates aborts an optimistic append that met stored events.
-var errDuplicates = errors.New("batch holds events already stored")
+// errDuplicates aborts an optimistic append that met stored events;
+// errStaleHeads one that started from remembered chain heads that had
+// moved on.
+var (
+	errDuplicates = errors.New("batch holds events already stored")
+	errStaleHeads = errors.New("remembered audit chain heads have moved on")
+)
+
+// resetResults readies orgs for another attempt: the rows stay as built,
+// only their numbering is redone.
+func resetResults(orgs []*orgAppend) {
+	for _, a := range orgs {
+		clear(a.res.EventStored)
+	}
+}
 
 // orgAppend is one org's part of a transaction.
 type orgAppend struct {
@@ -242,6 +291,7 @@ type orgAppend struct {
 	keys      []chainKey         // the chains, in lock order
 	reportIdx []int              // first occurrence of each report
 	heads     []chainHead        // one per key, as locked
+	next      []chainHead        // one per key, where the transaction leaves it
 	existing  []map[string]bool  // one per key: event IDs already stored (looked up unless optimistic)
 }
 
@@ -284,6 +334,7 @@ func newOrgAppend(b *OrgBatch, res *AppendResult) (*orgAppend, error) {
 	})
 	a.reportIdx = dedupeReports(b.Reports)
 	a.heads = make([]chainHead, len(a.keys))
+	a.next = make([]chainHead, len(a.keys))
 	a.existing = make([]map[string]bool, len(a.keys))
 	return a, nil
 }
@@ -324,19 +375,29 @@ func newChainList(orgs []*orgAppend) *chainList {
 	return l
 }
 
-// queueLock queues, for the first round trip, what names the
-// transaction's orgs for row-level security (cordon.write_orgs, see
-// migration 0140), records the orgs, and locks every chain with one
-// statement, in the global lock order (the arrays are in that order, and
-// the rows of INSERT ... SELECT are locked one after the other in it).
-// Unless optimistic, it then looks up, org by org, the events already
-// stored.
-func queueLock(b *pgx.Batch, orgs []*orgAppend, chains *chainList, optimistic bool) {
+// queueWriteOrgs queues what names the transaction's orgs for row-level
+// security: cordon.write_orgs (see migration 0140).
+func queueWriteOrgs(b *pgx.Batch, orgs []*orgAppend) {
 	ids := make([]string, len(orgs))
 	for i, a := range orgs {
 		ids[i] = a.org
 	}
 	b.Queue("SELECT set_config('cordon.write_orgs', $1, true)", strings.Join(ids, ","))
+}
+
+// queueLock queues, for the first round trip of a transaction that does
+// not know where its chains' heads are, what names its orgs for
+// row-level security, records the orgs, and locks and reads every chain
+// head with one statement, in the global lock order (the arrays are in
+// that order, and the rows of INSERT ... SELECT are locked one after the
+// other in it). Unless optimistic, it then looks up, org by org, the
+// events already stored.
+func queueLock(b *pgx.Batch, orgs []*orgAppend, chains *chainList, optimistic bool) {
+	queueWriteOrgs(b, orgs)
+	ids := make([]string, len(orgs))
+	for i, a := range orgs {
+		ids[i] = a.org
+	}
 	b.Queue("INSERT INTO orgs (org_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING", ids)
 	if len(chains.orgs) > 0 {
 		b.Queue(`INSERT INTO audit_chain_heads AS h (org_id, retention_class, chain_month, last_seq, last_hash)
@@ -388,64 +449,87 @@ func queueLock(b *pgx.Batch, orgs []*orgAppend, chains *chainList, optimistic bo
 	}
 }
 
-// headMoves are the chain heads a transaction moves forward, and where to.
+// headMoves are the chain heads a transaction moves forward: from where,
+// and to where, in the global lock order.
 type headMoves struct {
-	chainColumns
-	seqs   []int64
-	hashes [][]byte
+	ids                  []int64
+	oldSeqs, newSeqs     []int64
+	oldHashes, newHashes [][]byte
 }
 
 // chain numbers and hashes the new rows of each of a's chains from its
-// locked head, adding them to c and the heads' new positions to m.
+// head (as locked, or as remembered), adding them to c and the heads'
+// moves to m; a.next is where the transaction leaves each head.
 func (a *orgAppend) chain(c *columns, m *headMoves) {
 	for i, k := range a.keys {
-		seq, prev := a.heads[i].seq, a.heads[i].hash
+		head := a.heads[i]
+		seq, prev := head.seq, head.hash
 		for _, ri := range a.chains[k] {
 			r := &a.rows[ri]
 			if a.existing[i][r.eventID] {
 				continue
 			}
 			seq++
-			r.chainID, r.seq, r.prevHash = a.heads[i].id, seq, prev
+			r.chainID, r.seq, r.prevHash = head.id, seq, prev
 			r.hash = r.computeHash()
 			prev = r.hash
 			a.res.EventStored[ri] = true
 			c.add(r)
 		}
-		if seq != a.heads[i].seq {
-			m.add(a.org, k)
-			m.seqs = append(m.seqs, seq)
-			m.hashes = append(m.hashes, prev)
+		a.next[i] = chainHead{id: head.id, seq: seq, hash: prev}
+		if seq != head.seq {
+			m.ids = append(m.ids, head.id)
+			m.oldSeqs, m.oldHashes = append(m.oldSeqs, head.seq), append(m.oldHashes, head.hash)
+			m.newSeqs, m.newHashes = append(m.newSeqs, seq), append(m.newHashes, prev)
 		}
 	}
 }
 
-// queueWrite queues, for the second round trip, the new audit rows of
-// every org (one INSERT), the chain heads' new positions (one UPDATE), and
-// org by org the usage reports from usage_stage (which holds every org's:
-// RLS is checked against the org set here).
-func queueWrite(b *pgx.Batch, orgs []*orgAppend, c *columns, m *headMoves, stored []map[string]bool) {
-	if n := c.n; n > 0 {
-		// A plain INSERT stores every row or fails (a stored event is a
-		// unique violation, handled by appendBatches): fewer rows would
-		// mean something dropped them, and the heads must not move.
+// usageRow is a usage report as a row of usage_stage, for
+// json_populate_recordset: the JSON names are the table's columns.
+type usageRow struct {
+	OrgID            string          `json:"org_id"`
+	ReportID         string          `json:"report_id"`
+	JobID            string          `json:"job_id"`
+	RunID            string          `json:"run_id"`
+	Final            bool            `json:"final"`
+	StartedAt        time.Time       `json:"started_at"`
+	EndedAt          time.Time       `json:"ended_at"`
+	ExitCode         *int32          `json:"exit_code"`
+	CPUUserSeconds   float64         `json:"cpu_user_seconds"`
+	CPUSystemSeconds float64         `json:"cpu_system_seconds"`
+	MaxRSSBytes      int64           `json:"max_rss_bytes"`
+	WallSeconds      float64         `json:"wall_seconds"`
+	Egress           json.RawMessage `json:"egress"`
+	Denials          int64           `json:"denials"`
+	Redactions       int64           `json:"redactions"`
+	StdoutBytes      int64           `json:"stdout_bytes"`
+	StderrBytes      int64           `json:"stderr_bytes"`
+	Enforcement      string          `json:"enforcement"`
+	ReceivedAt       time.Time       `json:"received_at"`
+}
+
+// queueWrite queues, after the heads are locked or known: the chain
+// heads' moves (cordon_advance_chains, which checks under their locks
+// that they are where the rows were hashed onto), the new audit rows of
+// every org (one INSERT, whose row count goes to inserted), and the usage
+// reports: every org's into usage_stage (a temporary table, without
+// row-level security), then org by org from there with cordon.org_id set
+// to that org. COMMIT follows in the same pipeline.
+func queueWrite(b *pgx.Batch, orgs []*orgAppend, c *columns, m *headMoves, usageJSON []byte, stored []map[string]bool, inserted *int64) {
+	if len(m.ids) > 0 {
+		b.Queue("SELECT cordon_advance_chains($1, $2, $3, $4, $5)", m.ids, m.oldSeqs, m.oldHashes, m.newSeqs, m.newHashes)
+	}
+	if c.n > 0 {
 		b.Queue(insertAuditSQL, c.args()...).Exec(func(ct pgconn.CommandTag) error {
-			if ct.RowsAffected() != int64(n) {
-				return fmt.Errorf("%w: inserted %d of %d new rows", ErrChainConflict, ct.RowsAffected(), n)
-			}
-			return nil
-		})
-		heads := len(m.seqs)
-		b.Queue(`UPDATE audit_chain_heads h SET last_seq = u.seq, last_hash = u.hash, updated_at = now()
-			FROM unnest($1::text[], $2::text[], $3::date[], $4::bigint[], $5::bytea[]) AS u(org, class, month, seq, hash)
-			WHERE h.org_id = u.org AND h.retention_class = u.class AND h.chain_month = u.month`,
-			m.orgs, m.classes, m.months, m.seqs, m.hashes).Exec(func(ct pgconn.CommandTag) error {
-			if ct.RowsAffected() != int64(heads) {
-				return fmt.Errorf("%w: moved %d of %d chain heads", ErrChainConflict, ct.RowsAffected(), heads)
-			}
+			*inserted = ct.RowsAffected()
 			return nil
 		})
 	}
+	if usageJSON == nil {
+		return
+	}
+	b.Queue("INSERT INTO usage_stage SELECT * FROM json_populate_recordset(NULL::usage_stage, $1::json)", string(usageJSON))
 	for i, a := range orgs {
 		if len(a.reportIdx) == 0 {
 			continue
@@ -471,21 +555,36 @@ func queueWrite(b *pgx.Batch, orgs []*orgAppend, c *columns, m *headMoves, store
 }
 
 // appendBatches is one attempt of AppendBatches: one transaction, which
-// numbers the rows of orgs from their locked heads and fills in their
-// results.
+// numbers the rows of orgs from their heads (remembered ones if recall)
+// and fills in their results.
 //
-// BEGIN leads the pipeline that locks the chains instead of taking a
-// round trip of its own (as pgx.BeginFunc's would): a round trip costs a
-// send, a receive and a wake-up on both sides, and a transaction makes
-// three or four. COMMIT stays a round trip of its own, after the write
-// pipeline's results are checked: a check that fails must be able to
-// keep the transaction from committing.
-func (s *Store) appendBatches(ctx context.Context, orgs []*orgAppend, chains *chainList, optimistic bool) (err error) {
+// A round trip costs a send, a receive and a wake-up on both sides, and
+// under load a wait for a core at each wake-up. When every chain's head
+// is remembered (and the attempt is optimistic), the transaction is one
+// pipeline: BEGIN, cordon.write_orgs, cordon_advance_chains, the INSERT,
+// the usage statements, COMMIT. Otherwise a first pipeline (led by BEGIN)
+// records the orgs and locks and reads the heads, and a second does the
+// rest. Any statement that fails aborts the transaction, and the COMMIT
+// queued after it then rolls it back, so every check that must keep the
+// transaction from committing runs in Postgres: the lock statement's
+// count in queueLock is read in Go before the second pipeline is sent;
+// cordon_advance_chains checks the heads. A plain INSERT stores every row
+// it is given or fails (TestAuditInsertCannotDropRows keeps it so: no
+// trigger or rule may swallow rows), and its count is still checked after
+// the commit: a shortfall is reported as an error, so the requests are
+// not acknowledged and their events are redelivered.
+func (s *Store) appendBatches(ctx context.Context, orgs []*orgAppend, chains *chainList, optimistic, recall bool) (err error) {
 	names := func() string {
 		if len(orgs) == 1 {
 			return "org " + orgs[0].org
 		}
 		return fmt.Sprintf("%d orgs", len(orgs))
+	}
+	// Gather the usage reports before taking a connection: encoding them
+	// is the one step here that can fail on the data.
+	usageJSON, err := usageStageJSON(orgs)
+	if err != nil {
+		return err
 	}
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
@@ -493,57 +592,64 @@ func (s *Store) appendBatches(ctx context.Context, orgs []*orgAppend, chains *ch
 	}
 	defer conn.Release()
 	defer func() {
+		if err == nil {
+			s.cache.remember(orgs)
+			return
+		}
+		// Whatever happened, the heads are read again next time.
+		s.cache.forget(orgs)
 		// The pool would close a connection left in the transaction.
-		if err != nil && !conn.Conn().IsClosed() && conn.Conn().PgConn().TxStatus() != 'I' {
+		if !conn.Conn().IsClosed() && conn.Conn().PgConn().TxStatus() != 'I' {
 			conn.Exec(ctx, "ROLLBACK")
 		}
 	}()
 	pg := conn.Conn()
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
-	queueLock(b, orgs, chains, optimistic)
-	if err := pg.SendBatch(ctx, b).Close(); err != nil {
-		return fmt.Errorf("lock audit chains of %s: %w", names(), err)
+	guessed := optimistic && recall && s.cache.recall(orgs)
+	if guessed {
+		s.remembered.Add(1)
+		queueWriteOrgs(b, orgs)
+	} else {
+		queueLock(b, orgs, chains, optimistic)
+		if err := pg.SendBatch(ctx, b).Close(); err != nil {
+			return fmt.Errorf("lock audit chains of %s: %w", names(), err)
+		}
+		b = &pgx.Batch{}
 	}
 
 	c := newColumns()
 	defer putColumns(c) // after the batch: pgx has copied the arrays
 	var moves headMoves
-	var usageRows [][]any
 	for _, a := range orgs {
 		a.chain(c, &moves)
-		for _, i := range a.reportIdx {
-			v, err := usageValues(a.org, &a.reports[i])
-			if err != nil {
-				return err
-			}
-			usageRows = append(usageRows, v)
-		}
 	}
-	if len(usageRows) > 0 {
-		if _, err := pg.CopyFrom(ctx, pgx.Identifier{"usage_stage"}, usageColumns, pgx.CopyFromRows(usageRows)); err != nil {
-			return fmt.Errorf("copy usage reports of %s: %w", names(), err)
-		}
-	}
-
-	b = &pgx.Batch{}
 	stored := make([]map[string]bool, len(orgs)) // report IDs stored, for orgs with reports
-	queueWrite(b, orgs, c, &moves, stored)
+	inserted := int64(-1)
+	queueWrite(b, orgs, c, &moves, usageJSON, stored, &inserted)
+	b.Queue("COMMIT")
 	if err := pg.SendBatch(ctx, b).Close(); err != nil {
-		if isUniqueViolation(err) {
+		var pgErr *pgconn.PgError
+		switch {
+		case guessed && errors.As(err, &pgErr) && pgErr.Code == "CD001":
+			s.stale.Add(1)
+			return errStaleHeads
+		case isUniqueViolation(err) && optimistic:
 			// An event already stored: the plain INSERT refused it.
-			if optimistic {
-				return errDuplicates
-			}
-			// The chains are locked and stored events were left out,
-			// so this is not the client's data at fault: never pass
-			// on the PgError, which would read as a data error.
+			return errDuplicates
+		case isUniqueViolation(err) || errors.As(err, &pgErr) && pgErr.Code == "CD001":
+			// The chains were locked and read, and stored events
+			// left out, so this is not the client's data at fault:
+			// never pass on the PgError, which would read as a data
+			// error.
 			return fmt.Errorf("%w: %s: %v", ErrChainConflict, names(), err)
 		}
 		return fmt.Errorf("insert batch of %s: %w", names(), err)
 	}
-	if _, err := pg.Exec(ctx, "COMMIT"); err != nil {
-		return fmt.Errorf("commit batch of %s: %w", names(), err)
+	if c.n > 0 && inserted != int64(c.n) {
+		s.log.Error("audit INSERT committed fewer rows than it was given; the chain has a gap verify will report",
+			"orgs", names(), "inserted", inserted, "rows", c.n)
+		return fmt.Errorf("%w: %s: inserted %d of %d new rows", ErrChainConflict, names(), inserted, c.n)
 	}
 	for i, a := range orgs {
 		for _, ri := range a.reportIdx {
@@ -551,6 +657,112 @@ func (s *Store) appendBatches(ctx context.Context, orgs []*orgAppend, chains *ch
 		}
 	}
 	return nil
+}
+
+// usageStageJSON is every org's new usage reports as a JSON array of
+// usage_stage rows, or nil when there are none.
+func usageStageJSON(orgs []*orgAppend) ([]byte, error) {
+	var rows []usageRow
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	for _, a := range orgs {
+		for _, i := range a.reportIdx {
+			r := &a.reports[i]
+			u := usageRow{
+				OrgID: a.org, ReportID: r.ReportID, JobID: r.Job, RunID: r.RunID, Final: r.Final,
+				StartedAt: r.StartedAt.UTC().Truncate(time.Microsecond), EndedAt: r.EndedAt.UTC().Truncate(time.Microsecond),
+				CPUUserSeconds: r.CPUUserSeconds, CPUSystemSeconds: r.CPUSystemSeconds, MaxRSSBytes: r.MaxRSSBytes,
+				WallSeconds: r.WallSeconds, Denials: r.Denials, Redactions: r.Redactions,
+				StdoutBytes: r.StdoutBytes, StderrBytes: r.StderrBytes, Enforcement: r.Enforcement, ReceivedAt: now,
+			}
+			if r.ExitCode != nil {
+				exit := int32(*r.ExitCode)
+				u.ExitCode = &exit
+			}
+			if r.Egress != nil {
+				b, err := json.Marshal(r.Egress)
+				if err != nil {
+					return nil, fmt.Errorf("encode egress of usage report %s: %w", r.ReportID, err)
+				}
+				u.Egress = b
+			}
+			rows = append(rows, u)
+		}
+	}
+	if rows == nil {
+		return nil, nil
+	}
+	b, err := json.Marshal(rows)
+	if err != nil {
+		return nil, fmt.Errorf("encode usage reports: %w", err)
+	}
+	return b, nil
+}
+
+// headCache remembers where this Store left each chain it appended to,
+// and the orgs whose rows exist, so that the next transaction of an org
+// can hash its rows onto the chains without first reading their heads.
+// It is a guess: cordon_advance_chains checks it under the chains' locks,
+// and chains are serialised in Postgres, never here. Entries are
+// remembered only after a commit, and forgotten after any failure.
+type headCache struct {
+	mu    sync.Mutex
+	heads map[headKey]chainHead
+	orgs  map[string]bool
+}
+
+// maxCachedHeads bounds the cache (a chain head is about 100 bytes); past
+// it, the cache starts over, and chains are read again.
+const maxCachedHeads = 1 << 16
+
+func newHeadCache() headCache {
+	return headCache{heads: map[headKey]chainHead{}, orgs: map[string]bool{}}
+}
+
+// recall copies the remembered heads of every chain of orgs into place
+// and reports whether it knew them all (and every org).
+func (h *headCache) recall(orgs []*orgAppend) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, a := range orgs {
+		if !h.orgs[a.org] {
+			return false
+		}
+		for i, k := range a.keys {
+			head, ok := h.heads[headKey{a.org, k.class, k.month.Unix()}]
+			if !ok {
+				return false
+			}
+			a.heads[i] = head
+		}
+	}
+	return true
+}
+
+// remember records where a committed transaction left orgs' chains.
+func (h *headCache) remember(orgs []*orgAppend) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.heads) > maxCachedHeads || len(h.orgs) > maxCachedHeads {
+		clear(h.heads)
+		clear(h.orgs)
+	}
+	for _, a := range orgs {
+		h.orgs[a.org] = true
+		for i, k := range a.keys {
+			h.heads[headKey{a.org, k.class, k.month.Unix()}] = a.next[i]
+		}
+	}
+}
+
+// forget drops what is remembered of orgs' chains.
+func (h *headCache) forget(orgs []*orgAppend) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, a := range orgs {
+		for _, k := range a.keys {
+			delete(h.heads, headKey{a.org, k.class, k.month.Unix()})
+		}
+	}
 }
 
 // isUniqueViolation reports whether err is Postgres refusing a duplicate
@@ -710,30 +922,6 @@ func (c *columns) args() []any {
 		args[i] = col.a.array()
 	}
 	return args
-}
-
-var usageColumns = []string{
-	"org_id", "report_id", "job_id", "run_id", "final", "started_at", "ended_at", "exit_code",
-	"cpu_user_seconds", "cpu_system_seconds", "max_rss_bytes", "wall_seconds", "egress",
-	"denials", "redactions", "stdout_bytes", "stderr_bytes", "enforcement", "received_at",
-}
-
-func usageValues(org string, r *usage.Report) ([]any, error) {
-	var egress any
-	if r.Egress != nil {
-		b, err := json.Marshal(r.Egress)
-		if err != nil {
-			return nil, fmt.Errorf("encode egress of usage report %s: %w", r.ReportID, err)
-		}
-		egress = string(b)
-	}
-	var exit any
-	if r.ExitCode != nil {
-		exit = int32(*r.ExitCode)
-	}
-	return []any{org, r.ReportID, r.Job, r.RunID, r.Final, r.StartedAt.UTC(), r.EndedAt.UTC(), exit,
-		r.CPUUserSeconds, r.CPUSystemSeconds, r.MaxRSSBytes, r.WallSeconds, egress,
-		r.Denials, r.Redactions, r.StdoutBytes, r.StderrBytes, r.Enforcement, time.Now().UTC()}, nil
 }
 
 // dedupeReports returns the indexes of the first occurrence of each report ID.

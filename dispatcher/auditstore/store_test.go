@@ -344,6 +344,169 @@ func TestConcurrentAppendersShareOneChain(t *testing.T) {
 	verifyOK(t, url)
 }
 
+// TestRememberedHeadsThatMovedOnAreReadAgain: a Store appends to a chain
+// from where it left it, in one round trip; when another replica has
+// appended since, cordon_advance_chains refuses the stale guess under the
+// chain's lock, nothing of that attempt is stored, and the Store redoes it
+// from the heads as they are.
+func TestRememberedHeadsThatMovedOnAreReadAgain(t *testing.T) {
+	url := migratedDB(t)
+	a, b := openStore(t, url), openStore(t, url)
+	ctx := ctxT(t)
+	evs := events("acme", "etl", 15)
+	for i, step := range []struct {
+		s                 *auditstore.Store
+		remembered, stale int64 // a's counts after the step
+	}{
+		{a, 0, 0}, // a reads the heads: the chain is new to it
+		{b, 0, 0}, // b appends; a's memory of the chain is now stale
+		{a, 1, 1}, // a guesses, is refused, and reads the heads
+		{a, 2, 1}, // a's guess is right: one round trip
+		{b, 2, 1},
+	} {
+		if _, err := step.s.Append(ctx, "acme", evs[i*3:i*3+3], nil); err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+		if got := a.Stats(); got.Remembered != step.remembered || got.Stale != step.stale {
+			t.Errorf("after step %d: store a's stats %+v, want %d remembered, %d stale", i, got, step.remembered, step.stale)
+		}
+	}
+	c := connect(t, url)
+	if n := count(t, c, "SELECT count(*) FROM audit_events"); n != 15 {
+		t.Errorf("got %d rows, want 15", n)
+	}
+	if n := count(t, c, "SELECT max(seq) FROM audit_events"); n != 15 {
+		t.Errorf("got last seq %d, want 15: the refused attempt left a gap", n)
+	}
+	verifyOK(t, url)
+
+	// The function itself, as cordon_service: a head not where the
+	// caller says is refused, and nothing moves.
+	var id, seq int64
+	var hash []byte
+	if err := c.QueryRow(ctx, "SELECT chain_id, last_seq, last_hash FROM audit_chain_heads").Scan(&id, &seq, &hash); err != nil {
+		t.Fatal(err)
+	}
+	next := make([]byte, 32)
+	err := asRole(t, url, "cordon_service", "", func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT set_config('cordon.write_orgs', 'acme', true)"); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, "SELECT cordon_advance_chains($1, $2, $3, $4, $5)",
+			[]int64{id}, []int64{seq - 1}, [][]byte{hash}, []int64{seq + 1}, [][]byte{next})
+		return err
+	})
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "CD001" {
+		t.Errorf("advancing a chain from the wrong seq: got %v, want SQLSTATE CD001", err)
+	}
+	// And a head of an org the transaction does not name is not found.
+	err = asRole(t, url, "cordon_service", "", func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT set_config('cordon.write_orgs', 'other', true)"); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, "SELECT cordon_advance_chains($1, $2, $3, $4, $5)",
+			[]int64{id}, []int64{seq}, [][]byte{hash}, []int64{seq + 1}, [][]byte{next})
+		return err
+	})
+	if !errors.As(err, &pgErr) || pgErr.Code != "CD001" {
+		t.Errorf("advancing another org's chain: got %v, want SQLSTATE CD001", err)
+	}
+	if n := count(t, c, "SELECT last_seq FROM audit_chain_heads"); n != 15 {
+		t.Errorf("head at %d after refused moves, want 15", n)
+	}
+}
+
+// TestAuditInsertCannotDropRows: the write pipeline commits without a
+// round trip between the audit INSERT and COMMIT, which relies on a plain
+// INSERT storing every row it is given or failing. No trigger or rule on
+// audit_events or its partitions may change that; and if one does (a
+// trigger that swallows rows, added here by a superuser), the shortfall
+// is reported as an error, so the events are not acknowledged.
+func TestAuditInsertCannotDropRows(t *testing.T) {
+	url := migratedDB(t)
+	c := connect(t, url)
+	if n := count(t, c, `SELECT count(*) FROM pg_trigger
+		WHERE tgrelid IN (SELECT relid FROM pg_partition_tree('audit_events')) AND tgtype & 4 <> 0`); n != 0 {
+		t.Errorf("%d INSERT triggers on audit_events and its partitions, want 0", n)
+	}
+	if n := count(t, c, `SELECT count(*) FROM pg_rewrite
+		WHERE ev_class IN (SELECT relid FROM pg_partition_tree('audit_events'))`); n != 0 {
+		t.Errorf("%d rules on audit_events and its partitions, want 0", n)
+	}
+
+	s := openStore(t, url)
+	ctx := ctxT(t)
+	if _, err := s.Append(ctx, "acme", events("acme", "etl", 2), nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		`CREATE FUNCTION swallow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$`,
+		`CREATE TRIGGER swallow BEFORE INSERT ON audit_events FOR EACH ROW WHEN (NEW.seq % 2 = 0) EXECUTE FUNCTION swallow()`,
+	} {
+		if _, err := c.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := s.Append(ctx, "acme", events("acme", "etl", 4), nil)
+	if !errors.Is(err, auditstore.ErrChainConflict) || !strings.Contains(err.Error(), "inserted 2 of 4") {
+		t.Errorf("append with rows swallowed: got %v, want ErrChainConflict saying 2 of 4 inserted", err)
+	}
+}
+
+// TestUsageReportColumnsRoundTrip: every field of a usage report reaches
+// its column as sent (reports travel to Postgres as JSON rows).
+func TestUsageReportColumnsRoundTrip(t *testing.T) {
+	url := migratedDB(t)
+	s := openStore(t, url)
+	ctx := ctxT(t)
+	full := report("acme", "etl", "run-1")
+	full.StartedAt = time.Date(2026, 11, 2, 3, 4, 5, 123456789, time.FixedZone("x", 3600))
+	full.EndedAt = full.StartedAt.Add(90*time.Second + 1)
+	exit := -9
+	full.ExitCode = &exit
+	full.CPUUserSeconds, full.CPUSystemSeconds, full.WallSeconds = 0.1, 1e-7, 90.000000001
+	full.MaxRSSBytes, full.Denials, full.Redactions = 1<<62, 3, 4
+	full.StdoutBytes, full.StderrBytes = 5, 6
+	sample := report("acme", "etl", "run-2")
+	sample.Final, sample.ExitCode, sample.Egress = false, nil, nil
+	if _, err := s.Append(ctx, "acme", nil, []usage.Report{full, sample}); err != nil {
+		t.Fatal(err)
+	}
+	type stored struct {
+		job, run, enforcement          string
+		final                          bool
+		started, ended                 time.Time
+		exit                           *int32
+		user, sys, wall                float64
+		rss, denials, red, out, errOut int64
+		egress                         []byte
+	}
+	conn := connect(t, url)
+	get := func(id string) stored {
+		var r stored
+		if err := conn.QueryRow(ctx, `SELECT job_id, run_id, enforcement, final, started_at, ended_at, exit_code,
+			cpu_user_seconds, cpu_system_seconds, wall_seconds, max_rss_bytes, denials, redactions,
+			stdout_bytes, stderr_bytes, egress::text FROM usage_reports WHERE report_id = $1`, id).Scan(
+			&r.job, &r.run, &r.enforcement, &r.final, &r.started, &r.ended, &r.exit, &r.user, &r.sys, &r.wall,
+			&r.rss, &r.denials, &r.red, &r.out, &r.errOut, &r.egress); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	got := get(full.ReportID)
+	if got.job != "etl" || got.run != "run-1" || got.enforcement != full.Enforcement || !got.final ||
+		!got.started.Equal(full.StartedAt.Truncate(time.Microsecond)) || !got.ended.Equal(full.EndedAt.Truncate(time.Microsecond)) ||
+		got.exit == nil || *got.exit != -9 || got.user != 0.1 || got.sys != 1e-7 || got.wall != 90.000000001 ||
+		got.rss != 1<<62 || got.denials != 3 || got.red != 4 || got.out != 5 || got.errOut != 6 ||
+		string(got.egress) != `{"api.example.com:443": {"denials": 0, "bytes_in": 20, "requests": 1, "bytes_out": 10}}` {
+		t.Errorf("stored report %+v (egress %s), want it as sent: %+v", got, got.egress, full)
+	}
+	if got := get(sample.ReportID); got.final || got.exit != nil || got.egress != nil {
+		t.Errorf("stored sample report: final %v, exit %v, egress %s; want false, NULL, NULL", got.final, got.exit, got.egress)
+	}
+}
+
 // asRole runs fn in a transaction on a superuser connection switched to role
 // with the org set.
 func asRole(t *testing.T, url, role, org string, fn func(tx pgx.Tx) error) error {

@@ -1,6 +1,9 @@
 package ingest
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/cordon-dev/cordon/dispatcher/auditstore"
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 type metrics struct {
 	events       *prometheus.CounterVec
@@ -22,6 +25,25 @@ const (
 	resultUnavailable = "unavailable"
 	resultThrottled   = "throttled"
 )
+
+// registerStoreStats exports the audit store's append counts, when the
+// store keeps them (*auditstore.Store does).
+func registerStoreStats(reg prometheus.Registerer, store Appender) {
+	st, ok := store.(interface{ Stats() auditstore.AppendStats })
+	if !ok || reg == nil {
+		return
+	}
+	reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "cordon_dispatcher_audit_appends_remembered_total",
+			Help: "Append transactions sent in one round trip, from the chain heads this replica remembered.",
+		}, func() float64 { return float64(st.Stats().Remembered) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "cordon_dispatcher_audit_appends_stale_total",
+			Help: "Of those, the ones that found a chain head moved on by another replica, and were redone reading the heads.",
+		}, func() float64 { return float64(st.Stats().Stale) }),
+	)
+}
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{

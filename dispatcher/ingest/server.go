@@ -117,6 +117,7 @@ func New(cfg Config) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	m := newMetrics(cfg.Registry)
+	registerStoreStats(cfg.Registry, cfg.Store)
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
 		cfg: cfg, log: log, m: m, cancel: cancel, slots: make(chan struct{}, cfg.MaxInFlight),
