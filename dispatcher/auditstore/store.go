@@ -305,21 +305,25 @@ type chainHead struct {
 func newOrgAppend(b *OrgBatch, res *AppendResult) (*orgAppend, error) {
 	a := &orgAppend{org: b.Org, reports: b.Reports, res: res,
 		rows: make([]row, len(b.Events)), chains: map[chainKey][]int{}}
-	seen := map[chainKey]map[string]bool{}
+	// An event ID is stored once per chain.
+	type inChain struct {
+		class string
+		month int64
+		id    string
+	}
+	seen := make(map[inChain]struct{}, len(b.Events))
 	for i := range b.Events {
 		r, err := newRow(b.Org, &b.Events[i])
 		if err != nil {
 			return nil, err
 		}
 		a.rows[i] = r
-		k := chainKey{r.class, r.month}
-		if seen[k] == nil {
-			seen[k] = map[string]bool{}
-		}
-		if seen[k][r.eventID] {
+		id := inChain{r.class, r.month.Unix(), r.eventID}
+		if _, dup := seen[id]; dup {
 			continue // duplicate within the batch
 		}
-		seen[k][r.eventID] = true
+		seen[id] = struct{}{}
+		k := chainKey{r.class, r.month}
 		a.chains[k] = append(a.chains[k], i)
 	}
 	a.keys = make([]chainKey, 0, len(a.chains))
