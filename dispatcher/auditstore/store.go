@@ -922,9 +922,19 @@ func (c *columns) add(r *row) {
 func (c *columns) args() []any {
 	cols := c.list()
 	args := make([]any, len(cols))
+	total := 0
 	for i, col := range cols {
-		args[i] = col.a.array()
+		a := col.a.array()
+		total += len(a.b)
+		args[i] = a
 	}
+	// pgx encodes the parameters one after the other into one buffer,
+	// which it shrinks to 256 bytes after every query: the first array
+	// makes room for all of them, instead of the buffer doubling its way
+	// to a few hundred kilobytes each transaction.
+	first := args[0].(wireArray)
+	first.reserve = total
+	args[0] = first
 	return args
 }
 

@@ -3,6 +3,7 @@ package auditstore
 import (
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -19,7 +20,13 @@ import (
 
 // wireArray is a one-dimensional Postgres array already in the binary wire
 // format (array_recv's input).
-type wireArray struct{ b []byte }
+type wireArray struct {
+	b []byte
+	// reserve, when larger than b, is how much room to make in the
+	// encode buffer before copying b: the size of every parameter of the
+	// statement (columns.args).
+	reserve int
+}
 
 // arrayBuilder writes a wireArray element by element.
 type arrayBuilder struct {
@@ -96,7 +103,7 @@ func (a *arrayBuilder) date(t time.Time) {
 // the next reset while the result is in use.
 func (a *arrayBuilder) array() wireArray {
 	binary.BigEndian.PutUint32(a.b[12:], uint32(a.n))
-	return wireArray{a.b}
+	return wireArray{b: a.b}
 }
 
 // wireArrayCodec is the codec of an array type that also encodes a
@@ -114,7 +121,11 @@ func (c wireArrayCodec) PlanEncode(m *pgtype.Map, oid uint32, format int16, valu
 type wireArrayPlan struct{}
 
 func (wireArrayPlan) Encode(value any, buf []byte) ([]byte, error) {
-	return append(buf, value.(wireArray).b...), nil
+	a := value.(wireArray)
+	if a.reserve > len(a.b) {
+		buf = slices.Grow(buf, a.reserve)
+	}
+	return append(buf, a.b...), nil
 }
 
 // wireArrayOIDs are the array types the audit INSERT takes.
