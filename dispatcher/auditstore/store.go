@@ -758,11 +758,12 @@ func (h *headCache) remember(orgs []*orgAppend) {
 	}
 }
 
-// forget drops what is remembered of orgs' chains.
+// forget drops what is remembered of orgs and their chains.
 func (h *headCache) forget(orgs []*orgAppend) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, a := range orgs {
+		delete(h.orgs, a.org)
 		for _, k := range a.keys {
 			delete(h.heads, headKey{a.org, k.class, k.month.Unix()})
 		}
