@@ -490,27 +490,18 @@ func (a *orgAppend) chain(c *columns, m *headMoves) {
 }
 
 // usageRow is a usage report as a row of usage_stage, for
-// json_populate_recordset: the JSON names are the table's columns.
+// json_populate_recordset, which matches JSON names to columns. Report's
+// JSON names are usage_reports' columns (report_id, run_id, final, ...,
+// enforcement; an absent exit_code is NULL) except its org and job, which
+// json_populate_recordset ignores: org_id and job_id are added, and
+// egress is written even when empty ({}), as the column always held it,
+// where Report's JSON leaves it out.
 type usageRow struct {
-	OrgID            string          `json:"org_id"`
-	ReportID         string          `json:"report_id"`
-	JobID            string          `json:"job_id"`
-	RunID            string          `json:"run_id"`
-	Final            bool            `json:"final"`
-	StartedAt        time.Time       `json:"started_at"`
-	EndedAt          time.Time       `json:"ended_at"`
-	ExitCode         *int32          `json:"exit_code"`
-	CPUUserSeconds   float64         `json:"cpu_user_seconds"`
-	CPUSystemSeconds float64         `json:"cpu_system_seconds"`
-	MaxRSSBytes      int64           `json:"max_rss_bytes"`
-	WallSeconds      float64         `json:"wall_seconds"`
-	Egress           json.RawMessage `json:"egress"`
-	Denials          int64           `json:"denials"`
-	Redactions       int64           `json:"redactions"`
-	StdoutBytes      int64           `json:"stdout_bytes"`
-	StderrBytes      int64           `json:"stderr_bytes"`
-	Enforcement      string          `json:"enforcement"`
-	ReceivedAt       time.Time       `json:"received_at"`
+	usage.Report
+	OrgID      string                  `json:"org_id"`
+	JobID      string                  `json:"job_id"`
+	Egress     map[string]usage.Egress `json:"egress"`
+	ReceivedAt time.Time               `json:"received_at"`
 }
 
 // queueWrite queues, after the heads are locked or known: the chain
@@ -670,26 +661,11 @@ func usageStageJSON(orgs []*orgAppend) ([]byte, error) {
 	now := time.Now().UTC().Truncate(time.Microsecond)
 	for _, a := range orgs {
 		for _, i := range a.reportIdx {
-			r := &a.reports[i]
-			u := usageRow{
-				OrgID: a.org, ReportID: r.ReportID, JobID: r.Job, RunID: r.RunID, Final: r.Final,
-				StartedAt: r.StartedAt.UTC().Truncate(time.Microsecond), EndedAt: r.EndedAt.UTC().Truncate(time.Microsecond),
-				CPUUserSeconds: r.CPUUserSeconds, CPUSystemSeconds: r.CPUSystemSeconds, MaxRSSBytes: r.MaxRSSBytes,
-				WallSeconds: r.WallSeconds, Denials: r.Denials, Redactions: r.Redactions,
-				StdoutBytes: r.StdoutBytes, StderrBytes: r.StderrBytes, Enforcement: r.Enforcement, ReceivedAt: now,
-			}
-			if r.ExitCode != nil {
-				exit := int32(*r.ExitCode)
-				u.ExitCode = &exit
-			}
-			if r.Egress != nil {
-				b, err := json.Marshal(r.Egress)
-				if err != nil {
-					return nil, fmt.Errorf("encode egress of usage report %s: %w", r.ReportID, err)
-				}
-				u.Egress = b
-			}
-			rows = append(rows, u)
+			r := a.reports[i]
+			// Postgres would round the nanoseconds; the audit rows'
+			// timestamps are truncated, and so are these.
+			r.StartedAt, r.EndedAt = r.StartedAt.Truncate(time.Microsecond), r.EndedAt.Truncate(time.Microsecond)
+			rows = append(rows, usageRow{Report: r, OrgID: a.org, JobID: r.Job, Egress: r.Egress, ReceivedAt: now})
 		}
 	}
 	if rows == nil {

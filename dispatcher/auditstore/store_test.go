@@ -470,7 +470,9 @@ func TestUsageReportColumnsRoundTrip(t *testing.T) {
 	full.StdoutBytes, full.StderrBytes = 5, 6
 	sample := report("acme", "etl", "run-2")
 	sample.Final, sample.ExitCode, sample.Egress = false, nil, nil
-	if _, err := s.Append(ctx, "acme", nil, []usage.Report{full, sample}); err != nil {
+	quiet := report("acme", "etl", "run-3")
+	quiet.Egress = map[string]usage.Egress{}
+	if _, err := s.Append(ctx, "acme", nil, []usage.Report{full, sample, quiet}); err != nil {
 		t.Fatal(err)
 	}
 	type stored struct {
@@ -504,6 +506,9 @@ func TestUsageReportColumnsRoundTrip(t *testing.T) {
 	}
 	if got := get(sample.ReportID); got.final || got.exit != nil || got.egress != nil {
 		t.Errorf("stored sample report: final %v, exit %v, egress %s; want false, NULL, NULL", got.final, got.exit, got.egress)
+	}
+	if got := get(quiet.ReportID); string(got.egress) != "{}" {
+		t.Errorf("stored egress of a report with an empty egress map: %q, want {}", got.egress)
 	}
 }
 
