@@ -349,44 +349,41 @@ type headKey struct {
 	month      int64 // Unix seconds of the month's first day
 }
 
-// chainColumns name chains, one per index, as statement parameters.
-type chainColumns struct {
+// chainList is every chain of a transaction, in lock order, as the
+// parameters of the statement that locks them (one element per chain),
+// with where each one's locked head goes.
+type chainList struct {
 	orgs, classes []string
 	months        []time.Time
-}
-
-func (c *chainColumns) add(org string, k chainKey) {
-	c.orgs = append(c.orgs, org)
-	c.classes = append(c.classes, k.class)
-	c.months = append(c.months, k.month)
-}
-
-// chainList is every chain of a transaction, in lock order, with where
-// each one's locked head goes.
-type chainList struct {
-	chainColumns
-	heads map[headKey]*chainHead
+	heads         map[headKey]*chainHead
 }
 
 func newChainList(orgs []*orgAppend) *chainList {
 	l := &chainList{heads: map[headKey]*chainHead{}}
 	for _, a := range orgs {
 		for i, k := range a.keys {
-			l.add(a.org, k)
+			l.orgs = append(l.orgs, a.org)
+			l.classes = append(l.classes, k.class)
+			l.months = append(l.months, k.month)
 			l.heads[headKey{a.org, k.class, k.month.Unix()}] = &a.heads[i]
 		}
 	}
 	return l
 }
 
-// queueWriteOrgs queues what names the transaction's orgs for row-level
-// security: cordon.write_orgs (see migration 0140).
-func queueWriteOrgs(b *pgx.Batch, orgs []*orgAppend) {
+// orgIDs are the IDs of orgs, in order.
+func orgIDs(orgs []*orgAppend) []string {
 	ids := make([]string, len(orgs))
 	for i, a := range orgs {
 		ids[i] = a.org
 	}
-	b.Queue("SELECT set_config('cordon.write_orgs', $1, true)", strings.Join(ids, ","))
+	return ids
+}
+
+// queueWriteOrgs queues what names the transaction's orgs for row-level
+// security: cordon.write_orgs (see migration 0140).
+func queueWriteOrgs(b *pgx.Batch, orgs []*orgAppend) {
+	b.Queue("SELECT set_config('cordon.write_orgs', $1, true)", strings.Join(orgIDs(orgs), ","))
 }
 
 // queueLock queues, for the first round trip of a transaction that does
@@ -398,11 +395,7 @@ func queueWriteOrgs(b *pgx.Batch, orgs []*orgAppend) {
 // events already stored.
 func queueLock(b *pgx.Batch, orgs []*orgAppend, chains *chainList, optimistic bool) {
 	queueWriteOrgs(b, orgs)
-	ids := make([]string, len(orgs))
-	for i, a := range orgs {
-		ids[i] = a.org
-	}
-	b.Queue("INSERT INTO orgs (org_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING", ids)
+	b.Queue("INSERT INTO orgs (org_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING", orgIDs(orgs))
 	if len(chains.orgs) > 0 {
 		b.Queue(`INSERT INTO audit_chain_heads AS h (org_id, retention_class, chain_month, last_seq, last_hash)
 			SELECT o, c, m, 0, $4 FROM unnest($1::text[], $2::text[], $3::date[]) AS u(o, c, m)

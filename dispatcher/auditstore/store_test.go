@@ -387,30 +387,29 @@ func TestRememberedHeadsThatMovedOnAreReadAgain(t *testing.T) {
 	if err := c.QueryRow(ctx, "SELECT chain_id, last_seq, last_hash FROM audit_chain_heads").Scan(&id, &seq, &hash); err != nil {
 		t.Fatal(err)
 	}
-	next := make([]byte, 32)
-	err := asRole(t, url, "cordon_service", "", func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SELECT set_config('cordon.write_orgs', 'acme', true)"); err != nil {
+	// advance moves the chain from seq to seq+1 as cordon_service with
+	// cordon.write_orgs set to writeOrgs, and returns the SQLSTATE.
+	advance := func(writeOrgs string, from int64) string {
+		err := asRole(t, url, "cordon_service", "", func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, "SELECT set_config('cordon.write_orgs', $1, true)", writeOrgs); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, "SELECT cordon_advance_chains($1, $2, $3, $4, $5)",
+				[]int64{id}, []int64{from}, [][]byte{hash}, []int64{from + 1}, [][]byte{make([]byte, 32)})
 			return err
+		})
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) {
+			return fmt.Sprint(err)
 		}
-		_, err := tx.Exec(ctx, "SELECT cordon_advance_chains($1, $2, $3, $4, $5)",
-			[]int64{id}, []int64{seq - 1}, [][]byte{hash}, []int64{seq + 1}, [][]byte{next})
-		return err
-	})
-	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || pgErr.Code != "CD001" {
-		t.Errorf("advancing a chain from the wrong seq: got %v, want SQLSTATE CD001", err)
+		return pgErr.Code
+	}
+	if got := advance("acme", seq-1); got != "CD001" {
+		t.Errorf("advancing a chain from the wrong seq: got %s, want SQLSTATE CD001", got)
 	}
 	// And a head of an org the transaction does not name is not found.
-	err = asRole(t, url, "cordon_service", "", func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SELECT set_config('cordon.write_orgs', 'other', true)"); err != nil {
-			return err
-		}
-		_, err := tx.Exec(ctx, "SELECT cordon_advance_chains($1, $2, $3, $4, $5)",
-			[]int64{id}, []int64{seq}, [][]byte{hash}, []int64{seq + 1}, [][]byte{next})
-		return err
-	})
-	if !errors.As(err, &pgErr) || pgErr.Code != "CD001" {
-		t.Errorf("advancing another org's chain: got %v, want SQLSTATE CD001", err)
+	if got := advance("other", seq); got != "CD001" {
+		t.Errorf("advancing another org's chain: got %s, want SQLSTATE CD001", got)
 	}
 	if n := count(t, c, "SELECT last_seq FROM audit_chain_heads"); n != 15 {
 		t.Errorf("head at %d after refused moves, want 15", n)
