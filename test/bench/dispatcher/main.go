@@ -33,7 +33,7 @@ import (
 	"github.com/cordon-dev/cordon/dispatcher/ingestclient"
 	"github.com/cordon-dev/cordon/internal/audit"
 	"github.com/cordon-dev/cordon/internal/usage"
-	"github.com/cordon-dev/cordon/test/pgtest"
+	"github.com/cordon-dev/cordon/test/bench/benchpg"
 	"github.com/cordon-dev/cordon/test/spiffedev"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -62,7 +62,7 @@ func main() {
 	warmup := flag.Duration("warmup", 0, "offer the same load this long before the measured duration, counting nothing: a fresh cluster spends its first tens of seconds creating WAL segments (zero-filled and fsynced in the commit path) that a server that has been up recycles")
 	timeline := flag.Bool("timeline", false, "also print one row per second: requests scheduled in it, their p99 and max, CPU of this process and of postgres, and the host's steal and iowait")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the dispatcher and clients here")
-	pgSettings := settingsFlag{}
+	pgSettings := benchpg.SettingsFlag{}
 	flag.Var(pgSettings, "pgset", "extra postgres setting name=value (repeatable), to try a setting before it goes into the benchmark's defaults")
 	var sqls sqlFlag
 	flag.Var(&sqls, "sql", "a statement run as superuser after the migrations (repeatable), to try a schema change before it goes into a migration")
@@ -79,20 +79,6 @@ func main() {
 		pprof.StopCPUProfile()
 		log.Fatal(err)
 	}
-}
-
-// settingsFlag collects -pgset name=value flags.
-type settingsFlag map[string]string
-
-func (s settingsFlag) String() string { return fmt.Sprint(map[string]string(s)) }
-
-func (s settingsFlag) Set(v string) error {
-	name, value, ok := strings.Cut(v, "=")
-	if !ok || name == "" {
-		return fmt.Errorf("want name=value, got %q", v)
-	}
-	s[name] = value
-	return nil
 }
 
 // sqlFlag collects -sql statements.
@@ -132,29 +118,13 @@ func run(nClients, nOrgs int, warmup, duration time.Duration, batchSize, usageEv
 	if err != nil {
 		return err
 	}
-	opts := pgtest.Options{Durable: durable, Settings: map[string]string{}}
 	// The settings the audit store is meant to run with, then -pgset's.
-	for k, v := range auditstore.ServerSettings {
-		opts.Settings[k] = v
-	}
-	for k, v := range pgSettings {
-		opts.Settings[k] = v
-	}
-	if pgStat {
-		opts.Settings["shared_preload_libraries"] = "pg_stat_statements"
-	}
-	cluster, err := pgtest.New(opts)
+	pgOpts := benchpg.Options{Durable: durable, Extra: pgSettings, PgStat: pgStat}
+	cluster, db, err := benchpg.Start(ctx, pgOpts)
 	if err != nil {
 		return err
 	}
 	defer cluster.Close()
-	db, err := cluster.CreateDatabase(ctx)
-	if err != nil {
-		return err
-	}
-	if _, err := auditstore.Migrate(ctx, db, nil); err != nil {
-		return err
-	}
 	if err := execAll(ctx, db, sqls); err != nil {
 		return err
 	}
@@ -354,8 +324,9 @@ func run(nClients, nOrgs int, warmup, duration time.Duration, batchSize, usageEv
 	fmt.Printf("\ndispatcher ingest, %s: %d clients, %d orgs, %d events/request, usage every %d requests, %d writers, durable=%v, GC %d%%\n",
 		mode, nClients, nOrgs, batchSize, usageEvery, writers, durable, gcPercent)
 	var set []string
-	for _, k := range slices.Sorted(maps.Keys(opts.Settings)) {
-		set = append(set, k+"="+opts.Settings[k])
+	settings := pgOpts.Settings()
+	for _, k := range slices.Sorted(maps.Keys(settings)) {
+		set = append(set, k+"="+settings[k])
 	}
 	fmt.Printf("postgres settings beyond pgtest's: %s\n\n", strings.Join(set, " "))
 	fmt.Println("| items acked | requests | retries | seconds | items/s | p50 ack | p90 ack | p99 ack | max ack |")
@@ -383,7 +354,7 @@ func run(nClients, nOrgs int, warmup, duration time.Duration, batchSize, usageEv
 	srv.Shutdown(context.Background())
 	printBatches(reg)
 	if pgStat {
-		printStatements(ctx, db)
+		benchpg.PrintStatements(ctx, db)
 	}
 	vstart := time.Now()
 	rep, err := auditstore.Verify(ctx, db, "")
@@ -504,37 +475,8 @@ func labelIs(m *dto.Metric, name, value string) bool {
 	return false
 }
 
-func printStatements(ctx context.Context, db string) {
-	conn, err := pgx.Connect(ctx, db)
-	if err != nil {
-		log.Print(err)
-		return
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"); err != nil {
-		log.Print(err)
-		return
-	}
-	rows, err := conn.Query(ctx, `SELECT calls, total_exec_time, rows, left(regexp_replace(query, '\s+', ' ', 'g'), 90)
-		FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 12`)
-	if err != nil {
-		log.Print(err)
-		return
-	}
-	fmt.Println("\n| calls | total ms | ms/call | rows | statement |\n|---|---|---|---|---|")
-	for rows.Next() {
-		var calls, nrows int64
-		var total float64
-		var q string
-		if rows.Scan(&calls, &total, &nrows, &q) == nil {
-			fmt.Printf("| %d | %.0f | %.2f | %d | %s |\n", calls, total, total/float64(calls), nrows, q)
-		}
-	}
-}
-
 type walStats struct{ records, fpi, bytes int64 }
 
-// walNow reads the cluster's WAL counters (pg_stat_wal).
 // printSizes prints the bytes per audit row of the audit_events heap and
 // of each of its indexes, over all partitions: what each index costs in
 // pages written.
@@ -572,6 +514,7 @@ func printSizes(ctx context.Context, db string, rows int64) error {
 	return nil
 }
 
+// walNow reads the cluster's WAL counters (pg_stat_wal).
 func walNow(ctx context.Context, db string) (walStats, error) {
 	var w walStats
 	conn, err := pgx.Connect(ctx, db)
@@ -589,64 +532,9 @@ func walNow(ctx context.Context, db string) (walStats, error) {
 type cpuTimes struct{ self, pg time.Duration }
 
 // cpuNow reads the CPU time used so far by this process and by the
-// postgres cluster (the postmaster, the backends it has reaped, and the
-// live ones), from /proc.
+// postgres cluster.
 func cpuNow(postmaster int) cpuTimes {
-	var t cpuTimes
-	t.self = procCPU("self", false)
-	t.pg = procCPU(strconv.Itoa(postmaster), true)
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
-			continue
-		}
-		if ppid(e.Name()) == postmaster {
-			t.pg += procCPU(e.Name(), false)
-		}
-	}
-	return t
-}
-
-const clockTicks = 100 // USER_HZ on Linux
-
-func statFields(pid string) []string {
-	b, err := os.ReadFile("/proc/" + pid + "/stat")
-	if err != nil {
-		return nil
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return nil
-	}
-	return strings.Fields(s[i+1:]) // fields from state (3rd) on
-}
-
-func ppid(pid string) int {
-	f := statFields(pid)
-	if len(f) < 2 {
-		return -1
-	}
-	n, _ := strconv.Atoi(f[1])
-	return n
-}
-
-// procCPU is utime+stime (and, with children, the reaped children's).
-func procCPU(pid string, children bool) time.Duration {
-	f := statFields(pid)
-	if len(f) < 15 {
-		return 0
-	}
-	sum := 0
-	idx := []int{11, 12} // utime, stime
-	if children {
-		idx = append(idx, 13, 14) // cutime, cstime
-	}
-	for _, i := range idx {
-		n, _ := strconv.Atoi(f[i])
-		sum += n
-	}
-	return time.Duration(sum) * time.Second / clockTicks
+	return cpuTimes{self: benchpg.SelfCPU(), pg: benchpg.ClusterCPU(postmaster)}
 }
 
 // percentile is the p quantile (0 to 1) of sorted, 0 when it is empty.
@@ -720,5 +608,5 @@ func hostNow() hostTimes {
 	}
 	iowait, _ := strconv.ParseFloat(f[5], 64)
 	steal, _ := strconv.ParseFloat(f[8], 64)
-	return hostTimes{steal: steal / clockTicks, iowait: iowait / clockTicks}
+	return hostTimes{steal: steal / benchpg.ClockTicks, iowait: iowait / benchpg.ClockTicks}
 }
