@@ -16,15 +16,14 @@ import (
 
 	"github.com/cordon-dev/cordon/dispatcher/admission"
 	"github.com/cordon-dev/cordon/dispatcher/auditstore"
-	"github.com/cordon-dev/cordon/dispatcher/ingest"
 	"github.com/cordon-dev/cordon/internal/admit"
+	"github.com/cordon-dev/cordon/internal/mtls"
 	"github.com/cordon-dev/cordon/test/pgtest"
 	"github.com/cordon-dev/cordon/test/spiffedev"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"go.uber.org/goleak"
 )
 
@@ -367,7 +366,7 @@ func TestHTTP(t *testing.T) {
 	hs := &http.Server{
 		Handler:           admission.NewHandler(svc, ca.TrustDomain(), nil),
 		ReadHeaderTimeout: 5 * time.Second,
-		TLSConfig:         ingest.ServerTLSConfig(svid, ca.Bundle(), ca.TrustDomain()), // as the ingest API
+		TLSConfig:         mtls.ServerConfig(svid, ca.Bundle(), ca.TrustDomain()), // as the ingest API
 	}
 	done := make(chan error, 1)
 	go func() { done <- hs.ServeTLS(l, "", "") }()
@@ -387,7 +386,7 @@ func TestHTTP(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c, err := admit.New(base, tlsconfig.MTLSClientConfig(s, ca.Bundle(), tlsconfig.AuthorizeID(serverID)), 5*time.Second)
+		c, err := admit.New(base, mtls.ClientConfig(s, ca.Bundle(), serverID), 5*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -17,7 +17,7 @@ import (
 const maxBody = 4 << 10
 
 // Handler is the sidecar API over HTTP. It expects r.TLS with a client
-// certificate already verified against the trust bundle (ingest.ServerTLSConfig
+// certificate already verified against the trust bundle (mtls.ServerConfig
 // does that); it reads the org and job from the certificate's SPIFFE ID
 // spiffe://TD/org/ORG/job/JOB, so a sidecar can only act on its own org's
 // runs, and only admit runs of its own job.

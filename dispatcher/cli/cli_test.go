@@ -11,11 +11,11 @@ import (
 	"github.com/cordon-dev/cordon/dispatcher/cli"
 	"github.com/cordon-dev/cordon/dispatcher/ingestclient"
 	"github.com/cordon-dev/cordon/internal/audit"
+	"github.com/cordon-dev/cordon/internal/mtls"
 	"github.com/cordon-dev/cordon/test/pgtest"
 	"github.com/cordon-dev/cordon/test/spiffedev"
 	"github.com/jackc/pgx/v5"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"go.uber.org/goleak"
 )
 
@@ -98,7 +98,7 @@ func TestServeVerifyRetention(t *testing.T) {
 	}
 	jobID, _ := ca.JobID("acme", "etl")
 	svid, _ := ca.MintX509SVID(jobID, time.Hour)
-	c := ingestclient.New("https://"+addr, tlsconfig.MTLSClientConfig(svid, ca.Bundle(), tlsconfig.AuthorizeID(dispatcherID)))
+	c := ingestclient.New("https://"+addr, mtls.ClientConfig(svid, ca.Bundle(), dispatcherID))
 	var evs []audit.Event
 	for range 5 {
 		evs = append(evs, audit.Event{

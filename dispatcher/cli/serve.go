@@ -27,6 +27,7 @@ import (
 	"github.com/cordon-dev/cordon/dispatcher/userapi"
 	"github.com/cordon-dev/cordon/dispatcher/webui"
 	"github.com/cordon-dev/cordon/internal/datasets"
+	"github.com/cordon-dev/cordon/internal/mtls"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
@@ -399,7 +400,7 @@ func Serve(ctx context.Context, cfg ServeConfig) (err error) {
 	}
 	sidecarSrv := &http.Server{
 		Handler:           sidecarMux,
-		TLSConfig:         ingest.ServerTLSConfig(source, source, td),
+		TLSConfig:         mtls.ServerConfig(source, source, td),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,
 		IdleTimeout:       120 * time.Second,

@@ -32,6 +32,7 @@ import (
 	"github.com/cordon-dev/cordon/dispatcher/webui"
 	"github.com/cordon-dev/cordon/internal/admit"
 	"github.com/cordon-dev/cordon/internal/audit"
+	"github.com/cordon-dev/cordon/internal/mtls"
 	"github.com/cordon-dev/cordon/internal/usage"
 	"github.com/cordon-dev/cordon/test/fakeaws"
 	"github.com/cordon-dev/cordon/test/jwks"
@@ -40,7 +41,6 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"go.uber.org/goleak"
 )
 
@@ -138,7 +138,7 @@ func TestServeEverything(t *testing.T) {
 	// A config per client: an HTTP/2 transport adds "h2" to the
 	// config's NextProtos, which would break an HTTP/1 client sharing it.
 	tlsc := func() *tls.Config {
-		return tlsconfig.MTLSClientConfig(svid, ca.Bundle(), tlsconfig.AuthorizeID(dispatcherID))
+		return mtls.ClientConfig(svid, ca.Bundle(), dispatcherID)
 	}
 	base := "https://" + addrs.Sidecar
 	const runID = "run-everything-1"

@@ -12,7 +12,7 @@
 //
 // It is not the minting logic (dispatcher/credentials), not the sidecar's
 // client (sidecar/credsource) and not the TLS listener: the caller serves
-// the Handler with an mTLS config such as ingest.ServerTLSConfig.
+// the Handler with mtls.ServerConfig.
 package credapi
 
 import (
@@ -101,8 +101,8 @@ type Config struct {
 }
 
 // Handler serves POST /v1/credentials. It expects r.TLS with a verified
-// client certificate (serve it with ingest.ServerTLSConfig or
-// tlsconfig.MTLSServerConfig); without one every request is refused.
+// client certificate (serve it with mtls.ServerConfig); without one
+// every request is refused.
 type Handler struct {
 	cfg     Config
 	log     *slog.Logger

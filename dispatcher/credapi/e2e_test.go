@@ -29,7 +29,6 @@ import (
 	"github.com/cordon-dev/cordon/dispatcher/auditstore"
 	"github.com/cordon-dev/cordon/dispatcher/credapi"
 	"github.com/cordon-dev/cordon/dispatcher/credentials"
-	"github.com/cordon-dev/cordon/dispatcher/ingest"
 	"github.com/cordon-dev/cordon/internal/datasets"
 	"github.com/cordon-dev/cordon/internal/mtls"
 	"github.com/cordon-dev/cordon/sidecar/credserver"
@@ -157,7 +156,7 @@ func startDispatcher(t *testing.T) *dispatcher {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("POST "+credapi.Path, h)
-	hs := &http.Server{Handler: mux, TLSConfig: ingest.ServerTLSConfig(svid, ca.Bundle(), ca.TrustDomain()),
+	hs := &http.Server{Handler: mux, TLSConfig: mtls.ServerConfig(svid, ca.Bundle(), ca.TrustDomain()),
 		ReadHeaderTimeout: 5 * time.Second, ErrorLog: log.New(io.Discard, "", 0)}
 	done := make(chan error, 1)
 	go func() { done <- hs.ServeTLS(ln, "", "") }()

@@ -21,6 +21,7 @@ import (
 	"github.com/cordon-dev/cordon/dispatcher/ingest"
 	"github.com/cordon-dev/cordon/dispatcher/ingestclient"
 	"github.com/cordon-dev/cordon/internal/audit"
+	"github.com/cordon-dev/cordon/internal/mtls"
 	"github.com/cordon-dev/cordon/internal/usage"
 	"github.com/cordon-dev/cordon/test/pgtest"
 	"github.com/cordon-dev/cordon/test/spiffedev"
@@ -102,7 +103,7 @@ func (e *env) startReplica(cfg ingest.Config, wrap func(ingest.Appender) ingest.
 		t.Fatal(err)
 	}
 	r := &replica{logs: logs, srv: srv, store: store, base: "https://" + l.Addr().String(), reg: reg, done: make(chan error, 1)}
-	go func() { r.done <- srv.Serve(l, ingest.ServerTLSConfig(svid, e.ca.Bundle(), e.ca.TrustDomain())) }()
+	go func() { r.done <- srv.Serve(l, mtls.ServerConfig(svid, e.ca.Bundle(), e.ca.TrustDomain())) }()
 	t.Cleanup(func() { r.stop(true) })
 	return r
 }
@@ -151,7 +152,7 @@ func (e *env) tlsFor(id spiffeid.ID) *tls.Config {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	return tlsconfig.MTLSClientConfig(svid, e.ca.Bundle(), tlsconfig.AuthorizeID(e.server))
+	return mtls.ClientConfig(svid, e.ca.Bundle(), e.server)
 }
 
 func (e *env) client(r *replica, org, job string) *ingestclient.Client {

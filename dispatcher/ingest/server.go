@@ -26,11 +26,8 @@ import (
 	"github.com/cordon-dev/cordon/dispatcher/auditstore"
 	"github.com/cordon-dev/cordon/internal/audit"
 	"github.com/cordon-dev/cordon/internal/jobid"
-	"github.com/cordon-dev/cordon/internal/mtls"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
 // Endpoints.
@@ -132,13 +129,6 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.w.start(ctx, cfg.Writers, 4096)
 	return s, nil
-}
-
-// ServerTLSConfig is the mTLS server configuration: TLS 1.3 only, the
-// dispatcher's SVID from svid, and clients accepted only with an SVID of
-// trust domain td.
-func ServerTLSConfig(svid x509svid.Source, bundle x509bundle.Source, td spiffeid.TrustDomain) *tls.Config {
-	return mtls.ServerConfig(svid, bundle, td)
 }
 
 // Handler is the API's HTTP handler (it expects r.TLS with a verified

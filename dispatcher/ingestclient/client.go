@@ -80,7 +80,7 @@ const DefaultRetryAfter = time.Second
 
 // New returns a client for the dispatcher at baseURL (https://host:port),
 // authenticating with tlsConfig (an mTLS config with the sidecar's SVID,
-// e.g. from tlsconfig.MTLSClientConfig).
+// from mtls.ClientConfig).
 func New(baseURL string, tlsConfig *tls.Config, opts ...Option) *Client {
 	c := &Client{
 		base:    strings.TrimRight(baseURL, "/"),

@@ -11,10 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
-
+	"github.com/cordon-dev/cordon/internal/mtls"
 	"github.com/cordon-dev/cordon/test/spiffedev"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 func TestGateway(t *testing.T) {
@@ -58,7 +57,7 @@ func TestGateway(t *testing.T) {
 			t.Fatal(err)
 		}
 		// The client trusts the gateway's CA whatever its own CA is.
-		return tlsconfig.MTLSClientConfig(svid, gwBundle, tlsconfig.AuthorizeID(gwID))
+		return mtls.ClientConfig(svid, gwBundle, gwID)
 	}
 	tests := []struct {
 		name       string

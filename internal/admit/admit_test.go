@@ -11,10 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cordon-dev/cordon/internal/mtls"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"go.uber.org/goleak"
 
 	"github.com/cordon-dev/cordon/dispatcher/admission"
@@ -94,7 +94,7 @@ func TestAgainstTheDispatcher(t *testing.T) {
 		t.Fatal(err)
 	}
 	hs := &http.Server{Handler: admission.NewHandler(svc, ca.TrustDomain(), nil), ReadHeaderTimeout: 5 * time.Second,
-		TLSConfig: tlsconfig.MTLSServerConfig(svid, ca.Bundle(), tlsconfig.AuthorizeMemberOf(ca.TrustDomain())),
+		TLSConfig: mtls.ServerConfig(svid, ca.Bundle(), ca.TrustDomain()),
 		ErrorLog:  log.New(io.Discard, "", 0)}
 	done := make(chan error, 1)
 	go func() { done <- hs.ServeTLS(ln, "", "") }()
@@ -115,7 +115,7 @@ func TestAgainstTheDispatcher(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c, err := admit.New("https://"+ln.Addr().String(), tlsconfig.MTLSClientConfig(s, ca.Bundle(), tlsconfig.AuthorizeID(serverID)), 5*time.Second)
+		c, err := admit.New("https://"+ln.Addr().String(), mtls.ClientConfig(s, ca.Bundle(), serverID), 5*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}

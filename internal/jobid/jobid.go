@@ -63,8 +63,8 @@ func Parse(s string, td spiffeid.TrustDomain) (Job, error) {
 
 // FromPeer returns the job identity of the request's client: the SPIFFE ID
 // of the leaf of the peer chain the TLS handshake verified. The server's
-// TLS config must verify client certificates (tlsconfig.MTLSServerConfig
-// or ingest.ServerTLSConfig); FromPeer does not.
+// TLS config must verify client certificates (mtls.ServerConfig does);
+// FromPeer does not.
 func FromPeer(r *http.Request, td spiffeid.TrustDomain) (Job, error) {
 	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
 		return Job{}, ErrNoPeer

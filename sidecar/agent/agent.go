@@ -167,8 +167,7 @@ type Admitter interface {
 var _ Admitter = (*admit.Client)(nil)
 
 // Identity is the task's identity with the live SVID source (it follows
-// rotation; use it for every outbound mTLS, e.g. with go-spiffe's
-// tlsconfig.MTLSClientConfig).
+// rotation; use it for every outbound mTLS, with mtls.ClientConfig).
 type Identity struct {
 	JobIdentity
 	Source *workloadapi.X509Source

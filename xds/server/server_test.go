@@ -10,12 +10,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cordon-dev/cordon/internal/mtls"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -100,7 +100,7 @@ func (e *env) dial(ca *spiffedev.CA, id string) *adsStream {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	tc := tlsconfig.MTLSClientConfig(svid, e.ca.Bundle(), tlsconfig.AuthorizeID(spiffeid.RequireFromString("spiffe://cordon.test/cordon/xds")))
+	tc := mtls.ClientConfig(svid, e.ca.Bundle(), spiffeid.RequireFromString("spiffe://cordon.test/cordon/xds"))
 	tc.MinVersion = tls.VersionTLS13
 	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 	if err != nil {
@@ -311,7 +311,7 @@ func TestPublishPushesAndCountsACKs(t *testing.T) {
 func TestDeltaRefused(t *testing.T) {
 	e := startServer(t)
 	svid, _ := e.ca.MintX509SVID(spiffeid.RequireFromString(jobA), 0)
-	tc := tlsconfig.MTLSClientConfig(svid, e.ca.Bundle(), tlsconfig.AuthorizeAny())
+	tc := mtls.ClientConfig(svid, e.ca.Bundle(), spiffeid.RequireFromString("spiffe://cordon.test/cordon/xds"))
 	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 	if err != nil {
 		t.Fatal(err)

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cordon-dev/cordon/internal/mtls"
 	"github.com/jackc/pgx/v5"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -69,7 +70,7 @@ func (d *dispatcher) start() {
 		t.Fatalf("listen again on %s: %v", d.addr, err)
 	}
 	d.srv, d.store, d.done = srv, store, make(chan error, 1)
-	go func() { d.done <- srv.Serve(l, ingest.ServerTLSConfig(svid, d.ca.Bundle(), d.ca.TrustDomain())) }()
+	go func() { d.done <- srv.Serve(l, mtls.ServerConfig(svid, d.ca.Bundle(), d.ca.TrustDomain())) }()
 }
 
 // stop shuts the dispatcher down gracefully. Idempotent.

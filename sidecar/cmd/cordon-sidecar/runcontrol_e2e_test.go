@@ -18,6 +18,7 @@ import (
 	"time"
 
 	awscreds "github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/cordon-dev/cordon/internal/mtls"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -26,7 +27,6 @@ import (
 	"github.com/cordon-dev/cordon/dispatcher/auditstore"
 	"github.com/cordon-dev/cordon/dispatcher/credapi"
 	"github.com/cordon-dev/cordon/dispatcher/credentials"
-	"github.com/cordon-dev/cordon/dispatcher/ingest"
 	"github.com/cordon-dev/cordon/internal/datasets"
 	"github.com/cordon-dev/cordon/test/fakeaws"
 	"github.com/cordon-dev/cordon/test/pgtest"
@@ -113,7 +113,7 @@ func startRunControl(t *testing.T) *runControl {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs := &http.Server{Handler: mux, TLSConfig: ingest.ServerTLSConfig(svid, ca.Bundle(), ca.TrustDomain()),
+	hs := &http.Server{Handler: mux, TLSConfig: mtls.ServerConfig(svid, ca.Bundle(), ca.TrustDomain()),
 		ReadHeaderTimeout: 5 * time.Second, ErrorLog: log.New(io.Discard, "", 0)}
 	done := make(chan error, 1)
 	go func() { done <- hs.ServeTLS(ln, "", "") }()

@@ -32,6 +32,7 @@ import (
 	"github.com/cordon-dev/cordon/dispatcher/ingest"
 	"github.com/cordon-dev/cordon/dispatcher/ingestclient"
 	"github.com/cordon-dev/cordon/internal/audit"
+	"github.com/cordon-dev/cordon/internal/mtls"
 	"github.com/cordon-dev/cordon/internal/usage"
 	"github.com/cordon-dev/cordon/test/bench/benchpg"
 	"github.com/cordon-dev/cordon/test/spiffedev"
@@ -40,7 +41,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 )
 
 func main() {
@@ -151,7 +151,7 @@ func run(nClients, nOrgs int, warmup, duration time.Duration, batchSize, usageEv
 	if err != nil {
 		return err
 	}
-	go srv.Serve(l, ingest.ServerTLSConfig(svid, ca.Bundle(), ca.TrustDomain()))
+	go srv.Serve(l, mtls.ServerConfig(svid, ca.Bundle(), ca.TrustDomain()))
 	defer srv.Shutdown(context.Background())
 	base := "https://" + l.Addr().String()
 
@@ -196,7 +196,7 @@ func run(nClients, nOrgs int, warmup, duration time.Duration, batchSize, usageEv
 		if err != nil {
 			return err
 		}
-		c := ingestclient.New(base, tlsconfig.MTLSClientConfig(csvid, ca.Bundle(), tlsconfig.AuthorizeID(serverID)))
+		c := ingestclient.New(base, mtls.ClientConfig(csvid, ca.Bundle(), serverID))
 		defer c.Close()
 		cs[i] = client{c, org, job, id}
 	}
