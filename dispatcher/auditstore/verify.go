@@ -142,11 +142,11 @@ func verifyChain(ctx context.Context, conn *pgx.Conn, org, class string, month t
 			[]any{chainID, class, month}},
 	}
 	for _, q := range reads {
+		var p *Problem
 		rows, err := conn.Query(ctx, q.sql, q.args...)
-		if err != nil {
-			return w.n, nil, fmt.Errorf("verify: read chain %s/%s/%s: %w", org, class, month.Format("2006-01"), err)
+		if err == nil {
+			p, err = w.walk(rows)
 		}
-		p, err := w.walk(rows)
 		if err != nil {
 			return w.n, nil, fmt.Errorf("verify: read chain %s/%s/%s: %w", org, class, month.Format("2006-01"), err)
 		}
